@@ -1,0 +1,278 @@
+//! Configuration of a chorus node.
+//!
+//! Sources, later ones winning: built-in defaults (the embedded default: one process,
+//! SQLite in the data directory, in-process log and registry), a TOML file
+//! (`--config FILE`), then `CHORUS_*` environment variables and command-line flags
+//! (applied by the binary through [`Config::apply`]). With no file and no variables,
+//! [`Config::default`] is a complete, working configuration.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Errors reading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A node's whole configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP and WebSocket listen address.
+    pub listen: SocketAddr,
+    /// Where the embedded database and the generated JWT secret live.
+    pub data_dir: PathBuf,
+    /// This node's name: names its delivery topic; unique in a cluster.
+    pub node_id: String,
+    /// Event log URL: `memory://` or `kafka://HOST:PORT[,HOST:PORT]`.
+    pub log: String,
+    /// Database URL: `sqlite://PATH` or `postgres://…`; default: `chorus.db` in the data
+    /// directory.
+    pub db: Option<String>,
+    /// Registry URL: `memory://` or `redis://HOST:PORT/DB`.
+    pub registry: String,
+    /// Roles this node runs (default: all).
+    pub roles: Vec<String>,
+    /// Prefix of every topic name.
+    pub topic_prefix: String,
+    /// Partitions of each stage topic.
+    pub partitions: u32,
+    /// Log output: `text` or `json`.
+    pub log_format: String,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Limits on clients.
+    pub limits: Limits,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+/// Authentication settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for access tokens; default: generated on first start and kept in
+    /// `<data_dir>/jwt.secret`.
+    pub jwt_secret: Option<String>,
+    /// Access token lifetime in seconds.
+    pub token_ttl_secs: u64,
+}
+
+/// Limits that protect the server and other users from one client.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket text frame answered normally; larger gets `too_large`.
+    pub max_frame_bytes: usize,
+    /// Frames above this close the connection (the server will not buffer them).
+    pub max_frame_hard_bytes: usize,
+    /// Largest message body, in UTF-8 bytes.
+    pub max_body_bytes: usize,
+    /// Largest HTTP request body.
+    pub max_http_body_bytes: usize,
+    /// Sustained sends per second per user.
+    pub rate_per_sec: u32,
+    /// Burst of sends per user above the sustained rate.
+    pub rate_burst: u32,
+    /// Frames queued for one session before it counts as not reading and is closed.
+    pub session_queue: usize,
+    /// WebSocket read buffer per connection, bytes (the main cost of an idle socket).
+    pub ws_read_buffer: usize,
+    /// WebSocket write buffer per connection, bytes.
+    pub ws_write_buffer: usize,
+    /// Seconds without any frame from a client before the server pings it; twice this
+    /// without an answer closes the session.
+    pub idle_ping_secs: u64,
+}
+
+/// Graceful shutdown settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long to wait for sessions and stages to drain before exiting anyway.
+    pub drain_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./chorus-data"),
+            node_id: "local".into(),
+            log: "memory://".into(),
+            db: None,
+            registry: "memory://".into(),
+            roles: Vec::new(),
+            topic_prefix: "chorus".into(),
+            partitions: 8,
+            log_format: "text".into(),
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_frame_hard_bytes: 4 * 1024 * 1024,
+            max_body_bytes: 16 * 1024,
+            max_http_body_bytes: 256 * 1024,
+            rate_per_sec: 100,
+            rate_burst: 500,
+            session_queue: 1024,
+            ws_read_buffer: 4 * 1024,
+            ws_write_buffer: 4 * 1024,
+            idle_ping_secs: 30,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { drain_secs: 10 }
+    }
+}
+
+impl Config {
+    /// Defaults, overlaid with the TOML file at `path` if given.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Defaults overlaid with a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The database URL, defaulting to `chorus.db` in the data directory.
+    pub fn db_url(&self) -> String {
+        self.db
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("chorus.db").display()))
+    }
+
+    /// Checks ranges that the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.partitions == 0 || self.partitions > 1024 {
+            return bad("partitions must be 1..=1024");
+        }
+        if l.max_frame_bytes == 0 || l.max_frame_hard_bytes < l.max_frame_bytes {
+            return bad("limits.max_frame_hard_bytes must be at least limits.max_frame_bytes");
+        }
+        if l.max_body_bytes == 0 || l.max_body_bytes > l.max_frame_bytes {
+            return bad("limits.max_body_bytes must be 1..=limits.max_frame_bytes");
+        }
+        if l.rate_per_sec == 0 || l.rate_burst == 0 {
+            return bad("limits.rate_per_sec and limits.rate_burst must be positive");
+        }
+        if l.session_queue == 0 || l.ws_read_buffer < 256 || l.ws_write_buffer < 256 {
+            return bad("limits.session_queue must be positive, WebSocket buffers >= 256 bytes");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format must be `text` or `json`");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.log, "memory://");
+        assert_eq!(c.db_url(), "sqlite://./chorus-data/chorus.db");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overlays_defaults() {
+        let c = Config::from_toml(
+            "listen = \"0.0.0.0:9000\"\n[limits]\nrate_per_sec = 5\n[auth]\ntoken_ttl_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.rate_per_sec, 5);
+        assert_eq!(c.limits.rate_burst, 500);
+        assert_eq!(c.auth.token_ttl_secs, 60);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_ranges_are_errors() {
+        assert!(matches!(
+            Config::from_toml("lisen = \"x\""),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            Config::from_toml("[limits]\nrate_per_sec = 0"),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn load_reads_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chorus.toml");
+        std::fs::write(&path, "node_id = \"gw-7\"").unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap().node_id, "gw-7");
+        assert!(matches!(
+            Config::load(Some(&dir.path().join("missing.toml"))),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

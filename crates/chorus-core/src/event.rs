@@ -1,0 +1,232 @@
+//! Envelopes on the event log.
+//!
+//! Every record is an [`Envelope`]: a major version `v` and one event. A consumer that
+//! meets an unknown `v` or an unreadable record sends it to the dead-letter topic
+//! rather than crashing or dropping it.
+
+use crate::model::{Message, Origin};
+use crate::topics::Stage;
+use crate::{ConversationId, MessageId, SessionId, UserId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The major version this build writes and reads.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// A versioned record on the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Major version of the envelope.
+    pub v: u32,
+    /// The event.
+    pub event: T,
+}
+
+/// Why a record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The record is not an envelope of the expected kind.
+    #[error("malformed event: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The record was written by a newer (or older) major version.
+    #[error("unsupported event version {0} (this build reads {ENVELOPE_VERSION})")]
+    Version(u32),
+}
+
+/// Serializes an event into a versioned record.
+pub fn encode<T: Serialize>(event: &T) -> Vec<u8> {
+    serde_json::to_vec(&Envelope {
+        v: ENVELOPE_VERSION,
+        event,
+    })
+    .expect("events always serialize")
+}
+
+/// Reads a versioned record.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    match serde_json::from_slice::<Envelope<T>>(bytes) {
+        Ok(env) if env.v == ENVELOPE_VERSION => Ok(env.event),
+        Ok(env) => Err(DecodeError::Version(env.v)),
+        Err(err) => match serde_json::from_slice::<Version>(bytes) {
+            Ok(Version { v }) if v != ENVELOPE_VERSION => Err(DecodeError::Version(v)),
+            _ => Err(DecodeError::Malformed(err)),
+        },
+    }
+}
+
+/// A message on its way through the stages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MessageEvent {
+    /// Derived from sender and `client_msg_id`.
+    pub message_id: MessageId,
+    /// The sender's idempotency key.
+    pub client_msg_id: String,
+    /// Where it goes; also the partition key on every topic.
+    pub conversation_id: ConversationId,
+    /// Who sent it.
+    pub sender_id: UserId,
+    /// The sender's session, when sent over WebSocket (for errors back to it).
+    pub session_id: Option<SessionId>,
+    /// The text (outgoing scripts may rewrite it).
+    pub body: String,
+    /// Assigned by the store stage.
+    pub seq: Option<i64>,
+    /// When the gateway accepted it.
+    pub sent_at: DateTime<Utc>,
+    /// Person, script or auto-reply.
+    pub origin: Origin,
+    /// How many automation steps led here; bounds script chains.
+    pub hops: u32,
+    /// The routing slip: stages still to visit, next first.
+    pub route: Vec<Stage>,
+    /// Recipients not to deliver to (their inbound scripts dropped it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppress: Vec<UserId>,
+}
+
+impl MessageEvent {
+    /// The stored message this event describes, once it has a `seq`.
+    pub fn to_message(&self) -> Option<Message> {
+        Some(Message {
+            message_id: self.message_id,
+            client_msg_id: self.client_msg_id.clone(),
+            conversation_id: self.conversation_id,
+            seq: self.seq?,
+            sender_id: self.sender_id,
+            body: self.body.clone(),
+            sent_at: self.sent_at,
+            origin: self.origin,
+        })
+    }
+}
+
+/// The full pipeline, in order.
+pub fn full_route() -> Vec<Stage> {
+    Stage::ALL.to_vec()
+}
+
+/// Events on the stage topics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageEvent {
+    /// A message following its routing slip.
+    Message(MessageEvent),
+    /// A member is typing (route stage only).
+    Typing {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+        /// The typing session, which does not get its own notice back.
+        session_id: SessionId,
+    },
+    /// A member's read marker moved (route stage only; already stored).
+    Read {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+        /// Up to which message.
+        seq: i64,
+        /// The reading session, which does not get its own notice back.
+        session_id: SessionId,
+    },
+    /// A user came online or went offline (route stage only).
+    Presence {
+        /// Who.
+        user_id: UserId,
+        /// Online now?
+        online: bool,
+    },
+}
+
+/// Events on a gateway node's delivery topic: one per node, not per recipient.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// A stored message for some of this node's users.
+    Message {
+        /// The message.
+        message: Message,
+        /// Users on this node to give it to (all their sessions).
+        recipients: Vec<UserId>,
+    },
+    /// A typing notice.
+    Typing {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+        /// Users to tell.
+        recipients: Vec<UserId>,
+    },
+    /// A read marker moved.
+    Read {
+        /// Where.
+        conversation_id: ConversationId,
+        /// Who.
+        user_id: UserId,
+        /// Up to which message.
+        seq: i64,
+        /// Users to tell (the reader included, for their other sessions).
+        recipients: Vec<UserId>,
+        /// The session that read, which is not told.
+        except_session: SessionId,
+    },
+    /// A contact came online or went offline.
+    Presence {
+        /// Who.
+        user_id: UserId,
+        /// Online now?
+        online: bool,
+        /// Users to tell.
+        recipients: Vec<UserId>,
+    },
+    /// A send was refused after it was accepted (an outgoing script blocked it).
+    Rejected {
+        /// The sender.
+        user_id: UserId,
+        /// The sending session, if it still exists.
+        session_id: Option<SessionId>,
+        /// The send's idempotency key.
+        client_msg_id: String,
+        /// `blocked`, typically.
+        code: crate::ErrorCode,
+        /// For people.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_versions_and_garbage_are_told_apart() {
+        let ok = encode(&StageEvent::Presence {
+            user_id: UserId::new(),
+            online: true,
+        });
+        assert!(decode::<StageEvent>(&ok).is_ok());
+        let v2 = String::from_utf8(ok)
+            .unwrap()
+            .replacen("\"v\":1", "\"v\":2", 1);
+        assert!(matches!(
+            decode::<StageEvent>(v2.as_bytes()),
+            Err(DecodeError::Version(2))
+        ));
+        let future = br#"{"v":9,"event":{"hologram":{}}}"#;
+        assert!(matches!(
+            decode::<StageEvent>(future),
+            Err(DecodeError::Version(9))
+        ));
+        assert!(matches!(
+            decode::<StageEvent>(b"\x00garbage"),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,19 @@
+//! The vocabulary of chorus, shared by every role, with no I/O.
+//!
+//! Layout:
+//! - [`ids`]: typed identifiers (users, conversations, messages, sessions, nodes).
+//! - [`error`]: the stable error codes of the public protocol and their HTTP statuses.
+//! - [`model`]: the public shapes of users, conversations and messages.
+//! - [`wire`]: the WebSocket frames, client to server and server to client.
+//! - [`event`]: the envelopes that travel on the event log between roles.
+//! - [`topics`]: the names of the log's topics.
+
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod model;
+pub mod topics;
+pub mod wire;
+
+pub use error::ErrorCode;
+pub use ids::{ConversationId, MessageId, NodeId, SessionId, UserId};

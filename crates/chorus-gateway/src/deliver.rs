@@ -1,0 +1,124 @@
+//! The gateway's delivery consumer: reads this node's delivery topic and hands each
+//! event to the local sessions of its recipients.
+
+use crate::sessions::Outbound;
+use crate::state::AppState;
+use chorus_core::event::{DecodeError, Delivery, decode};
+use chorus_core::wire::ServerFrame;
+use chorus_log::{LogError, Outgoing, Record};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Records fetched per batch.
+const BATCH: usize = 1024;
+
+/// Creates this node's delivery topic and consumes it until `shutdown`.
+pub async fn run(state: Arc<AppState>, shutdown: CancellationToken) -> Result<(), LogError> {
+    let topic = state.topics.deliver(&state.node);
+    state.log.create_topic(&topic, state.partitions).await?;
+    let group = format!("{}.gateway", topic);
+    let mut consumer = state.log.subscribe(&group, &[topic]).await?;
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            batch = consumer.next_batch(BATCH) => batch?,
+        };
+        for record in &batch {
+            match decode::<Delivery>(&record.payload) {
+                Ok(delivery) => fan_out(&state, delivery),
+                Err(e) => dead_letter(&state, record, &e).await?,
+            }
+        }
+        consumer.commit(&batch).await?;
+    }
+}
+
+fn fan_out(state: &AppState, delivery: Delivery) {
+    let (recipients, out, except) = match delivery {
+        Delivery::Message {
+            message,
+            recipients,
+        } => {
+            let out = Outbound::Message {
+                conversation_id: message.conversation_id,
+                seq: message.seq,
+                frame: ServerFrame::Message { message }.to_json().into(),
+            };
+            (recipients, out, None)
+        }
+        Delivery::Typing {
+            conversation_id,
+            user_id,
+            recipients,
+        } => {
+            let frame = ServerFrame::Typing {
+                conversation_id,
+                user_id,
+            };
+            (recipients, Outbound::Frame(frame.to_json().into()), None)
+        }
+        Delivery::Read {
+            conversation_id,
+            user_id,
+            seq,
+            recipients,
+            except_session,
+        } => {
+            let frame = ServerFrame::Read {
+                conversation_id,
+                user_id,
+                seq,
+            };
+            (
+                recipients,
+                Outbound::Frame(frame.to_json().into()),
+                Some(except_session),
+            )
+        }
+        Delivery::Presence {
+            user_id,
+            online,
+            recipients,
+        } => {
+            let frame = ServerFrame::Presence { user_id, online };
+            (recipients, Outbound::Frame(frame.to_json().into()), None)
+        }
+        Delivery::Rejected {
+            user_id,
+            session_id,
+            client_msg_id,
+            code,
+            reason,
+        } => {
+            let frame = ServerFrame::Error {
+                code,
+                message: reason,
+                client_msg_id: Some(client_msg_id),
+                retry_after_ms: None,
+            };
+            let out = Outbound::Frame(frame.to_json().into());
+            match session_id {
+                Some(session) => {
+                    state.sessions.deliver_to_session(user_id, session, &out);
+                    return;
+                }
+                None => (vec![user_id], out, None),
+            }
+        }
+    };
+    let n = state.sessions.deliver(&recipients, &out, except);
+    metrics::counter!("chorus_gateway_frames_delivered_total").increment(n as u64);
+}
+
+async fn dead_letter(state: &AppState, record: &Record, e: &DecodeError) -> Result<(), LogError> {
+    tracing::warn!(topic = %record.topic, offset = record.offset, error = %e, "undeliverable event sent to the dead-letter topic");
+    metrics::counter!("chorus_dead_letter_total", "stage" => "gateway").increment(1);
+    state
+        .log
+        .publish(vec![Outgoing::new(
+            state.topics.dead_letter(),
+            record.key.clone(),
+            record.payload.clone(),
+        )])
+        .await
+}

@@ -1,0 +1,387 @@
+//! The HTTP API under `/api/v1` (chat part).
+
+use crate::auth::{AuthUser, hash_password, verify_password};
+use crate::error::ApiError;
+use crate::send::{require_member, submit};
+use crate::state::AppState;
+use axum::extract::{FromRequest, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chorus_core::model::{Conversation, ConversationKind, Message, User};
+use chorus_core::{ConversationId, ErrorCode, UserId};
+use chorus_store::{ConversationRecord, Page};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+/// JSON body extractor whose rejections speak the protocol's error format.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Path extractor with protocol errors.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// Query extractor with protocol errors.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+type Shared = State<Arc<AppState>>;
+
+/// Routes of the chat API, relative to `/api/v1`.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/me", get(me))
+        .route("/users", get(search_users))
+        .route(
+            "/conversations",
+            post(create_conversation).get(list_conversations),
+        )
+        .route("/conversations/{id}", get(get_conversation))
+        .route("/conversations/{id}/members", post(add_member))
+        .route(
+            "/conversations/{id}/members/{user_id}",
+            delete(remove_member),
+        )
+        .route(
+            "/conversations/{id}/messages",
+            get(list_messages).post(post_message),
+        )
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+fn valid_username(name: &str) -> bool {
+    (3..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn session_body(state: &AppState, user: User) -> serde_json::Value {
+    let token = state.tokens.issue(&user);
+    json!({ "user": user, "token": token })
+}
+
+async fn register(
+    State(state): Shared,
+    ApiJson(c): ApiJson<Credentials>,
+) -> Result<Response, ApiError> {
+    if !valid_username(&c.username) {
+        return Err(ApiError::bad_request(
+            "username must be 3 to 32 characters of A-Z, a-z, 0-9, `_`, `.`, `-`",
+        ));
+    }
+    if !(8..=1024).contains(&c.password.len()) {
+        return Err(ApiError::bad_request("password must be 8 to 1024 bytes"));
+    }
+    if state
+        .directory
+        .store()
+        .account(&c.username)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::new(ErrorCode::Conflict, "username is taken"));
+    }
+    let hash = hash_password(c.password).await?;
+    let user = state
+        .directory
+        .store()
+        .create_user(&c.username, &hash)
+        .await
+        .map_err(|e| match e {
+            chorus_store::StoreError::Conflict(_) => {
+                ApiError::new(ErrorCode::Conflict, "username is taken")
+            }
+            other => other.into(),
+        })?;
+    Ok((StatusCode::CREATED, Json(session_body(&state, user))).into_response())
+}
+
+async fn login(
+    State(state): Shared,
+    ApiJson(c): ApiJson<Credentials>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let account = state.directory.store().account(&c.username).await?;
+    let hash = account.as_ref().map(|a| a.password_hash.clone());
+    if !verify_password(c.password, hash).await {
+        return Err(ApiError::unauthorized("invalid username or password"));
+    }
+    let user = account
+        .map(|a| a.user)
+        .expect("verified passwords have accounts");
+    Ok(Json(session_body(&state, user)))
+}
+
+async fn me(State(state): Shared, AuthUser(user): AuthUser) -> Result<Json<User>, ApiError> {
+    // The token names the user; the store confirms the account still exists.
+    let user = state
+        .directory
+        .store()
+        .user(user.id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
+    Ok(Json(user))
+}
+
+#[derive(Deserialize)]
+struct UserQuery {
+    #[serde(default)]
+    query: String,
+    limit: Option<i64>,
+}
+
+async fn search_users(
+    State(state): Shared,
+    AuthUser(_): AuthUser,
+    ApiQuery(q): ApiQuery<UserQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be 1 to 100"));
+    }
+    let users = state
+        .directory
+        .store()
+        .search_users(&q.query, limit)
+        .await?;
+    Ok(Json(json!({ "users": users })))
+}
+
+#[derive(Deserialize)]
+struct NewConversation {
+    kind: ConversationKind,
+    #[serde(default)]
+    members: Vec<UserId>,
+    title: Option<String>,
+}
+
+/// Largest group a single request may create.
+const MAX_GROUP_ON_CREATE: usize = 1000;
+
+async fn require_users(state: &AppState, ids: &[UserId]) -> Result<(), ApiError> {
+    for id in ids {
+        if state.directory.store().user(*id).await?.is_none() {
+            return Err(ApiError::not_found(format!("user {id} does not exist")));
+        }
+    }
+    Ok(())
+}
+
+async fn create_conversation(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiJson(req): ApiJson<NewConversation>,
+) -> Result<Response, ApiError> {
+    let store = state.directory.store();
+    match req.kind {
+        ConversationKind::Direct => {
+            let mut others: Vec<UserId> = req
+                .members
+                .iter()
+                .copied()
+                .filter(|m| *m != me.id)
+                .collect();
+            others.dedup();
+            let [other] = others[..] else {
+                return Err(ApiError::bad_request(
+                    "a direct conversation needs exactly one other member",
+                ));
+            };
+            require_users(&state, &[other]).await?;
+            let (record, created) = store.direct(me.id, other).await?;
+            let read = store.read_seq(record.id, me.id).await?.unwrap_or(0);
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, Json(record.view(read))).into_response())
+        }
+        ConversationKind::Group => {
+            let title = req.title.as_deref().map(str::trim).unwrap_or_default();
+            if title.is_empty() || title.chars().count() > 200 {
+                return Err(ApiError::bad_request(
+                    "a group needs a title of 1 to 200 characters",
+                ));
+            }
+            if req.members.len() > MAX_GROUP_ON_CREATE {
+                return Err(ApiError::bad_request(format!(
+                    "at most {MAX_GROUP_ON_CREATE} members at creation"
+                )));
+            }
+            require_users(&state, &req.members).await?;
+            let record = store.create_group(me.id, title, &req.members).await?;
+            Ok((StatusCode::CREATED, Json(record.view(0))).into_response())
+        }
+    }
+}
+
+async fn list_conversations(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let conversations: Vec<Conversation> = state
+        .directory
+        .store()
+        .conversations_of(me.id)
+        .await?
+        .into_iter()
+        .map(|(record, read)| record.view(read))
+        .collect();
+    Ok(Json(json!({ "conversations": conversations })))
+}
+
+async fn member_view(
+    state: &AppState,
+    id: ConversationId,
+    me: UserId,
+) -> Result<(ConversationRecord, i64), ApiError> {
+    let store = state.directory.store();
+    let record = store
+        .conversation(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("conversation {id} does not exist")))?;
+    if !record.members.contains(&me) {
+        return Err(ApiError::forbidden(format!(
+            "you are not a member of conversation {id}"
+        )));
+    }
+    let read = store.read_seq(id, me).await?.unwrap_or(0);
+    Ok((record, read))
+}
+
+async fn get_conversation(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiPath(id): ApiPath<ConversationId>,
+) -> Result<Json<Conversation>, ApiError> {
+    let (record, read) = member_view(&state, id, me.id).await?;
+    Ok(Json(record.view(read)))
+}
+
+#[derive(Deserialize)]
+struct NewMember {
+    user_id: UserId,
+}
+
+async fn add_member(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiPath(id): ApiPath<ConversationId>,
+    ApiJson(req): ApiJson<NewMember>,
+) -> Result<Json<Conversation>, ApiError> {
+    let (record, _) = member_view(&state, id, me.id).await?;
+    if record.kind != ConversationKind::Group {
+        return Err(ApiError::bad_request(
+            "a direct conversation's members are fixed",
+        ));
+    }
+    if record.owner_id != Some(me.id) {
+        return Err(ApiError::forbidden("only the group's owner adds members"));
+    }
+    require_users(&state, &[req.user_id]).await?;
+    state.directory.store().add_member(id, req.user_id).await?;
+    state.directory.invalidate(id);
+    let (record, read) = member_view(&state, id, me.id).await?;
+    Ok(Json(record.view(read)))
+}
+
+async fn remove_member(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiPath((id, user_id)): ApiPath<(ConversationId, UserId)>,
+) -> Result<StatusCode, ApiError> {
+    let (record, _) = member_view(&state, id, me.id).await?;
+    if record.kind != ConversationKind::Group {
+        return Err(ApiError::bad_request(
+            "a direct conversation's members are fixed",
+        ));
+    }
+    if user_id != me.id && record.owner_id != Some(me.id) {
+        return Err(ApiError::forbidden(
+            "only the group's owner removes other members",
+        ));
+    }
+    if !record.members.contains(&user_id) {
+        return Err(ApiError::not_found(format!(
+            "user {user_id} is not a member of conversation {id}"
+        )));
+    }
+    state.directory.store().remove_member(id, user_id).await?;
+    state.directory.invalidate(id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    after_seq: Option<i64>,
+    before_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Default and largest page of history.
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+
+async fn list_messages(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiPath(id): ApiPath<ConversationId>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit < 1 {
+        return Err(ApiError::bad_request("limit must be positive"));
+    }
+    if q.after_seq.is_some_and(|s| s < 0) || q.before_seq.is_some_and(|s| s < 0) {
+        return Err(ApiError::bad_request(
+            "after_seq and before_seq must not be negative",
+        ));
+    }
+    require_member(&state, id, me.id).await?;
+    let page = Page {
+        after_seq: q.after_seq,
+        before_seq: q.before_seq,
+        limit: limit.min(MAX_PAGE),
+    };
+    let messages: Vec<Message> = state.directory.store().messages(id, page).await?;
+    Ok(Json(json!({ "messages": messages })))
+}
+
+#[derive(Deserialize)]
+struct PostMessage {
+    client_msg_id: String,
+    body: String,
+}
+
+async fn post_message(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiPath(id): ApiPath<ConversationId>,
+    ApiJson(req): ApiJson<PostMessage>,
+) -> Result<Response, ApiError> {
+    let message_id = submit(&state, me.id, None, id, req.client_msg_id, req.body).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "message_id": message_id })),
+    )
+        .into_response())
+}
+
+/// Unused path segments still answer in the protocol's format.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}

@@ -1,0 +1,95 @@
+//! The gateway role: HTTP API, WebSocket sessions, authentication, the web UI.
+//!
+//! The gateway is where clients meet the spine. A `send` becomes an event on the first
+//! stage's topic ([`send`]); the gateway registers the sessions it holds in the
+//! registry; its delivery consumer ([`deliver`]) reads this node's delivery topic and
+//! writes to the sockets ([`ws`]). It never calls a stage: everything goes through
+//! the log, the store or the registry.
+//!
+//! Layout: [`auth`] tokens and passwords, [`error`] the error mapping, [`http`] the
+//! REST routes, [`ws`] sessions, [`sessions`] local fan-out, [`ratelimit`] send limits,
+//! [`state`] what they share.
+
+pub mod auth;
+pub mod deliver;
+pub mod error;
+pub mod http;
+pub mod ratelimit;
+pub mod send;
+pub mod sessions;
+pub mod state;
+pub mod ws;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use state::AppState;
+use std::sync::Arc;
+
+/// The gateway's whole HTTP surface.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = http::routes()
+        .route("/ws", get(ws::upgrade))
+        .fallback(http::not_found);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/", get(index))
+        .fallback(http::not_found)
+        .layer(DefaultBodyLimit::max(state.limits.max_http_body_bytes))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the database, the event log and the registry all answer.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let (db, log, registry) = tokio::join!(
+        state.directory.store().health(),
+        state.log.health(),
+        state.registry.health(),
+    );
+    let check = |r: Result<(), String>| match r {
+        Ok(()) => json!("ok"),
+        Err(e) => json!(e),
+    };
+    let ready = db.is_ok() && log.is_ok() && registry.is_ok() && !state.shutdown.is_cancelled();
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "checks": {
+            "database": check(db.map_err(|e| e.to_string())),
+            "log": check(log.map_err(|e| e.to_string())),
+            "registry": check(registry.map_err(|e| e.to_string())),
+        },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    metrics::gauge!("chorus_ws_sessions_local").set(state.sessions.count() as f64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("index.html"))
+}

@@ -1,0 +1,118 @@
+//! The one path every message takes into the pipeline, from WebSocket or HTTP.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use chorus_core::event::{StageEvent, encode, full_route};
+use chorus_core::model::Origin;
+use chorus_core::{ConversationId, ErrorCode, MessageId, SessionId, UserId};
+use chorus_log::Outgoing;
+use chorus_store::Members;
+use std::sync::Arc;
+
+/// Longest `client_msg_id`, in bytes.
+pub const MAX_CLIENT_MSG_ID: usize = 128;
+
+/// Checks that `user` may act in `conversation`: `not_found` when it does not exist,
+/// `forbidden` when the user is not a member.
+pub async fn require_member(
+    state: &AppState,
+    conversation: ConversationId,
+    user: UserId,
+) -> Result<Arc<Members>, ApiError> {
+    let members = state.directory.members(conversation).await?;
+    if members.contains(user) {
+        return Ok(members);
+    }
+    if members.is_empty()
+        && state
+            .directory
+            .store()
+            .conversation(conversation)
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "conversation {conversation} does not exist"
+        )));
+    }
+    Err(ApiError::forbidden(format!(
+        "you are not a member of conversation {conversation}"
+    )))
+}
+
+/// Validates a message and puts it on the log; returns its id once the log holds it.
+pub async fn submit(
+    state: &AppState,
+    sender: UserId,
+    session: Option<SessionId>,
+    conversation: ConversationId,
+    client_msg_id: String,
+    body: String,
+) -> Result<MessageId, ApiError> {
+    if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
+        return Err(ApiError::bad_request(format!(
+            "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
+        )));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request("body must not be empty"));
+    }
+    if body.len() > state.limits.max_body_bytes {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "body is {} bytes; the limit is {}",
+                body.len(),
+                state.limits.max_body_bytes
+            ),
+        ));
+    }
+    require_member(state, conversation, sender).await?;
+    state
+        .limiter
+        .check(sender)
+        .map_err(ApiError::rate_limited)?;
+    let message_id = MessageId::derive(sender, &client_msg_id);
+    let route = full_route();
+    let event = StageEvent::Message(chorus_core::event::MessageEvent {
+        message_id,
+        client_msg_id,
+        conversation_id: conversation,
+        sender_id: sender,
+        session_id: session,
+        body,
+        seq: None,
+        sent_at: chrono::Utc::now(),
+        origin: Origin::User,
+        hops: 0,
+        route: route.clone(),
+        suppress: Vec::new(),
+    });
+    state
+        .log
+        .publish(vec![Outgoing::new(
+            state.topics.stage(route[0]),
+            conversation.0.as_bytes().to_vec(),
+            encode(&event),
+        )])
+        .await?;
+    metrics::counter!("chorus_messages_accepted_total").increment(1);
+    Ok(message_id)
+}
+
+/// Publishes a notice for the route stage (typing, read, presence), keyed by `key`.
+pub async fn notify_route(
+    state: &AppState,
+    key: &[u8],
+    event: &StageEvent,
+) -> Result<(), ApiError> {
+    state
+        .log
+        .publish(vec![Outgoing::new(
+            state.topics.stage(chorus_core::topics::Stage::Route),
+            key.to_vec(),
+            encode(event),
+        )])
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The WebSocket sessions this gateway node holds, and fan-out to them.
+
+use axum::extract::ws::Utf8Bytes;
+use chorus_core::{ConversationId, SessionId, UserId};
+use std::collections::HashMap;
+use std::sync::RwLock;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const SHARDS: usize = 32;
+
+/// Something to write to one session.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// A `message` frame: the session checks `seq` against what it has sent.
+    Message {
+        /// Its conversation.
+        conversation_id: ConversationId,
+        /// Its `seq`.
+        seq: i64,
+        /// The encoded frame, shared by every recipient session.
+        frame: Utf8Bytes,
+    },
+    /// Any other frame, written as is.
+    Frame(Utf8Bytes),
+}
+
+/// The handle fan-out uses to reach one session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    /// The session.
+    pub id: SessionId,
+    /// Its bounded outbound queue.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled when the session must close because it does not keep up.
+    pub overflow: CancellationToken,
+}
+
+/// Local sessions by user, sharded to keep connect storms and fan-out apart.
+pub struct Sessions {
+    shards: Vec<RwLock<HashMap<UserId, Vec<SessionHandle>>>>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
+}
+
+impl Sessions {
+    fn shard(&self, user: UserId) -> &RwLock<HashMap<UserId, Vec<SessionHandle>>> {
+        &self.shards[(user.0.as_u128() % SHARDS as u128) as usize]
+    }
+
+    /// Adds a session of `user`.
+    pub fn insert(&self, user: UserId, handle: SessionHandle) {
+        let mut map = self.shard(user).write().unwrap_or_else(|e| e.into_inner());
+        map.entry(user).or_default().push(handle);
+    }
+
+    /// Removes a session of `user`.
+    pub fn remove(&self, user: UserId, session: SessionId) {
+        let mut map = self.shard(user).write().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = map.get_mut(&user) {
+            list.retain(|h| h.id != session);
+            if list.is_empty() {
+                map.remove(&user);
+            }
+        }
+    }
+
+    /// Queues `out` for every session of `users` except `except`. A session whose
+    /// queue is full is told to close (it resumes with `sync` when it reconnects);
+    /// returns how many sessions got the frame.
+    pub fn deliver(&self, users: &[UserId], out: &Outbound, except: Option<SessionId>) -> usize {
+        let mut delivered = 0;
+        for user in users {
+            let map = self.shard(*user).read().unwrap_or_else(|e| e.into_inner());
+            let Some(list) = map.get(user) else {
+                continue;
+            };
+            for h in list {
+                if Some(h.id) == except {
+                    continue;
+                }
+                match h.tx.try_send(out.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if !h.overflow.is_cancelled() {
+                            metrics::counter!("chorus_ws_overflow_closed_total").increment(1);
+                            h.overflow.cancel();
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Queues `out` for one session of `user`, if this node holds it.
+    pub fn deliver_to_session(&self, user: UserId, session: SessionId, out: &Outbound) {
+        let map = self.shard(user).read().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = map
+            .get(&user)
+            .and_then(|l| l.iter().find(|h| h.id == session))
+        {
+            // A full queue means the session is closing anyway; the client learns the
+            // outcome of its send from `sync` when it resumes.
+            let _ = h.tx.try_send(out.clone());
+        }
+    }
+
+    /// Sessions held now.
+    pub fn count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}

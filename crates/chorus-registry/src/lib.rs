@@ -1,0 +1,48 @@
+//! Where users' sessions are: which gateway node holds which session.
+//!
+//! The gateway registers each session it accepts and removes it when it closes; the
+//! route stage asks which nodes to send a delivery to; presence is derived from it (a
+//! user is online while they have at least one session anywhere). Backends:
+//!
+//! - [`memory`]: in-process, the embedded default (`memory://`).
+//! - `redis` (feature `redis`): shared by a cluster, with heartbeats and expiry so a
+//!   crashed node's sessions vanish on their own (`redis://`).
+
+pub mod memory;
+
+use async_trait::async_trait;
+use chorus_core::{NodeId, SessionId, UserId};
+use std::collections::HashMap;
+
+/// Errors of the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The backend failed or is unreachable.
+    #[error("registry backend: {0}")]
+    Backend(String),
+}
+
+/// Result of the registry.
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Session locations and presence.
+///
+/// Contract: after `register` returns, `locate` includes the session's node for the
+/// user; after `unregister` (or, for shared backends, after the node's heartbeats stop
+/// for the expiry period), it does not. `register` tells whether the user just came
+/// online (had no session anywhere); `unregister` whether they just went offline.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Records that `node` holds `session` of `user`; `true` if the user was offline.
+    async fn register(&self, user: UserId, node: &NodeId, session: SessionId) -> Result<bool>;
+    /// Forgets a session; `true` if the user has no session left anywhere.
+    async fn unregister(&self, user: UserId, node: &NodeId, session: SessionId) -> Result<bool>;
+    /// Keeps `node`'s sessions alive (shared backends expire them otherwise).
+    async fn heartbeat(&self, node: &NodeId) -> Result<()>;
+    /// The nodes holding sessions of `users`, with the users on each.
+    async fn locate(&self, users: &[UserId]) -> Result<HashMap<NodeId, Vec<UserId>>>;
+    /// Which of `users` have at least one session.
+    async fn online(&self, users: &[UserId]) -> Result<Vec<UserId>>;
+    /// Whether the backend answers.
+    async fn health(&self) -> Result<()>;
+}

@@ -1,0 +1,79 @@
+//! `store`: assigns each message its conversation's next `seq` and persists it, a
+//! whole batch in one transaction. A message stored before (a retried send, or a
+//! batch replayed after a crash) is not stored again: its stored copy, with its
+//! original `seq`, goes on, so that delivery after a crash still happens.
+
+use crate::runner::{StageContext, StageError, StageWorker, forward};
+use async_trait::async_trait;
+use chorus_core::event::{MessageEvent, StageEvent};
+use chorus_core::topics::Stage;
+use chorus_log::Outgoing;
+use chorus_store::{Appended, NewMessage};
+
+/// The `store` stage.
+pub struct StoreStage;
+
+#[async_trait]
+impl StageWorker for StoreStage {
+    async fn process(
+        &mut self,
+        ctx: &StageContext,
+        events: Vec<StageEvent>,
+    ) -> Result<Vec<Outgoing>, StageError> {
+        let batch: Vec<NewMessage> = events
+            .iter()
+            .filter_map(|e| match e {
+                StageEvent::Message(m) => Some(new_message(m)),
+                _ => None,
+            })
+            .collect();
+        let mut appended = ctx
+            .directory
+            .store()
+            .append_messages(&batch)
+            .await?
+            .into_iter();
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            let StageEvent::Message(mut m) = event else {
+                out.extend(forward(ctx, Stage::Store, event));
+                continue;
+            };
+            match appended.next() {
+                Some(Appended::New(stored)) => {
+                    metrics::counter!("chorus_messages_stored_total").increment(1);
+                    m.seq = Some(stored.seq);
+                }
+                Some(Appended::Existing(stored)) => {
+                    metrics::counter!("chorus_messages_duplicate_total").increment(1);
+                    m.seq = Some(stored.seq);
+                    m.body = stored.body;
+                    m.sent_at = stored.sent_at;
+                    m.client_msg_id = stored.client_msg_id;
+                }
+                Some(Appended::NoConversation) | None => {
+                    tracing::warn!(
+                        conversation_id = %m.conversation_id,
+                        message_id = %m.message_id,
+                        "message for a conversation that does not exist dropped"
+                    );
+                    continue;
+                }
+            }
+            out.extend(forward(ctx, Stage::Store, StageEvent::Message(m)));
+        }
+        Ok(out)
+    }
+}
+
+fn new_message(m: &MessageEvent) -> NewMessage {
+    NewMessage {
+        message_id: m.message_id,
+        client_msg_id: m.client_msg_id.clone(),
+        conversation_id: m.conversation_id,
+        sender_id: m.sender_id,
+        body: m.body.clone(),
+        sent_at: m.sent_at,
+        origin: m.origin,
+    }
+}

@@ -1,0 +1,224 @@
+//! Durable state: users, conversations, members, messages.
+//!
+//! The store stage is the only writer of messages; the gateway writes accounts,
+//! conversations, members and read markers. [`Store`] is the contract, with one
+//! implementation per database:
+//!
+//! - [`sqlite`]: a file in the data directory, the embedded default (`sqlite://`).
+//! - `postgres` (feature `postgres`): PostgreSQL, for clusters (`postgres://`).
+//!
+//! [`Directory`] wraps a store with a membership cache, so that the hot path (may this
+//! user send here? who receives this?) does not query the database per message.
+//!
+//! # Contract
+//!
+//! - [`Store::append_messages`] gives each new message the conversation's next `seq`
+//!   (1, 2, 3, … with no gaps) and stores it in the same transaction. A message whose
+//!   `message_id` is already stored is not stored again: the stored copy is returned.
+//!   The whole batch is one transaction.
+//! - Read markers only move forward and never past the conversation's `last_seq`.
+
+mod directory;
+pub mod sqlite;
+
+pub use directory::{Directory, Members};
+
+use async_trait::async_trait;
+use chorus_core::model::{Conversation, ConversationKind, Message, Origin, User};
+use chorus_core::{ConversationId, MessageId, UserId};
+use chrono::{DateTime, Utc};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value is taken (a username).
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The thing to change does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The database failed or is unreachable.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be read back (a corrupt row).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (as opposed to a bug or bad data):
+    /// worth retrying, and a reason to report the node not ready.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
+/// Result of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A user with the stored password hash, for login.
+#[derive(Clone, Debug)]
+pub struct Account {
+    /// The user.
+    pub user: User,
+    /// PHC-format argon2id hash.
+    pub password_hash: String,
+}
+
+/// A conversation as stored, independent of the viewer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationRecord {
+    /// Its id.
+    pub id: ConversationId,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Group title.
+    pub title: Option<String>,
+    /// Group owner.
+    pub owner_id: Option<UserId>,
+    /// Members in the order they joined.
+    pub members: Vec<UserId>,
+    /// Latest `seq`.
+    pub last_seq: i64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+impl ConversationRecord {
+    /// The conversation as `viewer` sees it, given their read marker.
+    pub fn view(self, read_seq: i64) -> Conversation {
+        Conversation {
+            unread: (self.last_seq - read_seq).max(0),
+            id: self.id,
+            kind: self.kind,
+            title: self.title,
+            members: self.members,
+            owner_id: self.owner_id,
+            created_at: self.created_at,
+            last_seq: self.last_seq,
+        }
+    }
+}
+
+/// A message to store (no `seq` yet).
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// Derived id: the idempotency key.
+    pub message_id: MessageId,
+    /// The client's key.
+    pub client_msg_id: String,
+    /// Where.
+    pub conversation_id: ConversationId,
+    /// Who.
+    pub sender_id: UserId,
+    /// The text.
+    pub body: String,
+    /// Accepted at.
+    pub sent_at: DateTime<Utc>,
+    /// Person, script or auto-reply.
+    pub origin: Origin,
+}
+
+/// What [`Store::append_messages`] did with one message.
+#[derive(Clone, Debug)]
+pub enum Appended {
+    /// Stored now, with this `seq`.
+    New(Message),
+    /// Stored earlier (a retry or a redelivery); the stored copy.
+    Existing(Message),
+    /// The conversation does not exist; nothing stored.
+    NoConversation,
+}
+
+/// Which page of history to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Only messages with a greater `seq`.
+    pub after_seq: Option<i64>,
+    /// Only messages with a smaller `seq`.
+    pub before_seq: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// Durable state; see the crate docs for the contract.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Whether the database answers.
+    async fn health(&self) -> Result<()>;
+
+    /// Creates an account; `Conflict` when the username is taken.
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<User>;
+    /// The account named `username`.
+    async fn account(&self, username: &str) -> Result<Option<Account>>;
+    /// A user by id.
+    async fn user(&self, id: UserId) -> Result<Option<User>>;
+    /// Users whose name starts with `prefix`, by name.
+    async fn search_users(&self, prefix: &str, limit: i64) -> Result<Vec<User>>;
+
+    /// Creates a group owned by `owner` with `owner` and `members`.
+    async fn create_group(
+        &self,
+        owner: UserId,
+        title: &str,
+        members: &[UserId],
+    ) -> Result<ConversationRecord>;
+    /// The direct conversation of `a` and `b`, created if missing (then `true`).
+    async fn direct(&self, a: UserId, b: UserId) -> Result<(ConversationRecord, bool)>;
+    /// A conversation by id.
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>>;
+    /// Every conversation of `user` with the user's read marker.
+    async fn conversations_of(&self, user: UserId) -> Result<Vec<(ConversationRecord, i64)>>;
+    /// The read marker of `user` in `conversation` (`None`: not a member).
+    async fn read_seq(&self, conversation: ConversationId, user: UserId) -> Result<Option<i64>>;
+    /// Adds a member (no-op if present).
+    async fn add_member(&self, conversation: ConversationId, user: UserId) -> Result<()>;
+    /// Removes a member; a departing owner hands the group to the longest-standing member.
+    async fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<()>;
+    /// Member ids in joining order.
+    async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>>;
+    /// Users sharing at least one conversation with `user` (not `user`).
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>>;
+
+    /// Stores messages, one transaction; see the crate docs.
+    async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>>;
+    /// A message by id.
+    async fn message(&self, id: MessageId) -> Result<Option<Message>>;
+    /// A page of history, ascending by `seq`: the first `limit` after `after_seq`, or
+    /// without `after_seq` the last `limit` before `before_seq`.
+    async fn messages(&self, conversation: ConversationId, page: Page) -> Result<Vec<Message>>;
+    /// Moves the read marker forward (capped at `last_seq`); returns the marker now.
+    async fn mark_read(&self, conversation: ConversationId, user: UserId, seq: i64) -> Result<i64>;
+    /// `last_seq` of every conversation of `user`.
+    async fn last_seqs(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>>;
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("time {ms}")))
+}
+
+fn parse_id<T: std::str::FromStr>(s: &str) -> Result<T> {
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("id {s:?}")))
+}
+
+/// The key that makes one direct conversation per pair of users.
+fn direct_key(a: UserId, b: UserId) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo}:{hi}")
+}

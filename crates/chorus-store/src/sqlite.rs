@@ -1,0 +1,566 @@
+//! SQLite store: one file, WAL mode, one writer connection and a pool of readers.
+//!
+//! SQLite admits one writer at a time; giving writes their own single connection
+//! queues them in the pool instead of failing with `SQLITE_BUSY`, while readers in WAL
+//! mode never wait for the writer.
+
+use crate::{
+    Account, Appended, ConversationRecord, NewMessage, Page, Result, Store, StoreError, direct_key,
+    from_millis, millis, parse_id,
+};
+use async_trait::async_trait;
+use chorus_core::model::{ConversationKind, Message, Origin, User};
+use chorus_core::{ConversationId, MessageId, UserId};
+use chrono::Utc;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// A SQLite database file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self> {
+        Self::connect(
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true),
+        )
+        .await
+    }
+
+    /// Opens the database named by a `sqlite://PATH` URL.
+    pub async fn open_url(url: &str) -> Result<Self> {
+        Self::connect(SqliteConnectOptions::from_str(url)?.create_if_missing(true)).await
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<Self> {
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+}
+
+fn user_row(row: &SqliteRow) -> Result<User> {
+    Ok(User {
+        id: parse_id(row.try_get::<&str, _>("id")?)?,
+        username: row.try_get("username")?,
+    })
+}
+
+fn message_row(row: &SqliteRow) -> Result<Message> {
+    let origin: &str = row.try_get("origin")?;
+    Ok(Message {
+        message_id: parse_id(row.try_get::<&str, _>("message_id")?)?,
+        client_msg_id: row.try_get("client_msg_id")?,
+        conversation_id: parse_id(row.try_get::<&str, _>("conversation_id")?)?,
+        seq: row.try_get("seq")?,
+        sender_id: parse_id(row.try_get::<&str, _>("sender_id")?)?,
+        body: row.try_get("body")?,
+        sent_at: from_millis(row.try_get("sent_at")?)?,
+        origin: Origin::parse(origin).ok_or_else(|| StoreError::Corrupt(origin.into()))?,
+    })
+}
+
+const MESSAGE_COLUMNS: &str =
+    "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin";
+
+const CONVERSATION_COLUMNS: &str = "id, kind, title, owner_id, last_seq, created_at";
+
+fn conversation_row(row: &SqliteRow, members: Vec<UserId>) -> Result<ConversationRecord> {
+    let kind: &str = row.try_get("kind")?;
+    let owner: Option<&str> = row.try_get("owner_id")?;
+    Ok(ConversationRecord {
+        id: parse_id(row.try_get::<&str, _>("id")?)?,
+        kind: ConversationKind::parse(kind).ok_or_else(|| StoreError::Corrupt(kind.into()))?,
+        title: row.try_get("title")?,
+        owner_id: owner.map(parse_id).transpose()?,
+        members,
+        last_seq: row.try_get("last_seq")?,
+        created_at: from_millis(row.try_get("created_at")?)?,
+    })
+}
+
+impl SqliteStore {
+    async fn members_in<'e, E>(&self, exec: E, conversation: ConversationId) -> Result<Vec<UserId>>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    {
+        sqlx::query(
+            "SELECT user_id FROM members WHERE conversation_id = ? ORDER BY joined_at, rowid",
+        )
+        .bind(conversation.to_string())
+        .fetch_all(exec)
+        .await?
+        .iter()
+        .map(|r| parse_id(r.try_get::<&str, _>(0)?))
+        .collect()
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn health(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<User> {
+        let user = User {
+            id: UserId::new(),
+            username: username.to_owned(),
+        };
+        let res = sqlx::query(
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(user.id.to_string())
+        .bind(username)
+        .bind(password_hash)
+        .bind(millis(Utc::now()))
+        .execute(&self.writer)
+        .await;
+        match res {
+            Ok(_) => Ok(user),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Conflict("username"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn account(&self, username: &str) -> Result<Option<Account>> {
+        let row = sqlx::query("SELECT id, username, password_hash FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| {
+            Ok(Account {
+                user: user_row(&r)?,
+                password_hash: r.try_get("password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>> {
+        sqlx::query("SELECT id, username FROM users WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?
+            .as_ref()
+            .map(user_row)
+            .transpose()
+    }
+
+    async fn search_users(&self, prefix: &str, limit: i64) -> Result<Vec<User>> {
+        // Range scan on the unique index instead of LIKE, which would treat `_` and `%`
+        // in the prefix as wildcards.
+        let upper = format!("{prefix}\u{10FFFF}");
+        sqlx::query(
+            "SELECT id, username FROM users WHERE username >= ? AND username < ? \
+             ORDER BY username LIMIT ?",
+        )
+        .bind(prefix)
+        .bind(upper)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(user_row)
+        .collect()
+    }
+
+    async fn create_group(
+        &self,
+        owner: UserId,
+        title: &str,
+        members: &[UserId],
+    ) -> Result<ConversationRecord> {
+        let id = ConversationId::new();
+        let now = Utc::now();
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO conversations (id, kind, title, owner_id, created_at) \
+             VALUES (?, 'group', ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(title)
+        .bind(owner.to_string())
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await?;
+        let mut all = vec![owner];
+        for m in members {
+            if !all.contains(m) {
+                all.push(*m);
+            }
+        }
+        for m in &all {
+            insert_member(&mut tx, id, *m, millis(now)).await?;
+        }
+        tx.commit().await?;
+        Ok(ConversationRecord {
+            id,
+            kind: ConversationKind::Group,
+            title: Some(title.to_owned()),
+            owner_id: Some(owner),
+            members: all,
+            last_seq: 0,
+            created_at: from_millis(millis(now))?,
+        })
+    }
+
+    async fn direct(&self, a: UserId, b: UserId) -> Result<(ConversationRecord, bool)> {
+        let key = direct_key(a, b);
+        let mut tx = self.writer.begin().await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE direct_key = ?"
+        ))
+        .bind(&key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            let id: ConversationId = parse_id(row.try_get::<&str, _>("id")?)?;
+            let members = self.members_in(&mut *tx, id).await?;
+            return Ok((conversation_row(&row, members)?, false));
+        }
+        let id = ConversationId::new();
+        let now = millis(Utc::now());
+        sqlx::query(
+            "INSERT INTO conversations (id, kind, direct_key, created_at) \
+             VALUES (?, 'direct', ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(&key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_member(&mut tx, id, a, now).await?;
+        insert_member(&mut tx, id, b, now).await?;
+        tx.commit().await?;
+        Ok((
+            ConversationRecord {
+                id,
+                kind: ConversationKind::Direct,
+                title: None,
+                owner_id: None,
+                members: vec![a, b],
+                last_seq: 0,
+                created_at: from_millis(now)?,
+            },
+            true,
+        ))
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let members = self.members_in(&self.reader, id).await?;
+                Ok(Some(conversation_row(&row, members)?))
+            }
+        }
+    }
+
+    async fn conversations_of(&self, user: UserId) -> Result<Vec<(ConversationRecord, i64)>> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.kind, c.title, c.owner_id, c.last_seq, c.created_at, m.read_seq \
+             FROM members m JOIN conversations c ON c.id = m.conversation_id \
+             WHERE m.user_id = ? ORDER BY c.created_at, c.id",
+        )
+        .bind(user.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("id"))
+            .collect::<Result<_, _>>()?;
+        let mut members: HashMap<String, Vec<UserId>> = HashMap::new();
+        if !ids.is_empty() {
+            let all = sqlx::query(
+                "SELECT m.conversation_id, m.user_id FROM members m \
+                 WHERE m.conversation_id IN (SELECT conversation_id FROM members WHERE user_id = ?) \
+                 ORDER BY m.joined_at, m.rowid",
+            )
+            .bind(user.to_string())
+            .fetch_all(&self.reader)
+            .await?;
+            for r in all {
+                members
+                    .entry(r.try_get("conversation_id")?)
+                    .or_default()
+                    .push(parse_id(r.try_get::<&str, _>("user_id")?)?);
+            }
+        }
+        rows.iter()
+            .zip(ids)
+            .map(|(row, id)| {
+                let m = members.remove(&id).unwrap_or_default();
+                Ok((conversation_row(row, m)?, row.try_get("read_seq")?))
+            })
+            .collect()
+    }
+
+    async fn read_seq(&self, conversation: ConversationId, user: UserId) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT read_seq FROM members WHERE conversation_id = ? AND user_id = ?",
+        )
+        .bind(conversation.to_string())
+        .bind(user.to_string())
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+
+    async fn add_member(&self, conversation: ConversationId, user: UserId) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        insert_member(&mut tx, conversation, user, millis(Utc::now())).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let removed = sqlx::query("DELETE FROM members WHERE conversation_id = ? AND user_id = ?")
+            .bind(conversation.to_string())
+            .bind(user.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if removed.rows_affected() == 0 {
+            return Err(StoreError::NotFound("member"));
+        }
+        sqlx::query(
+            "UPDATE conversations SET owner_id = \
+               (SELECT user_id FROM members WHERE conversation_id = ?1 \
+                ORDER BY joined_at, rowid LIMIT 1) \
+             WHERE id = ?1 AND owner_id = ?2",
+        )
+        .bind(conversation.to_string())
+        .bind(user.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
+        self.members_in(&self.reader, conversation).await
+    }
+
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
+        sqlx::query(
+            "SELECT DISTINCT o.user_id FROM members m \
+             JOIN members o ON o.conversation_id = m.conversation_id \
+             WHERE m.user_id = ?1 AND o.user_id <> ?1",
+        )
+        .bind(user.to_string())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| parse_id(r.try_get::<&str, _>(0)?))
+        .collect()
+    }
+
+    async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>> {
+        let mut tx = self.writer.begin().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        // Messages of this batch by id, so a duplicate inside the batch is found too.
+        let mut stored: HashMap<MessageId, Message> = HashMap::new();
+        let mut next_seq: HashMap<ConversationId, Option<i64>> = HashMap::new();
+        for m in batch {
+            if let Some(existing) = stored.get(&m.message_id) {
+                out.push(Appended::Existing(existing.clone()));
+                continue;
+            }
+            let existing = sqlx::query(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ?"
+            ))
+            .bind(m.message_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                out.push(Appended::Existing(message_row(&row)?));
+                continue;
+            }
+            let seq = match next_seq.get(&m.conversation_id) {
+                Some(s) => *s,
+                None => {
+                    let last: Option<i64> =
+                        sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?")
+                            .bind(m.conversation_id.to_string())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    next_seq.insert(m.conversation_id, last);
+                    last
+                }
+            };
+            let Some(last) = seq else {
+                out.push(Appended::NoConversation);
+                continue;
+            };
+            let seq = last + 1;
+            next_seq.insert(m.conversation_id, Some(seq));
+            sqlx::query(
+                "INSERT INTO messages (message_id, client_msg_id, conversation_id, seq, \
+                 sender_id, body, sent_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(m.message_id.to_string())
+            .bind(&m.client_msg_id)
+            .bind(m.conversation_id.to_string())
+            .bind(seq)
+            .bind(m.sender_id.to_string())
+            .bind(&m.body)
+            .bind(millis(m.sent_at))
+            .bind(m.origin.as_str())
+            .execute(&mut *tx)
+            .await?;
+            let message = Message {
+                message_id: m.message_id,
+                client_msg_id: m.client_msg_id.clone(),
+                conversation_id: m.conversation_id,
+                seq,
+                sender_id: m.sender_id,
+                body: m.body.clone(),
+                sent_at: from_millis(millis(m.sent_at))?,
+                origin: m.origin,
+            };
+            stored.insert(m.message_id, message.clone());
+            out.push(Appended::New(message));
+        }
+        // One counter update per conversation per batch, in the same transaction.
+        for (conversation, last) in next_seq {
+            if let Some(last) = last {
+                sqlx::query("UPDATE conversations SET last_seq = ? WHERE id = ? AND last_seq < ?")
+                    .bind(last)
+                    .bind(conversation.to_string())
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn message(&self, id: MessageId) -> Result<Option<Message>> {
+        sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(message_row)
+        .transpose()
+    }
+
+    async fn messages(&self, conversation: ConversationId, page: Page) -> Result<Vec<Message>> {
+        let before = page.before_seq.unwrap_or(i64::MAX);
+        let rows = match page.after_seq {
+            Some(after) => {
+                sqlx::query(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages \
+                     WHERE conversation_id = ? AND seq > ? AND seq < ? ORDER BY seq LIMIT ?"
+                ))
+                .bind(conversation.to_string())
+                .bind(after)
+                .bind(before)
+                .bind(page.limit)
+                .fetch_all(&self.reader)
+                .await?
+            }
+            None => {
+                let mut rows = sqlx::query(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages \
+                     WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+                ))
+                .bind(conversation.to_string())
+                .bind(before)
+                .bind(page.limit)
+                .fetch_all(&self.reader)
+                .await?;
+                rows.reverse();
+                rows
+            }
+        };
+        rows.iter().map(message_row).collect()
+    }
+
+    async fn mark_read(&self, conversation: ConversationId, user: UserId, seq: i64) -> Result<i64> {
+        let marker: Option<i64> = sqlx::query_scalar(
+            "UPDATE members SET read_seq = MAX(read_seq, \
+               MIN(?1, (SELECT last_seq FROM conversations WHERE id = ?2))) \
+             WHERE conversation_id = ?2 AND user_id = ?3 RETURNING read_seq",
+        )
+        .bind(seq)
+        .bind(conversation.to_string())
+        .bind(user.to_string())
+        .fetch_optional(&self.writer)
+        .await?;
+        marker.ok_or(StoreError::NotFound("member"))
+    }
+
+    async fn last_seqs(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>> {
+        sqlx::query(
+            "SELECT c.id, c.last_seq FROM members m JOIN conversations c \
+             ON c.id = m.conversation_id WHERE m.user_id = ?",
+        )
+        .bind(user.to_string())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| Ok((parse_id(r.try_get::<&str, _>(0)?)?, r.try_get(1)?)))
+        .collect()
+    }
+}
+
+async fn insert_member(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conversation: ConversationId,
+    user: UserId,
+    now: i64,
+) -> Result<()> {
+    let res = sqlx::query(
+        "INSERT INTO members (conversation_id, user_id, joined_at) VALUES (?, ?, ?) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(conversation.to_string())
+    .bind(user.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            Err(StoreError::NotFound("user"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,157 @@
+//! The command line. Every flag can also be set by the environment variable named in
+//! its help; flags win over variables, variables over the config file.
+
+use chorus_config::Config;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// chorus: a chat platform on an event log.
+#[derive(Debug, Parser)]
+#[command(name = "chorus", version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const AFTER_HELP: &str = "Backends compiled into this build: event log memory://; \
+database sqlite://; registry memory://.\n\
+Run `chorus serve` with no flags for the embedded default: one process, SQLite in \
+./chorus-data, in-process event log and registry, listening on 127.0.0.1:8080.";
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: by default every role, embedded, on 127.0.0.1:8080.
+    Serve(ServeArgs),
+}
+
+/// Flags of `chorus serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (flags and environment variables override it).
+    #[arg(long, env = "CHORUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address for HTTP and WebSocket [default: 127.0.0.1:8080].
+    #[arg(long, env = "CHORUS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the embedded database and the generated token secret
+    /// [default: ./chorus-data].
+    #[arg(long, env = "CHORUS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// This node's name, unique in a cluster; names its delivery topic [default: local].
+    #[arg(long, env = "CHORUS_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Event log URL: memory:// or kafka://HOST:PORT[,HOST:PORT] [default: memory://].
+    #[arg(long, env = "CHORUS_LOG_URL", value_name = "URL")]
+    pub log: Option<String>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB
+    /// [default: sqlite://<data-dir>/chorus.db].
+    #[arg(long, env = "CHORUS_DB", value_name = "URL")]
+    pub db: Option<String>,
+    /// Registry URL: memory:// or redis://HOST:PORT/DB [default: memory://].
+    #[arg(long, env = "CHORUS_REGISTRY", value_name = "URL")]
+    pub registry: Option<String>,
+    /// Roles to run, comma-separated: gateway, automate-out, store, automate-in, route
+    /// [default: all].
+    #[arg(
+        long,
+        env = "CHORUS_ROLES",
+        value_name = "ROLES",
+        value_delimiter = ','
+    )]
+    pub roles: Option<Vec<String>>,
+    /// Prefix of every topic name [default: chorus].
+    #[arg(long, env = "CHORUS_TOPIC_PREFIX", value_name = "PREFIX")]
+    pub topic_prefix: Option<String>,
+    /// Partitions per stage topic [default: 8].
+    #[arg(long, env = "CHORUS_PARTITIONS", value_name = "N")]
+    pub partitions: Option<u32>,
+    /// HS256 secret for access tokens, at least 32 bytes [default: generated into
+    /// <data-dir>/jwt.secret].
+    #[arg(
+        long,
+        env = "CHORUS_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "CHORUS_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Sustained sends per second per user [default: 100].
+    #[arg(long, env = "CHORUS_RATE_PER_SEC", value_name = "N")]
+    pub rate_per_sec: Option<u32>,
+    /// Burst of sends per user [default: 500].
+    #[arg(long, env = "CHORUS_RATE_BURST", value_name = "N")]
+    pub rate_burst: Option<u32>,
+    /// Largest WebSocket frame in bytes [default: 65536].
+    #[arg(long, env = "CHORUS_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+}
+
+impl ServeArgs {
+    /// The configuration: file (if any), then these flags and variables on top.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut c = Config::load(self.config.as_deref())?;
+        macro_rules! set {
+            ($($field:ident => $target:expr),* $(,)?) => {
+                $(if let Some(v) = &self.$field { $target = v.clone(); })*
+            };
+        }
+        set! {
+            listen => c.listen,
+            data_dir => c.data_dir,
+            node_id => c.node_id,
+            log => c.log,
+            registry => c.registry,
+            roles => c.roles,
+            topic_prefix => c.topic_prefix,
+            partitions => c.partitions,
+            log_format => c.log_format,
+            rate_per_sec => c.limits.rate_per_sec,
+            rate_burst => c.limits.rate_burst,
+            max_frame_bytes => c.limits.max_frame_bytes,
+        }
+        if let Some(db) = &self.db {
+            c.db = Some(db.clone());
+        }
+        if let Some(secret) = &self.jwt_secret {
+            c.auth.jwt_secret = Some(secret.clone());
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let cli = Cli::parse_from([
+            "chorus",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--roles",
+            "gateway,store",
+            "--rate-per-sec",
+            "7",
+        ]);
+        let Command::Serve(args) = cli.command;
+        let c = args.config().unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.roles, vec!["gateway", "store"]);
+        assert_eq!(c.limits.rate_per_sec, 7);
+        assert_eq!(c.log, "memory://");
+    }
+}

@@ -1,0 +1,39 @@
+//! The `chorus` binary: parse, set up logs, build, run until a shutdown signal.
+
+use anyhow::Context;
+use chorus::cli::{Cli, Command};
+use chorus::node::Node;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            chorus::telemetry::init_logs(config.log_format == "json");
+            let node = Node::build(config).await.context("starting chorus")?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal(shutdown.clone()));
+            node.run(shutdown).await
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    shutdown.cancel();
+}

@@ -1,0 +1,284 @@
+//! A node: the roles one process runs, built from a [`Config`] and run until shutdown.
+//!
+//! Lifecycle: [`Node::build`] opens the backends, creates the topics and binds the
+//! listener (so tests can bind port 0 and read [`Node::addr`] before anything runs);
+//! [`Node::run`] serves until the shutdown token is cancelled, then drains: the
+//! gateway stops accepting and closes its sockets with "going away", the stages finish
+//! what the log holds, and only then stop.
+
+use crate::backends;
+use anyhow::{Context, bail};
+use chorus_config::Config;
+use chorus_core::NodeId;
+use chorus_core::topics::{Stage, Topics};
+use chorus_gateway::auth::Tokens;
+use chorus_gateway::ratelimit::RateLimiter;
+use chorus_gateway::sessions::Sessions;
+use chorus_gateway::state::AppState;
+use chorus_stages::{StageContext, run_stage};
+use chorus_store::Directory;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A role a node can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// HTTP, WebSocket, delivery to sockets.
+    Gateway,
+    /// A message stage.
+    Stage(Stage),
+}
+
+impl Role {
+    /// Every role, for a node given none.
+    pub fn all() -> Vec<Role> {
+        let mut roles = vec![Role::Gateway];
+        roles.extend(Stage::ALL.map(Role::Stage));
+        roles
+    }
+
+    /// Parses a role name (`gateway`, `store`, …).
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "gateway" => Some(Role::Gateway),
+            other => Stage::from_name(other).map(Role::Stage),
+        }
+    }
+}
+
+/// A built node, ready to run.
+pub struct Node {
+    config: Config,
+    roles: Vec<Role>,
+    listener: Option<TcpListener>,
+    addr: Option<SocketAddr>,
+    state: Arc<AppState>,
+    stage_ctx: StageContext,
+}
+
+impl Node {
+    /// Opens the backends, creates topics and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Node> {
+        config.validate()?;
+        let roles = parse_roles(&config.roles)?;
+        if !NodeId::is_valid(&config.node_id) {
+            bail!(
+                "invalid node id {:?}: use 1 to 64 of A-Z a-z 0-9 . _ -",
+                config.node_id
+            );
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let store = backends::store(&config.db_url()).await?;
+        let log = backends::event_log(&config.log).await?;
+        let registry = backends::registry(&config.registry).await?;
+        let topics = Topics::new(config.topic_prefix.clone());
+        for stage in Stage::ALL {
+            log.create_topic(&topics.stage(stage), config.partitions)
+                .await?;
+        }
+        log.create_topic(&topics.dead_letter(), 1).await?;
+        let secret = jwt_secret(&config)?;
+        let directory = Directory::new(store);
+        let node = NodeId(config.node_id.clone());
+        let (listener, addr) = if roles.contains(&Role::Gateway) {
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            let addr = listener.local_addr()?;
+            (Some(listener), Some(addr))
+        } else {
+            (None, None)
+        };
+        let state = Arc::new(AppState {
+            node,
+            topics: topics.clone(),
+            partitions: config.partitions,
+            limits: config.limits.clone(),
+            directory: directory.clone(),
+            log: log.clone(),
+            registry: registry.clone(),
+            tokens: Tokens::new(&secret, Duration::from_secs(config.auth.token_ttl_secs)),
+            sessions: Sessions::default(),
+            limiter: RateLimiter::new(config.limits.rate_per_sec, config.limits.rate_burst),
+            metrics: crate::telemetry::metrics(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        let stage_ctx = StageContext {
+            log,
+            directory,
+            registry,
+            topics,
+        };
+        Ok(Node {
+            config,
+            roles,
+            listener,
+            addr,
+            state,
+            stage_ctx,
+        })
+    }
+
+    /// Where the gateway listens (`None` on a node without the gateway role).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// Runs every role until `shutdown` is cancelled, then drains and stops.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Node {
+            config,
+            roles,
+            listener,
+            state,
+            stage_ctx,
+            ..
+        } = self;
+        let stop_stages = CancellationToken::new();
+        let mut stages = JoinSet::new();
+        for role in &roles {
+            if let Role::Stage(stage) = *role {
+                stages.spawn(supervise(stage, stage_ctx.clone(), stop_stages.clone()));
+            }
+        }
+        let mut server = None;
+        if let Some(listener) = listener {
+            let delivery = tokio::spawn(chorus_gateway::deliver::run(
+                state.clone(),
+                stop_stages.clone(),
+            ));
+            let app = chorus_gateway::router(state.clone());
+            let stop_http = shutdown.clone();
+            server = Some((
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stop_http.cancelled_owned())
+                        .await
+                }),
+                delivery,
+            ));
+            tracing::info!(addr = %state_addr(&config), node = %state.node, "gateway listening");
+        }
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: draining sessions and stages");
+        let drain = Duration::from_secs(config.shutdown.drain_secs);
+        state.shutdown.cancel();
+        state.tracker.close();
+        if tokio::time::timeout(drain, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions did not close in time");
+        }
+        if let Some((http, _)) = &mut server {
+            if tokio::time::timeout(drain, http).await.is_err() {
+                tracing::warn!("HTTP requests did not finish in time");
+            }
+        }
+        // What the gateway accepted is on the log: let the stages store it before they
+        // stop (a volatile log would otherwise lose it).
+        let stage_topics: Vec<String> = Stage::ALL
+            .iter()
+            .map(|s| stage_ctx.topics.stage(*s))
+            .collect();
+        let deadline = tokio::time::Instant::now() + drain;
+        while !stage_ctx.log.drained(&stage_topics).await {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("stages did not drain the log in time");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop_stages.cancel();
+        while stages.join_next().await.is_some() {}
+        if let Some((_, delivery)) = server {
+            let _ = delivery.await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn state_addr(config: &Config) -> String {
+    config.listen.to_string()
+}
+
+/// Runs a stage, restarting it with backoff when it fails, until `stop`.
+async fn supervise(stage: Stage, ctx: StageContext, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match run_stage(stage, ctx.clone(), stop.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                metrics::counter!("chorus_stage_restarts_total", "stage" => stage.name())
+                    .increment(1);
+                tracing::error!(stage = stage.name(), error = %e, ?backoff, "stage failed; restarting");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn parse_roles(names: &[String]) -> anyhow::Result<Vec<Role>> {
+    if names.is_empty() {
+        return Ok(Role::all());
+    }
+    names
+        .iter()
+        .map(|n| {
+            Role::parse(n.trim()).with_context(|| {
+                format!(
+                    "unknown role `{n}` (known: gateway, automate-out, store, automate-in, route)"
+                )
+            })
+        })
+        .collect()
+}
+
+/// The token secret: configured, or generated once and kept in the data directory.
+fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &config.auth.jwt_secret {
+        if secret.len() < 32 {
+            bail!("the JWT secret must be at least 32 bytes");
+        }
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = config.data_dir.join("jwt.secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 32 => Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => bail!(
+            "{} is too short; delete it to generate a new one",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_secret(&path),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(hex.as_bytes())?;
+    file.sync_all()?;
+    Ok(hex.into_bytes())
+}

@@ -1,0 +1,99 @@
+"""Harness: the server under test, and a per-test API client.
+
+With CHORUS_URL set (e.g. http://127.0.0.1:8080) the tests use that server. Otherwise
+they start CHORUS_BIN (default <repo>/target/debug/chorus) as
+`chorus serve --listen 127.0.0.1:PORT --data-dir TMPDIR` on a free port, wait for
+/healthz, and stop it when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chorus_helpers import Api
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT = float(os.environ.get("CHORUS_START_TIMEOUT", "60"))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory) -> str:
+    url = os.environ.get("CHORUS_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+
+    binary = Path(os.environ.get("CHORUS_BIN", REPO / "target" / "debug" / "chorus"))
+    if not binary.is_file():
+        pytest.fail(f"server binary {binary} not found: build it, or set CHORUS_BIN or CHORUS_URL")
+
+    workdir = tmp_path_factory.mktemp("chorus-server")
+    data_dir = workdir / "data"
+    data_dir.mkdir()
+    log_path = workdir / "server.log"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"server exited with {proc.returncode} before answering /healthz; "
+                    f"log {log_path}:\n{_tail(log_path)}"
+                )
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"server did not answer /healthz within {START_TIMEOUT}s; "
+                    f"log {log_path}:\n{_tail(log_path)}"
+                )
+            time.sleep(0.1)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def api(server_url):
+    client = Api(server_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
