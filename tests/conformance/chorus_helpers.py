@@ -470,7 +470,7 @@ class Client:
                 self.log.append(frame)
                 self.pending.append(frame)
                 self._changed.set()
-            self.closed = "closed by the server"
+            self.closed = "closed (close handshake)"
         except ConnectionClosed as err:
             self.closed = f"closed: {err}"
         except Exception as err:  # pragma: no cover - surfaced through expect()
@@ -485,7 +485,13 @@ class Client:
     async def send(self, frame: dict | str | bytes) -> None:
         if isinstance(frame, dict):
             frame = json.dumps(frame)
-        await self.ws.send(frame)
+        try:
+            await self.ws.send(frame)
+        except ConnectionClosed as err:
+            raise AssertionError(
+                f"{self.name}: connection {self.closed or err} while sending; "
+                f"pending {_summary(self.pending)}"
+            ) from None
 
     async def send_msg(self, conv_id: str, body: str, client_msg_id: str | None = None) -> str:
         """Sends a `send` frame; returns its client_msg_id."""

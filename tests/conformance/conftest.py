@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from chorus_helpers import Api
 
@@ -90,7 +91,7 @@ def server_url(tmp_path_factory) -> str:
                 proc.wait(timeout=10)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def api(server_url):
     client = Api(server_url)
     try:

@@ -15,6 +15,8 @@ from chorus_helpers import (
     unique,
 )
 
+pytestmark = pytest.mark.asyncio
+
 
 async def test_register_returns_user_and_working_token(api):
     username = unique("reg")

@@ -11,6 +11,8 @@ from chorus_helpers import (
     parse_time,
 )
 
+pytestmark = pytest.mark.asyncio
+
 
 async def test_direct_is_created_once_per_pair(api):
     a, b = await api.users(2, "dm")

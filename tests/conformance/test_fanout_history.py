@@ -4,8 +4,11 @@ pagination over the same messages."""
 import asyncio
 
 import pytest
+import pytest_asyncio
 
 from chorus_helpers import assert_error, assert_same_message
+
+pytestmark = pytest.mark.asyncio
 
 PER_SENDER = 100
 TOTAL = 2 * PER_SENDER
@@ -25,7 +28,7 @@ async def _accepted(ws, sent: dict[str, str]) -> dict[str, str]:
     return {c: await ws.expect_accepted(c, timeout=30) for c in sent}
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def busy_group(api):
     """A group of three with 200 messages sent concurrently by two members, one of whom
     has two sessions; returns everything the sessions received."""

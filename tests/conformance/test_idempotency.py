@@ -1,6 +1,10 @@
 """A send retried with the same client_msg_id by the same user is one message."""
 
+import pytest
+
 from chorus_helpers import assert_status, cmid
+
+pytestmark = pytest.mark.asyncio
 
 
 async def test_retries_over_websocket_and_http_store_one_message(api):

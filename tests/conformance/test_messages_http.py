@@ -1,5 +1,7 @@
 """Sending over HTTP: the same pipeline as the WebSocket `send`, and its limits."""
 
+import pytest
+
 from chorus_helpers import (
     MAX_BODY_BYTES,
     assert_error,
@@ -9,6 +11,8 @@ from chorus_helpers import (
     cmid,
     is_uuid,
 )
+
+pytestmark = pytest.mark.asyncio
 
 
 async def test_http_send_is_stored_and_delivered(api):

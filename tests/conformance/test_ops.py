@@ -1,5 +1,9 @@
 """Health, readiness and metrics endpoints."""
 
+import pytest
+
+pytestmark = pytest.mark.asyncio
+
 
 async def test_healthz(api):
     resp = await api.http.get("/healthz")

@@ -1,6 +1,10 @@
 """ping/pong, typing, read markers and presence."""
 
+import pytest
+
 from chorus_helpers import assert_status, eventually
+
+pytestmark = pytest.mark.asyncio
 
 
 async def test_ping_pong_echoes_nonce(api):

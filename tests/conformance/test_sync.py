@@ -1,6 +1,10 @@
 """Reconnecting and catching up with `sync`."""
 
+import pytest
+
 from chorus_helpers import assert_same_message
+
+pytestmark = pytest.mark.asyncio
 
 MISSED = 30
 

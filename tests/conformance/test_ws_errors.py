@@ -13,6 +13,8 @@ from chorus_helpers import (
     swapped_payload,
 )
 
+pytestmark = pytest.mark.asyncio
+
 
 @pytest.mark.parametrize(
     "frame, code",

@@ -82,7 +82,7 @@ pub async fn submit(
         session_id: session,
         body,
         seq: None,
-        sent_at: chrono::Utc::now(),
+        sent_at: now_millis(),
         origin: Origin::User,
         hops: 0,
         route: route.clone(),
@@ -115,4 +115,11 @@ pub async fn notify_route(
         )])
         .await?;
     Ok(())
+}
+
+/// Now, at the millisecond precision the store keeps, so that a live `message` frame
+/// and the stored copy are identical.
+fn now_millis() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    chrono::DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }

@@ -67,7 +67,7 @@ pub async fn run_stage(
         Stage::AutomateOut => Box::new(crate::automate_out::AutomateOut),
         Stage::Store => Box::new(crate::store::StoreStage),
         Stage::AutomateIn => Box::new(crate::automate_in::AutomateIn),
-        Stage::Route => Box::new(crate::route::RouteStage::default()),
+        Stage::Route => Box::new(crate::route::RouteStage),
     };
     let topic = ctx.topics.stage(stage);
     let mut consumer = ctx

@@ -138,9 +138,9 @@ impl Node {
             config,
             roles,
             listener,
+            addr,
             state,
             stage_ctx,
-            ..
         } = self;
         let stop_stages = CancellationToken::new();
         let mut stages = JoinSet::new();
@@ -165,7 +165,9 @@ impl Node {
                 }),
                 delivery,
             ));
-            tracing::info!(addr = %state_addr(&config), node = %state.node, "gateway listening");
+            if let Some(addr) = addr {
+                tracing::info!(%addr, node = %state.node, "gateway listening");
+            }
         }
         shutdown.cancelled().await;
         tracing::info!("shutting down: draining sessions and stages");
@@ -178,10 +180,10 @@ impl Node {
         {
             tracing::warn!("sessions did not close in time");
         }
-        if let Some((http, _)) = &mut server {
-            if tokio::time::timeout(drain, http).await.is_err() {
-                tracing::warn!("HTTP requests did not finish in time");
-            }
+        if let Some((http, _)) = &mut server
+            && tokio::time::timeout(drain, http).await.is_err()
+        {
+            tracing::warn!("HTTP requests did not finish in time");
         }
         // What the gateway accepted is on the log: let the stages store it before they
         // stop (a volatile log would otherwise lose it).
@@ -205,10 +207,6 @@ impl Node {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-fn state_addr(config: &Config) -> String {
-    config.listen.to_string()
 }
 
 /// Runs a stage, restarting it with backoff when it fails, until `stop`.

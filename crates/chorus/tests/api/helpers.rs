@@ -1,0 +1,388 @@
+//! The harness: `TestApp::spawn()` starts a node on 127.0.0.1:0 with a fresh data
+//! directory; `WsClient` speaks the WebSocket protocol and waits for frames with a
+//! bound (never a sleep).
+
+use chorus::node::Node;
+use chorus_config::Config;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long anything expected may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// HTTP and WebSocket helpers for a node at `addr`, in this process or another.
+pub struct Api {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+/// A node running in this process, with its own data directory.
+pub struct TestApp {
+    api: Api,
+    pub data_dir: TempDir,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// A registered user.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: String,
+    pub username: String,
+    pub token: String,
+}
+
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    config.shutdown.drain_secs = 5;
+    config
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(data_dir.path());
+        tune(&mut config);
+        Self::start(config, data_dir).await
+    }
+
+    pub async fn start(config: Config, data_dir: TempDir) -> TestApp {
+        if std::env::var_os("TEST_LOG").is_some() {
+            chorus::telemetry::init_logs(false);
+        }
+        let node = Node::build(config).await.expect("node builds");
+        let addr = node.addr().expect("gateway role");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(node.run(shutdown.clone()));
+        TestApp {
+            api: Api::new(addr),
+            data_dir,
+            shutdown,
+            handle,
+        }
+    }
+
+    /// Stops the node gracefully and hands back its data directory.
+    pub async fn stop(self) -> TempDir {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+        self.data_dir
+    }
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Api {
+        Api {
+            addr,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        status_json(r).await
+    }
+
+    pub async fn post(&self, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        status_json(req.send().await.unwrap()).await
+    }
+
+    pub async fn delete(&self, token: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        status_json(r).await
+    }
+
+    pub async fn register(&self, name: &str) -> TestUser {
+        let username = format!(
+            "{name}-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[24..]
+        );
+        let (status, body) = self
+            .post(
+                None,
+                "/api/v1/auth/register",
+                json!({ "username": username, "password": "correct horse" }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        TestUser {
+            id: body["user"]["id"].as_str().unwrap().to_owned(),
+            username,
+            token: body["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn direct(&self, a: &TestUser, b: &TestUser) -> String {
+        let (status, body) = self
+            .post(
+                Some(&a.token),
+                "/api/v1/conversations",
+                json!({ "kind": "direct", "members": [b.id] }),
+            )
+            .await;
+        assert!(status == 201 || status == 200, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn group(&self, owner: &TestUser, members: &[&TestUser]) -> String {
+        let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+        let (status, body) = self
+            .post(
+                Some(&owner.token),
+                "/api/v1/conversations",
+                json!({ "kind": "group", "title": "test group", "members": ids }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Every stored message of a conversation, paging through history.
+    pub async fn history(&self, user: &TestUser, conversation: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (status, body) = self
+                .get(
+                    &user.token,
+                    &format!(
+                        "/api/v1/conversations/{conversation}/messages?after_seq={after}&limit=500"
+                    ),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let page = body["messages"].as_array().unwrap().clone();
+            if page.is_empty() {
+                return all;
+            }
+            after = page.last().unwrap()["seq"].as_i64().unwrap();
+            all.extend(page);
+        }
+    }
+
+    /// Waits until `conversation` has stored message `seq` (polling history: the
+    /// stored state has no event to await over HTTP).
+    pub async fn wait_for_seq(&self, user: &TestUser, conversation: &str, seq: i64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let path = format!("/api/v1/conversations/{conversation}");
+        loop {
+            let (_, c) = self.get(&user.token, &path).await;
+            if c["last_seq"].as_i64() >= Some(seq) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "seq {seq} never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn ws(&self, user: &TestUser) -> WsClient {
+        WsClient::connect(self.addr, &user.token).await
+    }
+}
+
+async fn status_json(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    };
+    (status, body)
+}
+
+/// A WebSocket client speaking the chorus protocol. Frames read while waiting for
+/// another type are kept, in order, for later `expect`s.
+pub struct WsClient {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pending: std::collections::VecDeque<Value>,
+    pub session_id: String,
+}
+
+/// How a session ended, seen from the client.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl WsClient {
+    pub async fn connect(addr: SocketAddr, token: &str) -> WsClient {
+        let url = format!("ws://{addr}/api/v1/ws?token={token}");
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("upgrade");
+        let mut client = WsClient {
+            stream,
+            pending: Default::default(),
+            session_id: String::new(),
+        };
+        let ready = client.expect("ready").await;
+        client.session_id = ready["session_id"].as_str().unwrap().to_owned();
+        client
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.stream
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.stream.send(message).await.unwrap();
+    }
+
+    /// The next text frame as JSON; panics on close or after [`PATIENCE`].
+    pub async fn next(&mut self) -> Value {
+        if let Some(frame) = self.pending.pop_front() {
+            return frame;
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.stream.next())
+                .await
+                .expect("a frame within the patience bound")
+                .expect("the stream is open")
+                .expect("a valid frame");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame of type `ty`; frames of other types stay queued.
+    pub async fn expect(&mut self, ty: &str) -> Value {
+        if let Some(i) = self.pending.iter().position(|f| f["type"] == ty) {
+            return self.pending.remove(i).unwrap();
+        }
+        loop {
+            let frame = self.read().await;
+            if frame["type"] == ty {
+                return frame;
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
+    /// Collects the next `n` `message` frames.
+    pub async fn messages(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(self.expect("message").await["message"].clone());
+        }
+        out
+    }
+
+    /// A ping/pong round trip: every frame the server sent before the pong has arrived.
+    pub async fn barrier(&mut self) -> Vec<Value> {
+        let nonce = uuid::Uuid::now_v7().to_string();
+        self.send(json!({ "type": "ping", "nonce": nonce })).await;
+        let mut before: Vec<Value> = self.pending.drain(..).collect();
+        loop {
+            let frame = self.read().await;
+            if frame["type"] == "pong" && frame["nonce"] == nonce {
+                return before;
+            }
+            before.push(frame);
+        }
+    }
+
+    /// Sends a message and waits for its `accepted`.
+    pub async fn send_message(
+        &mut self,
+        conversation: &str,
+        client_msg_id: &str,
+        body: &str,
+    ) -> String {
+        self.send(json!({
+            "type": "send",
+            "client_msg_id": client_msg_id,
+            "conversation_id": conversation,
+            "body": body,
+        }))
+        .await;
+        let accepted = self.expect("accepted").await;
+        assert_eq!(accepted["client_msg_id"], client_msg_id);
+        accepted["message_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Reads until the server closes the connection and returns the close frame.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.stream.next())
+                .await
+                .expect("the server closes within the patience bound");
+            match msg {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Closed {
+                        code: frame.code.into(),
+                        reason: frame.reason.to_string(),
+                    };
+                }
+                Some(Ok(Message::Close(None))) | None => {
+                    return Closed {
+                        code: 1005,
+                        reason: String::new(),
+                    };
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed instead of closing: {e}"),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}

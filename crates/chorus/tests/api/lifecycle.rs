@@ -1,0 +1,153 @@
+//! Restarts, crashes, graceful shutdown and slow readers.
+
+use crate::helpers::*;
+use serde_json::json;
+use std::process::Stdio;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_graceful_restart_keeps_every_message_and_token() {
+    let app = TestApp::spawn().await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let conv = app.direct(&ada, &bob).await;
+    let mut ws = app.ws(&ada).await;
+    // Accepted but not waited for: shutdown must drain the pipeline before stopping.
+    for i in 0..50 {
+        ws.send(json!({ "type": "send", "client_msg_id": format!("k{i}"), "conversation_id": conv, "body": format!("m{i}") })).await;
+    }
+    for _ in 0..50 {
+        ws.expect("accepted").await;
+    }
+    let stopping = tokio::spawn(async move {
+        let closed = ws.closed().await;
+        assert_eq!(closed.code, 1001, "going away");
+        assert!(closed.reason.contains("reconnect"), "{}", closed.reason);
+    });
+    let data_dir = app.stop().await;
+    stopping.await.unwrap();
+
+    let app = TestApp::start(test_config(data_dir.path()), data_dir).await;
+    let stored = app.history(&bob, &conv).await;
+    let bodies: Vec<String> = stored
+        .iter()
+        .map(|m| m["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(bodies, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let mut ws = app.ws(&ada).await;
+    ws.send_message(&conv, "after-restart", "still counting")
+        .await;
+    assert_eq!(
+        ws.messages(1).await[0]["seq"],
+        51,
+        "seq continues after the restart"
+    );
+}
+
+/// The `chorus` binary started as a child process.
+struct Server {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Server {
+    async fn start(data_dir: &std::path::Path) -> Server {
+        // Bind port 0 first to find a free port, then hand it to the child.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .env("CHORUS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Server { child, addr }
+    }
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_stored_message() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(data_dir.path()).await;
+    let app = Api::new(server.addr);
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let conv = app.direct(&ada, &bob).await;
+    let mut ws = WsClient::connect(server.addr, &ada.token).await;
+    for i in 0..100 {
+        ws.send_message(&conv, &format!("k{i}"), &format!("m{i}"))
+            .await;
+    }
+    // Everything the client saw as stored must survive.
+    let seen = ws.messages(100).await;
+    server.child.kill().await.unwrap(); // SIGKILL
+    drop(ws);
+
+    let server = Server::start(data_dir.path()).await;
+    let app = Api::new(server.addr);
+    let stored = app.history(&bob, &conv).await;
+    assert_eq!(stored, seen);
+    let mut ws = WsClient::connect(server.addr, &ada.token).await;
+    ws.send(json!({ "type": "sync", "since": { conv.clone(): 90 } }))
+        .await;
+    assert_eq!(ws.messages(10).await, seen[90..].to_vec());
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_not_buffered() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.session_queue = 16;
+        c.limits.rate_per_sec = 100_000;
+        c.limits.rate_burst = 100_000;
+    })
+    .await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let conv = app.direct(&ada, &bob).await;
+    let mut stalled = app.ws(&bob).await;
+    let body = "x".repeat(16 * 1024);
+    // Enough data to fill the socket buffers on both sides and then the queue. Sent
+    // over HTTP: a sending WebSocket would get its own copies and stall too.
+    let path = format!("/api/v1/conversations/{conv}/messages");
+    for i in 0..1500 {
+        let (status, _) = app
+            .post(
+                Some(&ada.token),
+                &path,
+                json!({ "client_msg_id": format!("k{i}"), "body": body }),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    let closed = stalled.closed().await;
+    assert_eq!(closed.code, 1008, "{closed:?}");
+    assert!(closed.reason.contains("sync"), "{}", closed.reason);
+    // The server is unharmed and nothing stored was lost: once the pipeline is through
+    // (a 16-frame queue cannot take the burst still in flight), the client resumes.
+    app.wait_for_seq(&bob, &conv, 1500).await;
+    let mut resumed = app.ws(&bob).await;
+    resumed
+        .send(json!({ "type": "sync", "since": { conv.clone(): 1490 } }))
+        .await;
+    let tail = resumed.messages(10).await;
+    assert_eq!(tail.last().unwrap()["seq"], 1500);
+    assert_eq!(resumed.expect("synced").await["last_seq"][&conv], 1500);
+}

@@ -1,0 +1,8 @@
+//! Integration tests: a real node on a random port, real HTTP and WebSocket clients.
+//!
+//! One test binary (`tests/api`), one module per area; [`helpers`] holds the harness.
+
+mod guarantees;
+mod helpers;
+mod lifecycle;
+mod protocol;
