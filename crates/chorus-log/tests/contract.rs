@@ -55,7 +55,7 @@ macro_rules! contract_tests {
                 let log = log().await;
                 let t = topic("order");
                 log.create_topic(&t, 4).await.unwrap();
-                let mut c = log.subscribe("g", &[t.clone()]).await.unwrap();
+                let mut c = log.subscribe("g", std::slice::from_ref(&t)).await.unwrap();
                 publish_n(&*log, &t, "conv-a", 50, "a").await;
                 let got = collect(&mut c, 50).await;
                 let expected: Vec<String> = (0..50).map(|i| format!("a-{i}")).collect();
@@ -78,12 +78,12 @@ macro_rules! contract_tests {
                 let log = log().await;
                 let t = topic("redeliver");
                 log.create_topic(&t, 2).await.unwrap();
-                let mut first = log.subscribe("g", &[t.clone()]).await.unwrap();
+                let mut first = log.subscribe("g", std::slice::from_ref(&t)).await.unwrap();
                 publish_n(&*log, &t, "k", 10, "x").await;
                 let got = collect(&mut first, 10).await;
                 first.commit(&got[..4]).await.unwrap();
                 drop(first);
-                let mut second = log.subscribe("g", &[t.clone()]).await.unwrap();
+                let mut second = log.subscribe("g", std::slice::from_ref(&t)).await.unwrap();
                 let again = collect(&mut second, 6).await;
                 let expected: Vec<String> = (4..10).map(|i| format!("x-{i}")).collect();
                 assert_eq!(payloads(&again), expected);
@@ -94,8 +94,8 @@ macro_rules! contract_tests {
                 let log = log().await;
                 let t = topic("groups");
                 log.create_topic(&t, 3).await.unwrap();
-                let mut a = log.subscribe("ga", &[t.clone()]).await.unwrap();
-                let mut b = log.subscribe("gb", &[t.clone()]).await.unwrap();
+                let mut a = log.subscribe("ga", std::slice::from_ref(&t)).await.unwrap();
+                let mut b = log.subscribe("gb", std::slice::from_ref(&t)).await.unwrap();
                 publish_n(&*log, &t, "k", 5, "m").await;
                 assert_eq!(
                     payloads(&collect(&mut a, 5).await),
@@ -108,8 +108,8 @@ macro_rules! contract_tests {
                 let log = log().await;
                 let t = topic("split");
                 log.create_topic(&t, 4).await.unwrap();
-                let mut a = log.subscribe("g", &[t.clone()]).await.unwrap();
-                let mut b = log.subscribe("g", &[t.clone()]).await.unwrap();
+                let mut a = log.subscribe("g", std::slice::from_ref(&t)).await.unwrap();
+                let mut b = log.subscribe("g", std::slice::from_ref(&t)).await.unwrap();
                 let records: Vec<Outgoing> = (0..200)
                     .map(|i| {
                         Outgoing::new(&t, format!("key-{}", i % 20), format!("{}:{i}", i % 20))
