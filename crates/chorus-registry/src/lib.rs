@@ -37,8 +37,13 @@ pub trait Registry: Send + Sync + 'static {
     async fn register(&self, user: UserId, node: &NodeId, session: SessionId) -> Result<bool>;
     /// Forgets a session; `true` if the user has no session left anywhere.
     async fn unregister(&self, user: UserId, node: &NodeId, session: SessionId) -> Result<bool>;
-    /// Keeps `node`'s sessions alive (shared backends expire them otherwise).
+    /// Keeps `node`'s sessions alive (shared backends expire them otherwise). Nodes
+    /// holding sessions call it periodically, well within the expiry period.
     async fn heartbeat(&self, node: &NodeId) -> Result<()>;
+    /// Removes the sessions of nodes whose heartbeats have expired and returns the
+    /// users who are offline as a result (so that someone can tell their contacts).
+    /// Safe to call from several nodes at once: each user is returned at most once.
+    async fn reap(&self) -> Result<Vec<UserId>>;
     /// The nodes holding sessions of `users`, with the users on each.
     async fn locate(&self, users: &[UserId]) -> Result<HashMap<NodeId, Vec<UserId>>>;
     /// Which of `users` have at least one session.
