@@ -25,6 +25,8 @@
 //! - `publish` returns once the backend holds the record (for Kafka: acknowledged by
 //!   all in-sync replicas).
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 
 use async_trait::async_trait;

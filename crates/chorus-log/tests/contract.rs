@@ -38,12 +38,17 @@ async fn publish_n(log: &dyn EventLog, topic: &str, key: &str, n: usize, tag: &s
 }
 
 macro_rules! contract_tests {
-    ($backend:ident, $make:expr) => {
+    ($backend:ident, $make:expr, split_is_immediate: $immediate:expr) => {
         mod $backend {
             use super::*;
 
-            async fn log() -> Arc<dyn EventLog> {
-                $make.await
+            /// The backend, or `None` when its server is not configured (skipped).
+            async fn log() -> Option<Arc<dyn EventLog>> {
+                let log = $make.await;
+                if log.is_none() {
+                    eprintln!("{} backend not configured: skipped", stringify!($backend));
+                }
+                log
             }
 
             fn topic(name: &str) -> String {
@@ -52,10 +57,13 @@ macro_rules! contract_tests {
 
             #[tokio::test]
             async fn one_key_keeps_its_order() {
-                let log = log().await;
+                let Some(log) = log().await else { return };
                 let t = topic("order");
                 log.create_topic(&t, 4).await.unwrap();
-                let mut c = log.subscribe("g", std::slice::from_ref(&t)).await.unwrap();
+                let mut c = log
+                    .subscribe(&format!("{t}.g"), std::slice::from_ref(&t))
+                    .await
+                    .unwrap();
                 publish_n(&*log, &t, "conv-a", 50, "a").await;
                 let got = collect(&mut c, 50).await;
                 let expected: Vec<String> = (0..50).map(|i| format!("a-{i}")).collect();
@@ -66,7 +74,7 @@ macro_rules! contract_tests {
 
             #[tokio::test]
             async fn publishing_to_a_missing_topic_fails() {
-                let log = log().await;
+                let Some(log) = log().await else { return };
                 let err = log
                     .publish(vec![Outgoing::new(topic("missing"), "k", "v")])
                     .await;
@@ -75,15 +83,21 @@ macro_rules! contract_tests {
 
             #[tokio::test]
             async fn uncommitted_records_are_seen_again_by_the_next_member() {
-                let log = log().await;
+                let Some(log) = log().await else { return };
                 let t = topic("redeliver");
                 log.create_topic(&t, 2).await.unwrap();
-                let mut first = log.subscribe("g", std::slice::from_ref(&t)).await.unwrap();
+                let mut first = log
+                    .subscribe(&format!("{t}.g"), std::slice::from_ref(&t))
+                    .await
+                    .unwrap();
                 publish_n(&*log, &t, "k", 10, "x").await;
                 let got = collect(&mut first, 10).await;
                 first.commit(&got[..4]).await.unwrap();
                 drop(first);
-                let mut second = log.subscribe("g", std::slice::from_ref(&t)).await.unwrap();
+                let mut second = log
+                    .subscribe(&format!("{t}.g"), std::slice::from_ref(&t))
+                    .await
+                    .unwrap();
                 let again = collect(&mut second, 6).await;
                 let expected: Vec<String> = (4..10).map(|i| format!("x-{i}")).collect();
                 assert_eq!(payloads(&again), expected);
@@ -91,11 +105,17 @@ macro_rules! contract_tests {
 
             #[tokio::test]
             async fn groups_are_independent() {
-                let log = log().await;
+                let Some(log) = log().await else { return };
                 let t = topic("groups");
                 log.create_topic(&t, 3).await.unwrap();
-                let mut a = log.subscribe("ga", std::slice::from_ref(&t)).await.unwrap();
-                let mut b = log.subscribe("gb", std::slice::from_ref(&t)).await.unwrap();
+                let mut a = log
+                    .subscribe(&format!("{t}.ga"), std::slice::from_ref(&t))
+                    .await
+                    .unwrap();
+                let mut b = log
+                    .subscribe(&format!("{t}.gb"), std::slice::from_ref(&t))
+                    .await
+                    .unwrap();
                 publish_n(&*log, &t, "k", 5, "m").await;
                 assert_eq!(
                     payloads(&collect(&mut a, 5).await),
@@ -105,11 +125,17 @@ macro_rules! contract_tests {
 
             #[tokio::test]
             async fn members_split_partitions_and_see_everything_once() {
-                let log = log().await;
+                let Some(log) = log().await else { return };
                 let t = topic("split");
                 log.create_topic(&t, 4).await.unwrap();
-                let mut a = log.subscribe("g", std::slice::from_ref(&t)).await.unwrap();
-                let mut b = log.subscribe("g", std::slice::from_ref(&t)).await.unwrap();
+                let mut a = log
+                    .subscribe(&format!("{t}.g"), std::slice::from_ref(&t))
+                    .await
+                    .unwrap();
+                let mut b = log
+                    .subscribe(&format!("{t}.g"), std::slice::from_ref(&t))
+                    .await
+                    .unwrap();
                 let records: Vec<Outgoing> = (0..200)
                     .map(|i| {
                         Outgoing::new(&t, format!("key-{}", i % 20), format!("{}:{i}", i % 20))
@@ -142,7 +168,11 @@ macro_rules! contract_tests {
                     }
                 }
                 assert_eq!(from_a + from_b, 200);
-                assert!(from_a > 0 && from_b > 0, "both members got partitions");
+                // A broker assigns partitions to a newcomer asynchronously; the first
+                // member may have taken everything by then.
+                if $immediate {
+                    assert!(from_a > 0 && from_b > 0, "both members got partitions");
+                }
                 for (_, order) in seen {
                     assert_eq!(order.len(), 10);
                     assert!(order.windows(2).all(|w| w[0] < w[1]), "per-key order kept");
@@ -152,9 +182,21 @@ macro_rules! contract_tests {
     };
 }
 
-contract_tests!(memory, async {
-    Arc::new(chorus_log::memory::MemoryLog::new()) as Arc<dyn EventLog>
-});
+contract_tests!(
+    memory,
+    async { Some(Arc::new(chorus_log::memory::MemoryLog::new()) as Arc<dyn EventLog>) },
+    split_is_immediate: true
+);
+
+#[cfg(feature = "kafka")]
+contract_tests!(
+    kafka,
+    async {
+        let url = std::env::var("CHORUS_TEST_KAFKA").ok()?;
+        Some(Arc::new(chorus_log::kafka::KafkaLog::connect(&url).unwrap()) as Arc<dyn EventLog>)
+    },
+    split_is_immediate: false
+);
 
 #[tokio::test]
 async fn memory_log_trims_what_every_group_committed() {

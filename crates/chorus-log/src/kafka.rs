@@ -1,0 +1,356 @@
+//! The Kafka event log: Apache Kafka, Redpanda or any Kafka-protocol broker, through
+//! librdkafka.
+//!
+//! - Producer: idempotent (`enable.idempotence`, `acks=all`), a short linger so that
+//!   records published together travel together; `publish` returns once every record
+//!   is acknowledged.
+//! - Consumers: one librdkafka consumer per group member, cooperative-sticky
+//!   assignment, auto-commit of *stored* offsets only: [`Consumer::commit`] stores the
+//!   offsets of records whose effect is durable, and librdkafka commits what is stored
+//!   every second and when partitions are revoked. A crash therefore replays at most
+//!   the last second of processed records, which the stages' idempotence absorbs, and
+//!   nothing is committed per message.
+//!
+//! URL: `kafka://HOST:PORT[,HOST:PORT…][?replication=N&session_timeout_ms=…
+//! &heartbeat_ms=…&max_poll_ms=…]`.
+
+use crate::{Consumer, EventLog, LogError, Outgoing, Record, commit_positions};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::FutureExt;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `publish` waits for room in the producer's queue and for acknowledgement.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings parsed from a `kafka://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Replication factor of the topics chorus creates.
+    pub replication: i32,
+    /// `session.timeout.ms` of consumers.
+    pub session_timeout_ms: u32,
+    /// `heartbeat.interval.ms` of consumers.
+    pub heartbeat_ms: u32,
+    /// `max.poll.interval.ms` of consumers.
+    pub max_poll_ms: u32,
+}
+
+impl KafkaSettings {
+    /// Parses `kafka://HOST:PORT[,…][?key=value&…]`.
+    pub fn parse(url: &str) -> Result<Self, LogError> {
+        let bad = |m: String| LogError::Backend(format!("invalid Kafka URL {url}: {m}"));
+        let rest = url
+            .strip_prefix("kafka://")
+            .ok_or_else(|| bad("expected kafka://".into()))?;
+        let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if brokers.is_empty() {
+            return Err(bad("no broker address".into()));
+        }
+        let mut s = KafkaSettings {
+            brokers: brokers.to_owned(),
+            replication: 1,
+            session_timeout_ms: 6000,
+            heartbeat_ms: 500,
+            max_poll_ms: 10_000,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{pair}` is not key=value")))?;
+            let n: u32 = v
+                .parse()
+                .map_err(|_| bad(format!("`{k}` must be a number")))?;
+            match k {
+                "replication" => s.replication = n as i32,
+                "session_timeout_ms" => s.session_timeout_ms = n,
+                "heartbeat_ms" => s.heartbeat_ms = n,
+                "max_poll_ms" => s.max_poll_ms = n,
+                other => return Err(bad(format!("unknown option `{other}`"))),
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// The Kafka-backed event log.
+pub struct KafkaLog {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Topics known to exist. Brokers may create a topic on first produce; chorus
+    /// does not want that (a departed node's delivery topic would come back), so a
+    /// topic is published to only once it was created or seen in the metadata.
+    known: std::sync::RwLock<std::collections::HashSet<String>>,
+}
+
+fn backend(e: KafkaError) -> LogError {
+    LogError::Backend(e.to_string())
+}
+
+impl KafkaLog {
+    /// Connects to the brokers named by a `kafka://` URL.
+    pub fn connect(url: &str) -> Result<Self, LogError> {
+        let settings = KafkaSettings::parse(url)?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(backend)?;
+        let admin = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .create()
+            .map_err(backend)?;
+        Ok(Self {
+            settings,
+            producer,
+            admin,
+            known: Default::default(),
+        })
+    }
+
+    fn is_known(&self, topic: &str) -> bool {
+        self.known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(topic)
+    }
+
+    /// Refreshes the known topics from the brokers' metadata.
+    async fn refresh_known(&self) -> Result<(), LogError> {
+        let producer = self.producer.clone();
+        let names = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .filter(|t| t.error().is_none())
+                        .map(|t| t.name().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .map_err(backend)
+        })
+        .await
+        .map_err(|e| LogError::Backend(e.to_string()))??;
+        self.known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(names);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventLog for KafkaLog {
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        let new = NewTopic::new(
+            topic,
+            partitions as i32,
+            TopicReplication::Fixed(self.settings.replication),
+        );
+        let results = self
+            .admin
+            .create_topics(&[new], &AdminOptions::new())
+            .await
+            .map_err(backend)?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(LogError::Backend(format!("creating topic {name}: {code}")));
+                }
+            }
+        }
+        self.known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_owned());
+        Ok(())
+    }
+
+    async fn delete_topic(&self, topic: &str) -> Result<(), LogError> {
+        self.known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(topic);
+        let results = self
+            .admin
+            .delete_topics(&[topic], &AdminOptions::new())
+            .await
+            .map_err(backend)?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((name, code)) => {
+                    return Err(LogError::Backend(format!("deleting topic {name}: {code}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, records: Vec<Outgoing>) -> Result<(), LogError> {
+        if records.iter().any(|r| !self.is_known(&r.topic)) {
+            self.refresh_known().await?;
+            if let Some(r) = records.iter().find(|r| !self.is_known(&r.topic)) {
+                return Err(LogError::UnknownTopic(r.topic.clone()));
+            }
+        }
+        let sends = records.iter().map(|r| {
+            self.producer.send(
+                FutureRecord::to(&r.topic)
+                    .key(r.key.as_ref())
+                    .payload(r.payload.as_ref()),
+                PUBLISH_TIMEOUT,
+            )
+        });
+        for result in futures::future::join_all(sends).await {
+            if let Err((e, msg)) = result {
+                return Err(match e {
+                    KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition)
+                    | KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopic) => {
+                        LogError::UnknownTopic(msg.topic().to_owned())
+                    }
+                    other => backend(other),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Consumer>, LogError> {
+        let s = &self.settings;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &s.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", s.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", s.heartbeat_ms.to_string())
+            .set("max.poll.interval.ms", s.max_poll_ms.to_string())
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(backend)?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(backend)?;
+        Ok(Box::new(KafkaConsumer {
+            consumer,
+            topics: HashMap::new(),
+        }))
+    }
+
+    async fn health(&self) -> Result<(), LogError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(backend)
+        })
+        .await
+        .map_err(|e| LogError::Backend(e.to_string()))?
+    }
+}
+
+/// One member of a consumer group.
+struct KafkaConsumer {
+    consumer: StreamConsumer,
+    /// Interned topic names, so records share one allocation per topic.
+    topics: HashMap<String, Arc<str>>,
+}
+
+/// Copies a borrowed message into a [`Record`].
+fn own(
+    topics: &mut HashMap<String, Arc<str>>,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) -> Record {
+    {
+        let topic = topics
+            .entry(m.topic().to_owned())
+            .or_insert_with(|| Arc::from(m.topic()))
+            .clone();
+        Record {
+            topic,
+            partition: m.partition() as u32,
+            offset: m.offset() as u64,
+            key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+            payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, LogError> {
+        let first = self.consumer.recv().await.map_err(backend)?;
+        let mut batch = vec![own(&mut self.topics, &first)];
+        drop(first);
+        while batch.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.push(own(&mut self.topics, &m)),
+                Some(Err(e)) => return Err(backend(e)),
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn commit(&mut self, records: &[Record]) -> Result<(), LogError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in commit_positions(records) {
+            tpl.add_partition_offset(&topic, partition as i32, Offset::Offset(offset as i64 + 1))
+                .map_err(backend)?;
+        }
+        match self.consumer.store_offsets(&tpl) {
+            Ok(()) => Ok(()),
+            // The partition moved to another member in a rebalance: it will see these
+            // records again, as the contract allows.
+            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State))
+            | Err(KafkaError::StoreOffset(RDKafkaErrorCode::UnknownPartition)) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let s =
+            KafkaSettings::parse("kafka://a:9092,b:9092?replication=3&max_poll_ms=300000").unwrap();
+        assert_eq!(s.brokers, "a:9092,b:9092");
+        assert_eq!(s.replication, 3);
+        assert_eq!(s.max_poll_ms, 300_000);
+        assert_eq!(s.session_timeout_ms, 6000);
+        assert!(KafkaSettings::parse("kafka://").is_err());
+        assert!(KafkaSettings::parse("kafka://a:1?bogus=1").is_err());
+        assert!(KafkaSettings::parse("redis://a").is_err());
+    }
+}
