@@ -230,3 +230,14 @@ mod tests {
         ));
     }
 }
+
+/// Cluster-wide notices on the control topic, read by every node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// A conversation's members changed: drop cached membership.
+    MembersChanged {
+        /// Which conversation.
+        conversation_id: ConversationId,
+    },
+}

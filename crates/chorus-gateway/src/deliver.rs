@@ -16,7 +16,7 @@ const BATCH: usize = 1024;
 pub async fn run(state: Arc<AppState>, shutdown: CancellationToken) -> Result<(), LogError> {
     let topic = state.topics.deliver(&state.node);
     state.log.create_topic(&topic, state.partitions).await?;
-    let group = format!("{}.gateway", topic);
+    let group = format!("{topic}.gateway");
     let mut consumer = state.log.subscribe(&group, &[topic]).await?;
     loop {
         let batch = tokio::select! {
@@ -121,4 +121,32 @@ async fn dead_letter(state: &AppState, record: &Record, e: &DecodeError) -> Resu
             record.payload.clone(),
         )])
         .await
+}
+
+/// Keeps this node's sessions alive in the registry and removes those of nodes that
+/// stopped heartbeating, telling their users' contacts they are offline.
+pub async fn keep_registry(state: Arc<AppState>, shutdown: CancellationToken) -> Result<(), LogError> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = state.registry.heartbeat(&state.node).await {
+            tracing::warn!(error = %e, "registry heartbeat failed");
+            continue;
+        }
+        match state.registry.reap().await {
+            Ok(users) => {
+                for user_id in users {
+                    let event = chorus_core::event::StageEvent::Presence { user_id, online: false };
+                    if let Err(e) = crate::send::notify_route(&state, user_id.0.as_bytes(), &event).await {
+                        tracing::warn!(%user_id, error = ?e, "offline presence not published");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "registry reaping failed"),
+        }
+    }
 }

