@@ -1,0 +1,171 @@
+//! Starting and killing chorus processes (and, for one test, a broker).
+
+use crate::helpers::{Api, PATIENCE, TestUser, WsClient};
+use sqlx::Connection;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// The servers the cluster uses.
+#[derive(Clone)]
+pub struct Backends {
+    pub kafka: String,
+    pub postgres: String,
+    pub redis: String,
+}
+
+impl Backends {
+    /// From the environment, or `None` (the test is skipped).
+    pub fn from_env() -> Option<Backends> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        match (get("CHORUS_TEST_KAFKA"), get("CHORUS_TEST_POSTGRES"), get("CHORUS_TEST_REDIS")) {
+            (Some(kafka), Some(postgres), Some(redis)) => Some(Backends { kafka, postgres, redis }),
+            _ => {
+                eprintln!("CHORUS_TEST_KAFKA, CHORUS_TEST_POSTGRES or CHORUS_TEST_REDIS unset: skipped");
+                None
+            }
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One cluster: a topic prefix, a database, Redis keys, and its nodes.
+pub struct Cluster {
+    pub backends: Backends,
+    pub prefix: String,
+    pub db_url: String,
+    secret: String,
+    dir: tempfile::TempDir,
+}
+
+/// A `chorus serve` process.
+pub struct NodeProcess {
+    pub id: String,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Cluster {
+    pub async fn new(backends: Backends) -> Cluster {
+        let prefix = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
+        let mut admin = sqlx::PgConnection::connect(&backends.postgres).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE chorus_{prefix}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = backends.postgres.rsplit_once('/').unwrap().0;
+        Cluster {
+            db_url: format!("{base}/chorus_{prefix}"),
+            prefix,
+            secret: format!("cluster-test-secret-{}", uuid::Uuid::now_v7().simple()),
+            dir: tempfile::tempdir().unwrap(),
+            backends,
+        }
+    }
+
+    /// Starts a node with `roles` (empty: all) and waits until it is ready.
+    pub async fn start(&self, id: &str, roles: &str) -> NodeProcess {
+        self.start_with_log(id, roles, &self.backends.kafka).await
+    }
+
+    pub async fn start_with_log(&self, id: &str, roles: &str, log: &str) -> NodeProcess {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chorus"));
+        cmd.arg("serve")
+            .args(["--node-id", id, "--listen", &addr.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(id))
+            .args(["--log", log, "--db", &self.db_url, "--registry", &self.backends.redis])
+            .args(["--topic-prefix", &self.prefix, "--partitions", "4"])
+            .env("CHORUS_JWT_SECRET", &self.secret)
+            .env("CHORUS_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if !roles.is_empty() {
+            cmd.args(["--roles", roles]);
+        }
+        let child = cmd.spawn().unwrap();
+        let node = NodeProcess { id: id.into(), addr, child };
+        node.wait_ready().await;
+        node
+    }
+}
+
+impl NodeProcess {
+    pub fn api(&self) -> Api {
+        Api::new(self.addr)
+    }
+
+    pub async fn ws(&self, user: &TestUser) -> WsClient {
+        WsClient::connect(self.addr, &user.token).await
+    }
+
+    /// Polls `/readyz` until it answers 200 (process start has no event to await).
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(r) = client.get(format!("http://{}/readyz", self.addr)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {} did not become ready", self.id);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// A tansu broker of the test's own, for the broker-restart test.
+pub struct Broker {
+    pub url: String,
+    port: u16,
+    bin: String,
+    child: Child,
+}
+
+impl Broker {
+    pub async fn start() -> Option<Broker> {
+        let Ok(bin) = std::env::var("CHORUS_TEST_TANSU") else {
+            eprintln!("CHORUS_TEST_TANSU unset: skipped");
+            return None;
+        };
+        let port = free_port();
+        let child = Self::spawn(&bin, port).await;
+        Some(Broker { url: format!("kafka://127.0.0.1:{port}"), port, bin, child })
+    }
+
+    async fn spawn(bin: &str, port: u16) -> Child {
+        let listen = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &listen, "--advertised-listener-url", &listen])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "broker did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child
+    }
+
+    /// Kills the broker and starts a new one on the same port (its memory is gone).
+    pub async fn restart(&mut self) {
+        self.child.kill().await.unwrap();
+        self.child = Self::spawn(&self.bin, self.port).await;
+    }
+}
