@@ -69,13 +69,16 @@ pub struct MessageId(pub Uuid);
 const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_3b0e_8e0d_4f5e_9a57_2d3c_c0de_c0de);
 
 impl MessageId {
-    /// The id of the message `sender` sends with idempotency key `client_msg_id`.
+    /// The id of the message `sender` sends to `conversation` with idempotency key
+    /// `client_msg_id`.
     ///
-    /// Deriving it (UUID v5 over both) means a retried send gets the same id on any
-    /// gateway, before or after the first attempt was stored, with no coordination.
-    pub fn derive(sender: UserId, client_msg_id: &str) -> Self {
-        let mut name = Vec::with_capacity(16 + client_msg_id.len());
+    /// Deriving it (UUID v5 over all three) means a retried send gets the same id on
+    /// any gateway, before or after the first attempt was stored, with no coordination;
+    /// the same key used in another conversation is another message.
+    pub fn derive(sender: UserId, conversation: ConversationId, client_msg_id: &str) -> Self {
+        let mut name = Vec::with_capacity(32 + client_msg_id.len());
         name.extend_from_slice(sender.0.as_bytes());
+        name.extend_from_slice(conversation.0.as_bytes());
         name.extend_from_slice(client_msg_id.as_bytes());
         Self(Uuid::new_v5(&MESSAGE_NAMESPACE, &name))
     }

@@ -99,7 +99,7 @@ impl Origin {
 /// A stored message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
-    /// Derived from the sender and `client_msg_id`; see [`MessageId::derive`].
+    /// Derived from the sender, conversation and `client_msg_id`; see [`MessageId::derive`].
     pub message_id: MessageId,
     /// The sender's idempotency key.
     pub client_msg_id: String,

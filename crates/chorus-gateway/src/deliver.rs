@@ -125,7 +125,10 @@ async fn dead_letter(state: &AppState, record: &Record, e: &DecodeError) -> Resu
 
 /// Keeps this node's sessions alive in the registry and removes those of nodes that
 /// stopped heartbeating, telling their users' contacts they are offline.
-pub async fn keep_registry(state: Arc<AppState>, shutdown: CancellationToken) -> Result<(), LogError> {
+pub async fn keep_registry(
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> Result<(), LogError> {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -140,8 +143,13 @@ pub async fn keep_registry(state: Arc<AppState>, shutdown: CancellationToken) ->
         match state.registry.reap().await {
             Ok(users) => {
                 for user_id in users {
-                    let event = chorus_core::event::StageEvent::Presence { user_id, online: false };
-                    if let Err(e) = crate::send::notify_route(&state, user_id.0.as_bytes(), &event).await {
+                    let event = chorus_core::event::StageEvent::Presence {
+                        user_id,
+                        online: false,
+                    };
+                    if let Err(e) =
+                        crate::send::notify_route(&state, user_id.0.as_bytes(), &event).await
+                    {
                         tracing::warn!(%user_id, error = ?e, "offline presence not published");
                     }
                 }

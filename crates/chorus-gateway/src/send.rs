@@ -72,7 +72,7 @@ pub async fn submit(
         .limiter
         .check(sender)
         .map_err(ApiError::rate_limited)?;
-    let message_id = MessageId::derive(sender, &client_msg_id);
+    let message_id = MessageId::derive(sender, conversation, &client_msg_id);
     let route = full_route();
     let event = StageEvent::Message(chorus_core::event::MessageEvent {
         message_id,

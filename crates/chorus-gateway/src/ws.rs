@@ -5,9 +5,11 @@
 //! read fast enough for the queue to drain, the session is closed with a reason and
 //! the client resumes with `sync`, so a slow reader never grows server memory.
 //!
-//! The session keeps, per conversation, the last `seq` it wrote: `message` frames go
-//! out in increasing `seq`, a redelivered one is skipped and a gap is filled from the
-//! store first.
+//! The session keeps, per conversation, the range of `seq`s it wrote: live `message`
+//! frames go out in increasing `seq`, a redelivered one is skipped and a gap is filled
+//! from the store first. A `sync` replays what the client asks for minus what it
+//! already got (so a client that syncs after live frames arrived sees older messages
+//! after newer ones, each once: clients should `sync` right after `ready`).
 
 use crate::auth::bearer;
 use crate::error::ApiError;
@@ -84,6 +86,13 @@ pub async fn upgrade(
         })
 }
 
+/// A contiguous range of `seq`s written to the client in one conversation.
+#[derive(Clone, Copy, Debug)]
+struct Written {
+    first: i64,
+    last: i64,
+}
+
 enum Flow {
     Continue,
     Close(Option<(u16, String)>),
@@ -94,8 +103,8 @@ struct Session {
     socket: WebSocket,
     user: User,
     id: SessionId,
-    /// Last `seq` written per conversation.
-    cursors: HashMap<ConversationId, i64>,
+    /// The `seq`s written per conversation: always one contiguous range.
+    sent: HashMap<ConversationId, Written>,
 }
 
 impl Session {
@@ -118,7 +127,7 @@ impl Session {
             socket,
             user: user.clone(),
             id,
-            cursors: HashMap::new(),
+            sent: HashMap::new(),
         };
         let result = session.serve(rx, overflow).await;
         if let Err(e) = result {
@@ -252,16 +261,21 @@ impl Session {
                 seq,
                 frame,
             } => {
-                let cursor = self.cursors.get(&conversation_id).copied();
-                match cursor {
-                    Some(last) if seq <= last => return Ok(()),
-                    Some(last) if seq > last + 1 => {
+                match self.sent.get(&conversation_id).copied() {
+                    Some(w) if seq <= w.last => return Ok(()),
+                    Some(w) if seq > w.last + 1 => {
                         metrics::counter!("chorus_ws_gap_fills_total").increment(1);
-                        self.replay(conversation_id, last, seq - 1).await?;
+                        self.replay(conversation_id, w.last, seq - 1, None).await?;
                     }
                     _ => {}
                 }
-                self.cursors.insert(conversation_id, seq);
+                self.sent
+                    .entry(conversation_id)
+                    .and_modify(|w| w.last = seq)
+                    .or_insert(Written {
+                        first: seq,
+                        last: seq,
+                    });
                 self.socket.feed(WsMessage::Text(frame)).await
             }
         }
@@ -398,11 +412,22 @@ impl Session {
                 self.error(err).await?;
                 continue;
             };
-            self.replay(conversation, after.max(0), upto).await?;
-        }
-        for (conversation, upto) in &last_seq {
-            let cursor = self.cursors.entry(*conversation).or_insert(0);
-            *cursor = (*cursor).max(*upto);
+            // Live frames may have come before this sync: replay what the client asked
+            // for except what it already got, and never claim more than is stored.
+            let after = after.max(0);
+            let already = self.sent.get(&conversation).copied();
+            self.replay(conversation, after, upto, already).await?;
+            let written = match already {
+                Some(w) => Written {
+                    first: w.first.min(after + 1),
+                    last: w.last.max(upto),
+                },
+                None => Written {
+                    first: after.min(upto) + 1,
+                    last: upto,
+                },
+            };
+            self.sent.insert(conversation, written);
         }
         let contacts = store.contacts(self.user.id).await.unwrap_or_default();
         let online = self
@@ -414,12 +439,14 @@ impl Session {
         self.write(&ServerFrame::Synced { last_seq, online }).await
     }
 
-    /// Writes stored messages with `after < seq <= upto`, in order, and moves the cursor.
+    /// Writes stored messages with `after < seq <= upto`, in order, except those in
+    /// `skip` (already written). The caller records what was written.
     async fn replay(
         &mut self,
         conversation: ConversationId,
         after: i64,
         upto: i64,
+        skip: Option<Written>,
     ) -> Result<(), axum::Error> {
         let store = self.state.directory.store().clone();
         let mut after = after;
@@ -437,6 +464,9 @@ impl Session {
                 break;
             };
             for message in messages {
+                if skip.is_some_and(|w| (w.first..=w.last).contains(&message.seq)) {
+                    continue;
+                }
                 self.socket
                     .feed(WsMessage::Text(
                         ServerFrame::Message { message }.to_json().into(),
@@ -446,8 +476,6 @@ impl Session {
             self.socket.flush().await?;
             after = last;
         }
-        let cursor = self.cursors.entry(conversation).or_insert(0);
-        *cursor = (*cursor).max(after);
         Ok(())
     }
 

@@ -45,11 +45,15 @@ impl StageWorker for StoreStage {
                     m.seq = Some(stored.seq);
                 }
                 Some(Appended::Existing(stored)) => {
+                    // Forward exactly what is stored: a retry's text may differ.
                     metrics::counter!("chorus_messages_duplicate_total").increment(1);
                     m.seq = Some(stored.seq);
                     m.body = stored.body;
                     m.sent_at = stored.sent_at;
                     m.client_msg_id = stored.client_msg_id;
+                    m.conversation_id = stored.conversation_id;
+                    m.sender_id = stored.sender_id;
+                    m.origin = stored.origin;
                 }
                 Some(Appended::NoConversation) | None => {
                     tracing::warn!(

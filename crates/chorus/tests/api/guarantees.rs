@@ -247,3 +247,83 @@ async fn sync_replays_exactly_what_was_missed_and_names_every_conversation() {
     ada_ws.send_message(&direct, "after", "after sync").await;
     assert_eq!(bob_ws.messages(1).await[0]["seq"], 36);
 }
+
+#[tokio::test]
+async fn one_key_in_two_conversations_is_two_messages() {
+    let app = TestApp::spawn().await;
+    let (ada, bob, carol) = (
+        app.register("ada").await,
+        app.register("bob").await,
+        app.register("carol").await,
+    );
+    let with_bob = app.direct(&ada, &bob).await;
+    let with_carol = app.direct(&ada, &carol).await;
+    let mut ws = app.ws(&ada).await;
+    let first = ws.send_message(&with_bob, "k", "to bob").await;
+    let second = ws.send_message(&with_carol, "k", "to carol").await;
+    assert_ne!(first, second);
+    let got = ws.messages(2).await;
+    assert_eq!(bodies_of(&got), vec!["to bob", "to carol"]);
+    assert_eq!(
+        (got[0]["seq"].as_i64(), got[1]["seq"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(app.history(&carol, &with_carol).await, vec![got[1].clone()]);
+}
+
+#[tokio::test]
+async fn live_frames_before_the_first_sync_are_not_repeated() {
+    let app = TestApp::spawn().await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let conv = app.direct(&ada, &bob).await;
+    let mut ada_ws = app.ws(&ada).await;
+    for i in 0..5 {
+        ada_ws
+            .send_message(&conv, &format!("old{i}"), &format!("old {i}"))
+            .await;
+    }
+    ada_ws.messages(5).await;
+    let mut bob_ws = app.ws(&bob).await;
+    ada_ws.send_message(&conv, "live", "live").await;
+    assert_eq!(bob_ws.messages(1).await[0]["seq"], 6, "live before sync");
+    bob_ws
+        .send(json!({ "type": "sync", "since": { conv.clone(): 0 } }))
+        .await;
+    let replayed = bob_ws.messages(5).await;
+    assert_eq!(
+        seqs(&replayed),
+        vec![1, 2, 3, 4, 5],
+        "what was asked for, minus what was sent"
+    );
+    bob_ws.expect("synced").await;
+    assert!(
+        !bob_ws
+            .barrier()
+            .await
+            .iter()
+            .any(|f| f["type"] == "message"),
+        "seq 6 not repeated"
+    );
+}
+
+#[tokio::test]
+async fn a_sync_claiming_more_than_is_stored_does_not_hide_new_messages() {
+    let app = TestApp::spawn().await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let conv = app.direct(&ada, &bob).await;
+    let mut bob_ws = app.ws(&bob).await;
+    bob_ws
+        .send(json!({ "type": "sync", "since": { conv.clone(): 100 } }))
+        .await;
+    assert_eq!(bob_ws.expect("synced").await["last_seq"][&conv], 0);
+    let mut ada_ws = app.ws(&ada).await;
+    ada_ws.send_message(&conv, "k1", "first").await;
+    assert_eq!(bob_ws.messages(1).await[0]["seq"], 1);
+}
+
+fn bodies_of(messages: &[Value]) -> Vec<&str> {
+    messages
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect()
+}
