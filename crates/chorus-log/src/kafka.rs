@@ -88,12 +88,25 @@ impl KafkaSettings {
 /// The Kafka-backed event log.
 pub struct KafkaLog {
     settings: KafkaSettings,
-    producer: FutureProducer,
+    /// Replaced when it hits a fatal error (an idempotent producer whose broker lost
+    /// its state, e.g. a broker restarted without its data, cannot go on).
+    producer: std::sync::RwLock<FutureProducer>,
     admin: AdminClient<DefaultClientContext>,
     /// Topics known to exist. Brokers may create a topic on first produce; chorus
     /// does not want that (a departed node's delivery topic would come back), so a
     /// topic is published to only once it was created or seen in the metadata.
     known: std::sync::RwLock<std::collections::HashSet<String>>,
+}
+
+fn new_producer(settings: &KafkaSettings) -> Result<FutureProducer, LogError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .map_err(backend)
 }
 
 fn backend(e: KafkaError) -> LogError {
@@ -104,14 +117,7 @@ impl KafkaLog {
     /// Connects to the brokers named by a `kafka://` URL.
     pub fn connect(url: &str) -> Result<Self, LogError> {
         let settings = KafkaSettings::parse(url)?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "30000")
-            .create()
-            .map_err(backend)?;
+        let producer = std::sync::RwLock::new(new_producer(&settings)?);
         let admin = ClientConfig::new()
             .set("bootstrap.servers", &settings.brokers)
             .create()
@@ -124,6 +130,25 @@ impl KafkaLog {
         })
     }
 
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the producer if it is in a fatal state; records in flight on it fail
+    /// and their publishers retry.
+    fn renew_if_fatal(&self, producer: &FutureProducer) -> Result<(), LogError> {
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::warn!(%code, %reason, "Kafka producer failed fatally; creating a new one");
+            metrics::counter!("chorus_kafka_producer_renewed_total").increment(1);
+            *self.producer.write().unwrap_or_else(|e| e.into_inner()) =
+                new_producer(&self.settings)?;
+        }
+        Ok(())
+    }
+
     fn is_known(&self, topic: &str) -> bool {
         self.known
             .read()
@@ -133,7 +158,7 @@ impl KafkaLog {
 
     /// Refreshes the known topics from the brokers' metadata.
     async fn refresh_known(&self) -> Result<(), LogError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let names = tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -213,8 +238,9 @@ impl EventLog for KafkaLog {
                 return Err(LogError::UnknownTopic(r.topic.clone()));
             }
         }
+        let producer = self.producer();
         let sends = records.iter().map(|r| {
-            self.producer.send(
+            producer.send(
                 FutureRecord::to(&r.topic)
                     .key(r.key.as_ref())
                     .payload(r.payload.as_ref()),
@@ -223,6 +249,7 @@ impl EventLog for KafkaLog {
         });
         for result in futures::future::join_all(sends).await {
             if let Err((e, msg)) = result {
+                self.renew_if_fatal(&producer)?;
                 return Err(match e {
                     KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition)
                     | KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopic) => {
@@ -264,7 +291,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn health(&self) -> Result<(), LogError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
