@@ -150,9 +150,11 @@ impl Node {
         for role in &roles {
             if let Role::Stage(stage) = *role {
                 let ctx = stage_ctx.clone();
-                background.spawn(supervise(stage.name(), stop_background.clone(), move |stop| {
-                    run_stage(stage, ctx.clone(), stop)
-                }));
+                background.spawn(supervise(
+                    stage.name(),
+                    stop_background.clone(),
+                    move |stop| run_stage(stage, ctx.clone(), stop),
+                ));
             }
         }
         let ctx = stage_ctx.clone();
@@ -166,13 +168,17 @@ impl Node {
         }));
         if gateway {
             let st = state.clone();
-            background.spawn(supervise("delivery", stop_background.clone(), move |stop| {
-                chorus_gateway::deliver::run(st.clone(), stop)
-            }));
+            background.spawn(supervise(
+                "delivery",
+                stop_background.clone(),
+                move |stop| chorus_gateway::deliver::run(st.clone(), stop),
+            ));
             let st = state.clone();
-            background.spawn(supervise("registry", stop_background.clone(), move |stop| {
-                chorus_gateway::deliver::keep_registry(st.clone(), stop)
-            }));
+            background.spawn(supervise(
+                "registry",
+                stop_background.clone(),
+                move |stop| chorus_gateway::deliver::keep_registry(st.clone(), stop),
+            ));
         }
         let mut http = None;
         if let (Some(listener), Some(addr)) = (listener, addr) {
@@ -194,7 +200,10 @@ impl Node {
         let drain = Duration::from_secs(config.shutdown.drain_secs);
         state.shutdown.cancel();
         state.tracker.close();
-        if tokio::time::timeout(drain, state.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(drain, state.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("sessions did not close in time");
         }
         if let Some(http) = http

@@ -19,10 +19,20 @@ impl Backends {
     /// From the environment, or `None` (the test is skipped).
     pub fn from_env() -> Option<Backends> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        match (get("CHORUS_TEST_KAFKA"), get("CHORUS_TEST_POSTGRES"), get("CHORUS_TEST_REDIS")) {
-            (Some(kafka), Some(postgres), Some(redis)) => Some(Backends { kafka, postgres, redis }),
+        match (
+            get("CHORUS_TEST_KAFKA"),
+            get("CHORUS_TEST_POSTGRES"),
+            get("CHORUS_TEST_REDIS"),
+        ) {
+            (Some(kafka), Some(postgres), Some(redis)) => Some(Backends {
+                kafka,
+                postgres,
+                redis,
+            }),
             _ => {
-                eprintln!("CHORUS_TEST_KAFKA, CHORUS_TEST_POSTGRES or CHORUS_TEST_REDIS unset: skipped");
+                eprintln!(
+                    "CHORUS_TEST_KAFKA, CHORUS_TEST_POSTGRES or CHORUS_TEST_REDIS unset: skipped"
+                );
                 None
             }
         }
@@ -30,7 +40,11 @@ impl Backends {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One cluster: a topic prefix, a database, Redis keys, and its nodes.
@@ -52,7 +66,9 @@ pub struct NodeProcess {
 impl Cluster {
     pub async fn new(backends: Backends) -> Cluster {
         let prefix = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
-        let mut admin = sqlx::PgConnection::connect(&backends.postgres).await.unwrap();
+        let mut admin = sqlx::PgConnection::connect(&backends.postgres)
+            .await
+            .unwrap();
         sqlx::query(&format!("CREATE DATABASE chorus_{prefix}"))
             .execute(&mut admin)
             .await
@@ -79,10 +95,20 @@ impl Cluster {
             .args(["--node-id", id, "--listen", &addr.to_string()])
             .arg("--data-dir")
             .arg(self.dir.path().join(id))
-            .args(["--log", log, "--db", &self.db_url, "--registry", &self.backends.redis])
+            .args([
+                "--log",
+                log,
+                "--db",
+                &self.db_url,
+                "--registry",
+                &self.backends.redis,
+            ])
             .args(["--topic-prefix", &self.prefix, "--partitions", "4"])
             .env("CHORUS_JWT_SECRET", &self.secret)
-            .env("CHORUS_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "CHORUS_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -90,7 +116,11 @@ impl Cluster {
             cmd.args(["--roles", roles]);
         }
         let child = cmd.spawn().unwrap();
-        let node = NodeProcess { id: id.into(), addr, child };
+        let node = NodeProcess {
+            id: id.into(),
+            addr,
+            child,
+        };
         node.wait_ready().await;
         node
     }
@@ -110,12 +140,19 @@ impl NodeProcess {
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            if let Ok(r) = client.get(format!("http://{}/readyz", self.addr)).send().await
+            if let Ok(r) = client
+                .get(format!("http://{}/readyz", self.addr))
+                .send()
+                .await
                 && r.status() == 200
             {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "node {} did not become ready", self.id);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} did not become ready",
+                self.id
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -142,13 +179,24 @@ impl Broker {
         };
         let port = free_port();
         let child = Self::spawn(&bin, port).await;
-        Some(Broker { url: format!("kafka://127.0.0.1:{port}"), port, bin, child })
+        Some(Broker {
+            url: format!("kafka://127.0.0.1:{port}"),
+            port,
+            bin,
+            child,
+        })
     }
 
     async fn spawn(bin: &str, port: u16) -> Child {
         let listen = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(bin)
-            .args(["broker", "--listener-url", &listen, "--advertised-listener-url", &listen])
+            .args([
+                "broker",
+                "--listener-url",
+                &listen,
+                "--advertised-listener-url",
+                &listen,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -156,8 +204,14 @@ impl Broker {
             .spawn()
             .unwrap();
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "broker did not start");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "broker did not start"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         child

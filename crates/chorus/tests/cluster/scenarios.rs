@@ -8,11 +8,17 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 fn seqs(messages: &[Value]) -> Vec<i64> {
-    messages.iter().map(|m| m["seq"].as_i64().unwrap()).collect()
+    messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect()
 }
 
 fn bodies(messages: &[Value]) -> Vec<String> {
-    messages.iter().map(|m| m["body"].as_str().unwrap().to_owned()).collect()
+    messages
+        .iter()
+        .map(|m| m["body"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Sends until the message comes back as stored, retrying with the same key: what a
@@ -31,13 +37,18 @@ async fn send_until_stored(ws: &mut WsClient, conversation: &str, key: &str, bod
                 return frame["message"].clone();
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "{key} was never stored");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} was never stored"
+        );
     }
 }
 
 #[tokio::test]
 async fn users_on_different_gateways_talk_in_order() {
-    let Some(backends) = Backends::from_env() else { return };
+    let Some(backends) = Backends::from_env() else {
+        return;
+    };
     let cluster = Cluster::new(backends).await;
     let (n1, n2) = (cluster.start("n1", "").await, cluster.start("n2", "").await);
     let (api1, api2) = (n1.api(), n2.api());
@@ -61,20 +72,34 @@ async fn users_on_different_gateways_talk_in_order() {
     let all: Vec<i64> = (1..=N as i64).collect();
     for ws in [&mut ada_ws, &mut bob_ws] {
         let got = ws.messages(2 * N).await;
-        let (d, g): (Vec<Value>, Vec<Value>) = got.into_iter().partition(|m| m["conversation_id"] == direct.as_str());
-        assert_eq!((bodies(&d), seqs(&d)), (expected_direct.clone(), all.clone()));
-        assert_eq!((bodies(&g), seqs(&g)), (expected_group.clone(), all.clone()));
+        let (d, g): (Vec<Value>, Vec<Value>) = got
+            .into_iter()
+            .partition(|m| m["conversation_id"] == direct.as_str());
+        assert_eq!(
+            (bodies(&d), seqs(&d)),
+            (expected_direct.clone(), all.clone())
+        );
+        assert_eq!(
+            (bodies(&g), seqs(&g)),
+            (expected_group.clone(), all.clone())
+        );
     }
     for ws in [&mut carol_n1, &mut carol_n2] {
         let got = ws.messages(N).await;
-        assert_eq!((bodies(&got), seqs(&got)), (expected_group.clone(), all.clone()), "both of carol's sessions, on both nodes");
+        assert_eq!(
+            (bodies(&got), seqs(&got)),
+            (expected_group.clone(), all.clone()),
+            "both of carol's sessions, on both nodes"
+        );
     }
     assert_eq!(bodies(&api2.history(&ada, &direct).await), expected_direct);
 }
 
 #[tokio::test]
 async fn a_killed_gateway_loses_nothing_its_clients_sent() {
-    let Some(backends) = Backends::from_env() else { return };
+    let Some(backends) = Backends::from_env() else {
+        return;
+    };
     let cluster = Cluster::new(backends).await;
     let (n1, n2) = (cluster.start("n1", "").await, cluster.start("n2", "").await);
     let api2 = n2.api();
@@ -97,12 +122,19 @@ async fn a_killed_gateway_loses_nothing_its_clients_sent() {
 
     let mut ada_ws = n2.ws(&ada).await;
     let last_seen = confirmed.len() as i64;
-    ada_ws.send(json!({ "type": "sync", "since": { conv.clone(): last_seen } })).await;
+    ada_ws
+        .send(json!({ "type": "sync", "since": { conv.clone(): last_seen } }))
+        .await;
     loop {
         let frame = ada_ws.next().await;
         match frame["type"].as_str().unwrap() {
             "message" => {
-                confirmed.insert(frame["message"]["client_msg_id"].as_str().unwrap().to_owned());
+                confirmed.insert(
+                    frame["message"]["client_msg_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
             }
             "synced" => break,
             _ => {}
@@ -116,17 +148,25 @@ async fn a_killed_gateway_loses_nothing_its_clients_sent() {
     }
     let stored = api2.history(&bob, &conv).await;
     assert_eq!(seqs(&stored), (1..=N as i64).collect::<Vec<_>>(), "gapless");
-    let mut keys: Vec<String> = stored.iter().map(|m| m["client_msg_id"].as_str().unwrap().to_owned()).collect();
+    let mut keys: Vec<String> = stored
+        .iter()
+        .map(|m| m["client_msg_id"].as_str().unwrap().to_owned())
+        .collect();
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), N, "each message stored once");
     let live = bob_ws.messages(N).await;
-    assert_eq!(live, stored, "bob, on the surviving node, saw every message once, in order");
+    assert_eq!(
+        live, stored,
+        "bob, on the surviving node, saw every message once, in order"
+    );
 }
 
 #[tokio::test]
 async fn a_killed_stage_instance_hands_over_with_seq_gapless() {
-    let Some(backends) = Backends::from_env() else { return };
+    let Some(backends) = Backends::from_env() else {
+        return;
+    };
     let cluster = Cluster::new(backends).await;
     let gateway = cluster.start("gw", "gateway").await;
     let stages = "automate-out,store,automate-in,route";
@@ -156,15 +196,27 @@ async fn a_killed_stage_instance_hands_over_with_seq_gapless() {
     assert_eq!(got.len(), 4 * EACH - 4);
     for (conv, peer) in convs.iter().zip(&peers) {
         let stored = api.history(peer, conv).await;
-        assert_eq!(seqs(&stored), (1..=EACH as i64).collect::<Vec<_>>(), "gapless after the handover");
-        assert_eq!(bodies(&stored), (0..EACH).map(|i| i.to_string()).collect::<Vec<_>>(), "each once, in order");
+        assert_eq!(
+            seqs(&stored),
+            (1..=EACH as i64).collect::<Vec<_>>(),
+            "gapless after the handover"
+        );
+        assert_eq!(
+            bodies(&stored),
+            (0..EACH).map(|i| i.to_string()).collect::<Vec<_>>(),
+            "each once, in order"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_broker_restart_loses_and_duplicates_nothing_for_retrying_clients() {
-    let Some(backends) = Backends::from_env() else { return };
-    let Some(mut broker) = Broker::start().await else { return };
+    let Some(backends) = Backends::from_env() else {
+        return;
+    };
+    let Some(mut broker) = Broker::start().await else {
+        return;
+    };
     let cluster = Cluster::new(backends).await;
     let n1 = cluster.start_with_log("n1", "", &broker.url).await;
     let n2 = cluster.start_with_log("n2", "", &broker.url).await;
@@ -183,8 +235,13 @@ async fn a_broker_restart_loses_and_duplicates_nothing_for_retrying_clients() {
     }
     let stored = Api::new(n2.addr).history(&bob, &conv).await;
     assert_eq!(seqs(&stored), (1..=2 * N as i64).collect::<Vec<_>>());
-    assert_eq!(bodies(&stored), (0..2 * N).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        bodies(&stored),
+        (0..2 * N).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
     let mut bob_ws = n2.ws(&bob).await;
-    bob_ws.send(json!({ "type": "sync", "since": { conv.clone(): 0 } })).await;
+    bob_ws
+        .send(json!({ "type": "sync", "since": { conv.clone(): 0 } }))
+        .await;
     assert_eq!(bob_ws.messages(2 * N).await, stored);
 }
