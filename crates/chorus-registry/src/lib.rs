@@ -5,10 +5,13 @@
 //! user is online while they have at least one session anywhere). Backends:
 //!
 //! - [`memory`]: in-process, the embedded default (`memory://`).
-//! - `redis` (feature `redis`): shared by a cluster, with heartbeats and expiry so a
-//!   crashed node's sessions vanish on their own (`redis://`).
+//! - [`redis`]: shared by a cluster, with heartbeats and expiry so a crashed node's
+//!   sessions vanish on their own (`redis://`).
+//!
+//! The behaviour both share is tested once, for each, in `tests/contract.rs`.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use chorus_core::{NodeId, SessionId, UserId};
@@ -31,6 +34,8 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 /// user; after `unregister` (or, for shared backends, after the node's heartbeats stop
 /// for the expiry period), it does not. `register` tells whether the user just came
 /// online (had no session anywhere); `unregister` whether they just went offline.
+/// Sessions on nodes whose heartbeats expired count nowhere, reaped or not, and each
+/// going offline is reported once, by `unregister` or by `reap`.
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
     /// Records that `node` holds `session` of `user`; `true` if the user was offline.

@@ -87,39 +87,3 @@ impl Registry for MemoryRegistry {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn presence_follows_the_first_and_last_session() {
-        let r = MemoryRegistry::new();
-        let (u, node) = (UserId::new(), NodeId("n1".into()));
-        let (s1, s2) = (SessionId::new(), SessionId::new());
-        assert!(r.register(u, &node, s1).await.unwrap());
-        assert!(!r.register(u, &node, s2).await.unwrap());
-        assert_eq!(r.online(&[u]).await.unwrap(), vec![u]);
-        assert!(!r.unregister(u, &node, s1).await.unwrap());
-        assert!(r.unregister(u, &node, s2).await.unwrap());
-        assert!(r.online(&[u]).await.unwrap().is_empty());
-        assert!(
-            !r.unregister(u, &node, s2).await.unwrap(),
-            "second removal is a no-op"
-        );
-    }
-
-    #[tokio::test]
-    async fn locate_groups_users_by_node() {
-        let r = MemoryRegistry::new();
-        let (a, b, c) = (UserId::new(), UserId::new(), UserId::new());
-        let (n1, n2) = (NodeId("n1".into()), NodeId("n2".into()));
-        r.register(a, &n1, SessionId::new()).await.unwrap();
-        r.register(a, &n2, SessionId::new()).await.unwrap();
-        r.register(b, &n1, SessionId::new()).await.unwrap();
-        let found = r.locate(&[a, b, c]).await.unwrap();
-        assert_eq!(found.len(), 2);
-        assert_eq!(found[&n1], vec![a, b]);
-        assert_eq!(found[&n2], vec![a]);
-    }
-}
