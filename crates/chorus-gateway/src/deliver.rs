@@ -123,14 +123,21 @@ async fn dead_letter(state: &AppState, record: &Record, e: &DecodeError) -> Resu
         .await
 }
 
+/// Heartbeat period; well within the shared registry's node expiry (10 s).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Keeps this node's sessions alive in the registry and removes those of nodes that
 /// stopped heartbeating, telling their users' contacts they are offline.
+///
+/// If this node itself missed heartbeats for longer than the expiry (a long pause, a
+/// registry outage), others may have reaped its sessions: it registers them again.
 pub async fn keep_registry(
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> Result<(), LogError> {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3));
+    let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -140,6 +147,19 @@ pub async fn keep_registry(
             tracing::warn!(error = %e, "registry heartbeat failed");
             continue;
         }
+        if last_ok.elapsed() > HEARTBEAT * 3 {
+            let sessions = state.sessions.all();
+            tracing::warn!(
+                sessions = sessions.len(),
+                "heartbeats were missed; registering sessions again"
+            );
+            for (user, session) in sessions {
+                if let Err(e) = state.registry.register(user, &state.node, session).await {
+                    tracing::warn!(error = %e, "session not registered again");
+                }
+            }
+        }
+        last_ok = tokio::time::Instant::now();
         match state.registry.reap().await {
             Ok(users) => {
                 for user_id in users {

@@ -113,6 +113,18 @@ impl Sessions {
         }
     }
 
+    /// Every session held now, with its user.
+    pub fn all(&self) -> Vec<(UserId, SessionId)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let map = shard.read().unwrap_or_else(|e| e.into_inner());
+            for (user, list) in map.iter() {
+                out.extend(list.iter().map(|h| (*user, h.id)));
+            }
+        }
+        out
+    }
+
     /// Sessions held now.
     pub fn count(&self) -> usize {
         self.shards
