@@ -106,3 +106,6 @@ fi
 
 step "protocol conformance suite against chorus serve"
 CHORUS_BIN=$root/target/debug/chorus "$venv/bin/python" -m pytest tests/conformance -q -p no:cacheprovider
+
+step "protocol conformance suite against a two-node cluster, then after SIGKILL of one node"
+CHORUS_BIN=$root/target/debug/chorus PYTHON=$venv/bin/python scripts/cluster-conformance.sh

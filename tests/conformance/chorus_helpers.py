@@ -245,14 +245,30 @@ class User:
 
 
 class Api:
-    """The HTTP API of one server, plus its WebSocket endpoint."""
+    """The HTTP API of a server, plus its WebSocket endpoint.
+
+    `base_url` may name several nodes of one cluster, comma-separated: HTTP requests go
+    to the first, and WebSocket sessions take the nodes in turn, so that deliveries
+    cross nodes.
+    """
 
     def __init__(self, base_url: str):
-        self.base_url = base_url.rstrip("/")
-        scheme, rest = self.base_url.split("://", 1)
-        self.ws_url = ("wss" if scheme == "https" else "ws") + "://" + rest + "/api/v1/ws"
+        urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
+        self.base_url = urls[0]
+        self.ws_urls = []
+        for url in urls:
+            scheme, rest = url.split("://", 1)
+            self.ws_urls.append(("wss" if scheme == "https" else "ws") + "://" + rest + "/api/v1/ws")
+        self._next_ws = 0
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=TIMEOUT, trust_env=False)
         self.clients: list[Client] = []
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint for the next session (nodes in turn)."""
+        url = self.ws_urls[self._next_ws % len(self.ws_urls)]
+        self._next_ws += 1
+        return url
 
     async def aclose(self) -> None:
         for client in self.clients:

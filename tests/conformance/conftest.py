@@ -1,6 +1,8 @@
 """Harness: the server under test, and a per-test API client.
 
-With CHORUS_URL set (e.g. http://127.0.0.1:8080) the tests use that server. Otherwise
+With CHORUS_URL set (e.g. http://127.0.0.1:8080) the tests use that server; a
+comma-separated list names the nodes of one cluster (HTTP goes to the first, WebSocket
+sessions alternate between them). Otherwise
 they start CHORUS_BIN (default <repo>/target/debug/chorus) as
 `chorus serve --listen 127.0.0.1:PORT --data-dir TMPDIR` on a free port, wait for
 /healthz, and stop it when the session ends.
