@@ -25,6 +25,7 @@ missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
+command -v psql >/dev/null || missing+=(postgresql-client)
 if [ -z "${CHORUS_TEST_POSTGRES:-}" ] && ! command -v pg_ctlcluster >/dev/null; then
     missing+=(postgresql)
 fi

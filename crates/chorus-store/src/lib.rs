@@ -5,7 +5,7 @@
 //! implementation per database:
 //!
 //! - [`sqlite`]: a file in the data directory, the embedded default (`sqlite://`).
-//! - `postgres` (feature `postgres`): PostgreSQL, for clusters (`postgres://`).
+//! - [`postgres`]: PostgreSQL, shared by the nodes of a cluster (`postgres://`).
 //!
 //! [`Directory`] wraps a store with a membership cache, so that the hot path (may this
 //! user send here? who receives this?) does not query the database per message.
@@ -19,6 +19,7 @@
 //! - Read markers only move forward and never past the conversation's `last_seq`.
 
 mod directory;
+pub mod postgres;
 pub mod sqlite;
 
 pub use directory::{Directory, Members};
@@ -52,15 +53,18 @@ impl StoreError {
     /// Whether the database could not be reached (as opposed to a bug or bad data):
     /// worth retrying, and a reason to report the node not ready.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Self::Database(
                 sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Io(_)
-                    | sqlx::Error::WorkerCrashed
-            )
-        )
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            Self::Database(sqlx::Error::Database(e)) => e
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|e| postgres::unavailable_code(e.code())),
+            _ => false,
+        }
     }
 }
 

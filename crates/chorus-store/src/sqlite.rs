@@ -104,6 +104,14 @@ fn conversation_row(row: &SqliteRow, members: Vec<UserId>) -> Result<Conversatio
 }
 
 impl SqliteStore {
+    /// A write transaction that holds the write lock from its start. A deferred one
+    /// (`BEGIN`) that reads before it writes fails with `SQLITE_BUSY`, without waiting,
+    /// when another connection to the file (another store, another process) wrote in
+    /// between; `BEGIN IMMEDIATE` waits for the lock instead (up to the busy timeout).
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     async fn members_in<'e, E>(&self, exec: E, conversation: ConversationId) -> Result<Vec<UserId>>
     where
         E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
@@ -200,7 +208,7 @@ impl Store for SqliteStore {
     ) -> Result<ConversationRecord> {
         let id = ConversationId::new();
         let now = Utc::now();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO conversations (id, kind, title, owner_id, created_at) \
              VALUES (?, 'group', ?, ?, ?)",
@@ -234,7 +242,7 @@ impl Store for SqliteStore {
 
     async fn direct(&self, a: UserId, b: UserId) -> Result<(ConversationRecord, bool)> {
         let key = direct_key(a, b);
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write().await?;
         let existing = sqlx::query(&format!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE direct_key = ?"
         ))
@@ -340,14 +348,14 @@ impl Store for SqliteStore {
     }
 
     async fn add_member(&self, conversation: ConversationId, user: UserId) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write().await?;
         insert_member(&mut tx, conversation, user, millis(Utc::now())).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write().await?;
         let removed = sqlx::query("DELETE FROM members WHERE conversation_id = ? AND user_id = ?")
             .bind(conversation.to_string())
             .bind(user.to_string())
@@ -389,7 +397,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write().await?;
         let mut out = Vec::with_capacity(batch.len());
         // Messages of this batch by id, so a duplicate inside the batch is found too.
         let mut stored: HashMap<MessageId, Message> = HashMap::new();

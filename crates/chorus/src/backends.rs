@@ -7,9 +7,12 @@ use chorus_log::EventLog;
 use chorus_log::memory::MemoryLog;
 use chorus_registry::Registry;
 use chorus_registry::memory::MemoryRegistry;
+use chorus_registry::redis::RedisRegistry;
 use chorus_store::Store;
+use chorus_store::postgres::PostgresStore;
 use chorus_store::sqlite::SqliteStore;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn scheme(url: &str) -> &str {
     url.split_once("://").map_or(url, |(s, _)| s)
@@ -43,22 +46,30 @@ pub async fn store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
                 .with_context(|| format!("opening database {url}"))?;
             Ok(Arc::new(store))
         }
-        "postgres" | "postgresql" => bail!(
-            "database {url}: this build has no PostgreSQL support (build with --features postgres)"
-        ),
+        "postgres" | "postgresql" => {
+            let store = PostgresStore::connect(url)
+                .await
+                .with_context(|| format!("connecting to database {url}"))?;
+            Ok(Arc::new(store))
+        }
         other => {
             bail!("database {url}: unknown scheme `{other}` (expected sqlite:// or postgres://)")
         }
     }
 }
 
-/// The registry at `url`.
-pub async fn registry(url: &str) -> anyhow::Result<Arc<dyn Registry>> {
+/// How long a node's sessions outlive its last heartbeat in a shared registry.
+pub const NODE_TTL: Duration = Duration::from_secs(10);
+
+/// The registry at `url`; a shared one keeps its keys under `prefix`.
+pub async fn registry(url: &str, prefix: &str) -> anyhow::Result<Arc<dyn Registry>> {
     match scheme(url) {
         "memory" => Ok(Arc::new(MemoryRegistry::new())),
-        "redis" => {
-            bail!("registry {url}: this build has no Redis support (build with --features redis)")
-        }
+        "redis" => Ok(Arc::new(
+            RedisRegistry::connect(url, prefix, NODE_TTL)
+                .await
+                .with_context(|| format!("connecting to registry {url}"))?,
+        )),
         other => bail!("registry {url}: unknown scheme `{other}` (expected memory:// or redis://)"),
     }
 }

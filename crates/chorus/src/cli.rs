@@ -8,23 +8,35 @@ use std::path::PathBuf;
 
 /// chorus: a chat platform on an event log.
 #[derive(Debug, Parser)]
-#[command(name = "chorus", version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(name = "chorus", version, about, long_about = None, after_help = after_help())]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
-const AFTER_HELP: &str = "Backends compiled into this build: event log memory://; \
-database sqlite://; registry memory://.\n\
-Run `chorus serve` with no flags for the embedded default: one process, SQLite in \
-./chorus-data, in-process event log and registry, listening on 127.0.0.1:8080.";
+/// Which backends this build has, and what `chorus serve` does with no flags.
+fn after_help() -> String {
+    let log = if cfg!(feature = "kafka") {
+        "memory://, kafka://"
+    } else {
+        "memory:// (kafka:// needs a build with --features kafka)"
+    };
+    format!(
+        "Backends compiled into this build: event log {log}; database sqlite://, \
+         postgres://; registry memory://, redis://.\n\
+         Run `chorus serve` with no flags for the embedded default: one process, SQLite \
+         in ./chorus-data, in-process event log and registry, listening on 127.0.0.1:8080."
+    )
+}
 
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node: by default every role, embedded, on 127.0.0.1:8080.
     Serve(ServeArgs),
+    /// Load-test a chorus server (or a peer) and report latency percentiles and throughput.
+    Bench(chorus_bench::BenchArgs),
 }
 
 /// Flags of `chorus serve`.
@@ -147,7 +159,9 @@ mod tests {
             "--rate-per-sec",
             "7",
         ]);
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
         let c = args.config().unwrap();
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.roles, vec!["gateway", "store"]);

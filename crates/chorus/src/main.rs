@@ -18,6 +18,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(signal(shutdown.clone()));
             node.run(shutdown).await
         }
+        Command::Bench(args) => chorus_bench::run(args).await,
     }
 }
 

@@ -78,7 +78,7 @@ impl Node {
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let store = backends::store(&config.db_url()).await?;
         let log = backends::event_log(&config.log).await?;
-        let registry = backends::registry(&config.registry).await?;
+        let registry = backends::registry(&config.registry, &config.topic_prefix).await?;
         let topics = Topics::new(config.topic_prefix.clone());
         for stage in Stage::ALL {
             log.create_topic(&topics.stage(stage), config.partitions)
