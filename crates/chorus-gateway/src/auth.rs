@@ -79,8 +79,24 @@ impl Tokens {
     }
 }
 
+/// Password hashing in progress at once. Each argon2id hash holds 19 MiB for its
+/// duration: unbounded, a burst of sign-ups or logins (a load test registering
+/// thousands of users, or an attack) would hold gigabytes at once, and the allocator
+/// keeps much of it afterwards. Bounded to the cores, the rest wait their turn.
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
 /// Hashes a password with argon2id (off the async workers: it is deliberately slow).
 pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         Argon2::default()
@@ -95,6 +111,9 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
 /// Checks a password against a stored hash, or against a fixed dummy hash when the
 /// account does not exist, so that response time does not reveal which usernames exist.
 pub async fn verify_password(password: String, hash: Option<String>) -> bool {
+    let Ok(_slot) = hashing_slots().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         let real = hash.is_some();
         let dummy;
