@@ -1,0 +1,745 @@
+//! The `Store` contract, one suite generated for every backend.
+//!
+//! SQLite runs always, on a fresh file per test. PostgreSQL runs when
+//! `CHORUS_TEST_POSTGRES` names a server (`postgres://postgres@127.0.0.1:5432/postgres`):
+//! every test creates its own database there and drops it afterwards.
+
+use chorus_core::model::{ConversationKind, Message, Origin, User};
+use chorus_core::{ConversationId, MessageId, UserId};
+use chorus_store::postgres::PostgresStore;
+use chorus_store::sqlite::SqliteStore;
+use chorus_store::{Appended, Directory, NewMessage, Page, Store, StoreError};
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::{Connection, Executor, PgConnection};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One empty database for one test. Every [`Fresh::open`] is a separate store (its own
+/// connections) on it, as separate nodes of a cluster would be.
+enum Fresh {
+    Sqlite {
+        path: PathBuf,
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        server: String,
+        name: String,
+        url: String,
+    },
+}
+
+impl Fresh {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::Sqlite {
+            path: dir.path().join("chorus.db"),
+            _dir: dir,
+        }
+    }
+
+    /// A new database on the server named by `CHORUS_TEST_POSTGRES`, if set.
+    async fn postgres() -> Option<Self> {
+        let Ok(server) = std::env::var("CHORUS_TEST_POSTGRES") else {
+            eprintln!("CHORUS_TEST_POSTGRES is not set: PostgreSQL store test skipped");
+            return None;
+        };
+        let name = format!("chorus_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to CHORUS_TEST_POSTGRES={server}: {e}"));
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let url = with_database(&server, &name);
+        Some(Self::Postgres { server, name, url })
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite { path, .. } => Arc::new(SqliteStore::open(path).await.unwrap()),
+            Self::Postgres { url, .. } => Arc::new(PostgresStore::connect(url).await.unwrap()),
+        }
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        let Self::Postgres { server, name, .. } = self else {
+            return;
+        };
+        let drop_database = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let server = server.clone();
+        // Runs while a test (possibly a failed one) unwinds inside its runtime, which
+        // cannot block on itself: a thread with a runtime of its own, and no panics.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&server).await {
+                    let _ = admin.execute(drop_database.as_str()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `server` (a `postgres://` URL) with its database replaced by `name`.
+fn with_database(server: &str, name: &str) -> String {
+    let (scheme, rest) = server.split_once("://").expect("a postgres:// URL");
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let query = rest[end..]
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{scheme}://{}/{name}{query}", &rest[..end])
+}
+
+async fn user(store: &Arc<dyn Store>, name: &str) -> User {
+    store.create_user(name, "hash").await.unwrap()
+}
+
+async fn users<const N: usize>(store: &Arc<dyn Store>) -> [UserId; N] {
+    let mut ids = [UserId::default(); N];
+    for (i, id) in ids.iter_mut().enumerate() {
+        *id = user(store, &format!("user{i}")).await.id;
+    }
+    ids
+}
+
+/// A time with sub-millisecond digits, which the store drops.
+fn sent_at() -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000, 123_456_789).unwrap()
+}
+
+fn new_message(conversation: ConversationId, sender: UserId, key: &str) -> NewMessage {
+    NewMessage {
+        message_id: MessageId::derive(sender, conversation, key),
+        client_msg_id: key.to_owned(),
+        conversation_id: conversation,
+        sender_id: sender,
+        body: format!("body of {key}"),
+        sent_at: sent_at(),
+        origin: Origin::User,
+    }
+}
+
+#[track_caller]
+fn new(a: &Appended) -> &Message {
+    match a {
+        Appended::New(m) => m,
+        other => panic!("expected New, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn existing(a: &Appended) -> &Message {
+    match a {
+        Appended::Existing(m) => m,
+        other => panic!("expected Existing, got {other:?}"),
+    }
+}
+
+fn seqs(messages: &[Message]) -> Vec<i64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+fn names(users: &[User]) -> Vec<&str> {
+    users.iter().map(|u| u.username.as_str()).collect()
+}
+
+async fn page(
+    store: &Arc<dyn Store>,
+    conversation: ConversationId,
+    after_seq: Option<i64>,
+    before_seq: Option<i64>,
+    limit: i64,
+) -> Vec<i64> {
+    let page = Page {
+        after_seq,
+        before_seq,
+        limit,
+    };
+    seqs(&store.messages(conversation, page).await.unwrap())
+}
+
+/// Stores `n` messages in `conversation`, one batch.
+async fn fill(store: &Arc<dyn Store>, conversation: ConversationId, sender: UserId, n: usize) {
+    let batch: Vec<NewMessage> = (0..n)
+        .map(|i| new_message(conversation, sender, &format!("fill-{i}")))
+        .collect();
+    store.append_messages(&batch).await.unwrap();
+}
+
+async fn health(db: &Fresh) {
+    db.open().await.health().await.unwrap();
+}
+
+async fn users_are_unique_and_found(db: &Fresh) {
+    let store = db.open().await;
+    let alice = store.create_user("alice", "phc-hash").await.unwrap();
+    assert_eq!(alice.username, "alice");
+    assert!(matches!(
+        store.create_user("alice", "other").await,
+        Err(StoreError::Conflict("username"))
+    ));
+    let account = store.account("alice").await.unwrap().unwrap();
+    assert_eq!(account.user, alice);
+    assert_eq!(account.password_hash, "phc-hash");
+    assert!(store.account("Alice").await.unwrap().is_none());
+    assert!(store.account("nobody").await.unwrap().is_none());
+    assert_eq!(store.user(alice.id).await.unwrap(), Some(alice));
+    assert_eq!(store.user(UserId::new()).await.unwrap(), None);
+}
+
+async fn search_is_a_literal_prefix_in_byte_order(db: &Fresh) {
+    let store = db.open().await;
+    for name in ["alice", "al_ice", "alxice", "al%x", "al", "Zed", "bob"] {
+        user(&store, name).await;
+    }
+    let search = |prefix: &'static str, limit| {
+        let store = store.clone();
+        async move { store.search_users(prefix, limit).await.unwrap() }
+    };
+    assert_eq!(names(&search("al_", 10).await), ["al_ice"]);
+    assert_eq!(names(&search("al%", 10).await), ["al%x"]);
+    assert_eq!(
+        names(&search("al", 10).await),
+        ["al", "al%x", "al_ice", "alice", "alxice"]
+    );
+    assert_eq!(names(&search("al", 2).await), ["al", "al%x"]);
+    assert_eq!(
+        names(&search("", 10).await),
+        ["Zed", "al", "al%x", "al_ice", "alice", "alxice", "bob"]
+    );
+    assert!(search("alicia", 10).await.is_empty());
+    assert!(search("z", 10).await.is_empty());
+}
+
+async fn direct_is_one_per_pair(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c] = users(&store).await;
+    let (ab, created) = store.direct(a, b).await.unwrap();
+    assert!(created);
+    assert_eq!(ab.kind, ConversationKind::Direct);
+    assert_eq!(ab.members, [a, b]);
+    assert_eq!(
+        (ab.title.as_deref(), ab.owner_id, ab.last_seq),
+        (None, None, 0)
+    );
+    assert_eq!(store.conversation(ab.id).await.unwrap(), Some(ab.clone()));
+
+    let (ba, created) = store.direct(b, a).await.unwrap();
+    assert!(!created);
+    assert_eq!(ba, ab);
+    let (ac, created) = store.direct(a, c).await.unwrap();
+    assert!(created);
+    assert_ne!(ac.id, ab.id);
+    assert!(matches!(
+        store.direct(a, UserId::new()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn direct_is_created_once_under_races(db: &Fresh) {
+    let stores = [db.open().await, db.open().await];
+    let [a, b] = users(&stores[0]).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = stores[i % 2].clone();
+            let (x, y) = if i % 4 < 2 { (a, b) } else { (b, a) };
+            tokio::spawn(async move { store.direct(x, y).await.unwrap() })
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let (record, new) = t.await.unwrap();
+        ids.insert(record.id);
+        created += usize::from(new);
+        assert_eq!(sorted(record.members), sorted(vec![a, b]));
+    }
+    assert_eq!(ids.len(), 1, "one conversation per pair");
+    assert_eq!(created, 1, "created exactly once");
+}
+
+async fn groups_keep_joining_order_and_hand_over_ownership(db: &Fresh) {
+    let store = db.open().await;
+    let [owner, b, c, d] = users(&store).await;
+    let group = store
+        .create_group(owner, "team", &[b, c, owner, b])
+        .await
+        .unwrap();
+    assert_eq!(group.kind, ConversationKind::Group);
+    assert_eq!(group.title.as_deref(), Some("team"));
+    assert_eq!(group.owner_id, Some(owner));
+    assert_eq!(group.members, [owner, b, c], "owner first, duplicates once");
+    assert_eq!(
+        store.conversation(group.id).await.unwrap(),
+        Some(group.clone())
+    );
+    assert!(
+        store
+            .conversation(ConversationId::new())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store.add_member(group.id, d).await.unwrap();
+    store.add_member(group.id, d).await.unwrap();
+    assert_eq!(store.members(group.id).await.unwrap(), [owner, b, c, d]);
+    assert!(matches!(
+        store.add_member(group.id, UserId::new()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.add_member(ConversationId::new(), d).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.create_group(owner, "bad", &[UserId::new()]).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    store.remove_member(group.id, b).await.unwrap();
+    assert!(matches!(
+        store.remove_member(group.id, b).await,
+        Err(StoreError::NotFound("member"))
+    ));
+    let after = store.conversation(group.id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.owner_id, after.members),
+        (Some(owner), vec![owner, c, d])
+    );
+
+    store.remove_member(group.id, owner).await.unwrap();
+    let after = store.conversation(group.id).await.unwrap().unwrap();
+    assert_eq!((after.owner_id, after.members), (Some(c), vec![c, d]));
+    store.remove_member(group.id, c).await.unwrap();
+    assert_eq!(
+        store
+            .conversation(group.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner_id,
+        Some(d)
+    );
+    store.remove_member(group.id, d).await.unwrap();
+    let after = store.conversation(group.id).await.unwrap().unwrap();
+    assert_eq!((after.owner_id, after.members), (None, vec![]));
+}
+
+async fn conversations_of_lists_members_and_read_markers(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c, stranger] = users(&store).await;
+    let (direct, _) = store.direct(a, b).await.unwrap();
+    let group = store.create_group(a, "g", &[b, c]).await.unwrap();
+    fill(&store, group.id, b, 4).await;
+    store.mark_read(group.id, a, 3).await.unwrap();
+
+    let of_a = store.conversations_of(a).await.unwrap();
+    let order: Vec<_> = of_a.iter().map(|(r, _)| (r.created_at, r.id)).collect();
+    assert_eq!(order, sorted(order.clone()), "by creation time, then id");
+    let by_id: HashMap<_, _> = of_a.into_iter().map(|(r, seq)| (r.id, (r, seq))).collect();
+    assert_eq!(by_id.len(), 2);
+    let (d, read) = &by_id[&direct.id];
+    assert_eq!(
+        (d.members.as_slice(), d.last_seq, *read),
+        (&[a, b][..], 0, 0)
+    );
+    let (g, read) = &by_id[&group.id];
+    assert_eq!(
+        (g.members.as_slice(), g.last_seq, *read),
+        (&[a, b, c][..], 4, 3)
+    );
+    assert_eq!(g.clone().view(*read).unread, 1);
+
+    let of_c = store.conversations_of(c).await.unwrap();
+    assert_eq!(of_c.len(), 1);
+    assert_eq!((of_c[0].0.id, of_c[0].1), (group.id, 0));
+    assert!(store.conversations_of(stranger).await.unwrap().is_empty());
+    assert_eq!(store.read_seq(group.id, a).await.unwrap(), Some(3));
+    assert_eq!(store.read_seq(group.id, c).await.unwrap(), Some(0));
+    assert_eq!(store.read_seq(group.id, stranger).await.unwrap(), None);
+}
+
+async fn contacts_share_a_conversation(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c, d, loner] = users(&store).await;
+    store.direct(a, b).await.unwrap();
+    store.create_group(a, "g", &[b, c, d]).await.unwrap();
+    assert_eq!(
+        sorted(store.contacts(a).await.unwrap()),
+        sorted(vec![b, c, d])
+    );
+    assert_eq!(
+        sorted(store.contacts(b).await.unwrap()),
+        sorted(vec![a, c, d])
+    );
+    assert!(store.contacts(loner).await.unwrap().is_empty());
+}
+
+async fn append_numbers_each_conversation_from_one(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users(&store).await;
+    let (one, _) = store.direct(a, b).await.unwrap();
+    let two = store.create_group(a, "g", &[b]).await.unwrap();
+    let out = store
+        .append_messages(&[
+            new_message(one.id, a, "1"),
+            new_message(two.id, b, "2"),
+            new_message(one.id, b, "3"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out.iter().map(|a| new(a).seq).collect::<Vec<_>>(),
+        [1, 1, 2]
+    );
+    let first = new(&out[0]);
+    let expected_time = DateTime::from_timestamp_millis(sent_at().timestamp_millis()).unwrap();
+    assert_eq!(first.sent_at, expected_time, "kept to the millisecond");
+    assert_eq!(
+        (
+            first.body.as_str(),
+            first.client_msg_id.as_str(),
+            first.origin
+        ),
+        ("body of 1", "1", Origin::User)
+    );
+    assert_eq!(
+        store.message(first.message_id).await.unwrap().as_ref(),
+        Some(first)
+    );
+    assert!(
+        store
+            .message(MessageId::derive(a, one.id, "none"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let out = store
+        .append_messages(&[
+            new_message(one.id, a, "4"),
+            NewMessage {
+                origin: Origin::AutoReply,
+                ..new_message(one.id, b, "5")
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(new(&out[0]).seq, 3);
+    assert_eq!(new(&out[1]).origin, Origin::AutoReply);
+    assert_eq!(
+        store.conversation(one.id).await.unwrap().unwrap().last_seq,
+        4
+    );
+    assert_eq!(
+        store.conversation(two.id).await.unwrap().unwrap().last_seq,
+        1
+    );
+    assert_eq!(page(&store, one.id, None, None, 100).await, [1, 2, 3, 4]);
+    assert!(store.append_messages(&[]).await.unwrap().is_empty());
+}
+
+async fn append_stores_each_message_once(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users(&store).await;
+    let (c, _) = store.direct(a, b).await.unwrap();
+    let out = store
+        .append_messages(&[
+            new_message(c.id, a, "x"),
+            new_message(c.id, a, "y"),
+            new_message(c.id, a, "x"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((new(&out[0]).seq, new(&out[1]).seq), (1, 2));
+    assert_eq!(existing(&out[2]), new(&out[0]), "duplicate inside a batch");
+
+    let retry = NewMessage {
+        body: "changed on retry".into(),
+        ..new_message(c.id, a, "y")
+    };
+    let out2 = store
+        .append_messages(&[retry, new_message(c.id, a, "z")])
+        .await
+        .unwrap();
+    assert_eq!(
+        existing(&out2[0]),
+        new(&out[1]),
+        "the stored copy, unchanged"
+    );
+    assert_eq!(new(&out2[1]).seq, 3);
+    assert_eq!(page(&store, c.id, None, None, 100).await, [1, 2, 3]);
+    assert_eq!(store.conversation(c.id).await.unwrap().unwrap().last_seq, 3);
+}
+
+async fn append_to_an_unknown_conversation_stores_nothing(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users(&store).await;
+    let (c, _) = store.direct(a, b).await.unwrap();
+    let nowhere = ConversationId::new();
+    let out = store
+        .append_messages(&[
+            new_message(nowhere, a, "lost"),
+            new_message(c.id, a, "kept"),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Appended::NoConversation));
+    assert_eq!(new(&out[1]).seq, 1);
+    assert!(
+        store
+            .message(MessageId::derive(a, nowhere, "lost"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(page(&store, nowhere, None, None, 10).await.is_empty());
+}
+
+/// Two stores (as two nodes while a partition moves) append to the same conversations
+/// at once, partly the same messages: every message is stored once, every conversation
+/// is numbered 1..N without gaps, and every answer agrees with what was stored.
+async fn concurrent_appenders_keep_seq_contiguous(db: &Fresh) {
+    const TASKS: usize = 8;
+    const BATCHES: usize = 25;
+    const PER_BATCH: usize = 4;
+    let stores = [db.open().await, db.open().await];
+    let [a, b] = users(&stores[0]).await;
+    let (x, _) = stores[0].direct(a, b).await.unwrap();
+    let y = stores[0].create_group(a, "g", &[b]).await.unwrap();
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            // Tasks 2k and 2k+1 send the same messages, through different stores, in
+            // opposite orders: each batch touches both conversations, first x or first y.
+            let store = stores[task % 2].clone();
+            let (x, y) = (x.id, y.id);
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for batch in 0..BATCHES {
+                    let mut messages: Vec<NewMessage> = (0..PER_BATCH)
+                        .map(|j| {
+                            let key = format!("{}-{batch}-{j}", task / 2);
+                            new_message(if j % 2 == 0 { x } else { y }, a, &key)
+                        })
+                        .collect();
+                    if task % 2 == 1 {
+                        messages.reverse();
+                    }
+                    answers.extend(store.append_messages(&messages).await.unwrap());
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.extend(t.await.unwrap());
+    }
+
+    let unique = TASKS / 2 * BATCHES * PER_BATCH;
+    let mut stored: HashMap<MessageId, Message> = HashMap::new();
+    for c in [x.id, y.id] {
+        let messages = stores[1]
+            .messages(
+                c,
+                Page {
+                    after_seq: Some(0),
+                    before_seq: None,
+                    limit: 10_000,
+                },
+            )
+            .await
+            .unwrap();
+        let n = messages.len() as i64;
+        assert_eq!(seqs(&messages), (1..=n).collect::<Vec<_>>(), "contiguous");
+        assert_eq!(
+            stores[0].conversation(c).await.unwrap().unwrap().last_seq,
+            n
+        );
+        for m in messages {
+            assert!(stored.insert(m.message_id, m).is_none(), "stored once");
+        }
+    }
+    assert_eq!(stored.len(), unique);
+    let mut news = 0;
+    for answer in &answers {
+        let m = match answer {
+            Appended::New(m) => {
+                news += 1;
+                m
+            }
+            Appended::Existing(m) => m,
+            Appended::NoConversation => panic!("conversations exist"),
+        };
+        assert_eq!(
+            Some(m),
+            stored.get(&m.message_id),
+            "answer agrees with the store"
+        );
+    }
+    assert_eq!(news, unique, "each message reported new exactly once");
+}
+
+async fn history_pages(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c2] = users(&store).await;
+    let (c, _) = store.direct(a, b).await.unwrap();
+    let (empty, _) = store.direct(a, c2).await.unwrap();
+    fill(&store, c.id, a, 10).await;
+    assert_eq!(
+        page(&store, c.id, None, None, 3).await,
+        [8, 9, 10],
+        "latest"
+    );
+    assert_eq!(page(&store, c.id, None, Some(8), 3).await, [5, 6, 7]);
+    assert_eq!(page(&store, c.id, None, Some(3), 10).await, [1, 2]);
+    assert_eq!(page(&store, c.id, Some(2), None, 3).await, [3, 4, 5]);
+    assert_eq!(page(&store, c.id, Some(2), Some(5), 10).await, [3, 4]);
+    assert_eq!(page(&store, c.id, Some(8), None, 10).await, [9, 10]);
+    assert_eq!(
+        page(&store, c.id, Some(0), None, 100).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert!(page(&store, c.id, Some(10), None, 10).await.is_empty());
+    assert!(page(&store, c.id, None, Some(1), 10).await.is_empty());
+    assert!(page(&store, c.id, None, None, 0).await.is_empty());
+    assert!(page(&store, empty.id, None, None, 10).await.is_empty());
+}
+
+async fn read_marker_moves_forward_and_stops_at_last_seq(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, stranger] = users(&store).await;
+    let (c, _) = store.direct(a, b).await.unwrap();
+    assert_eq!(
+        store.mark_read(c.id, a, 5).await.unwrap(),
+        0,
+        "nothing to read"
+    );
+    fill(&store, c.id, b, 5).await;
+    assert_eq!(store.mark_read(c.id, a, 3).await.unwrap(), 3);
+    assert_eq!(
+        store.mark_read(c.id, a, 2).await.unwrap(),
+        3,
+        "never backwards"
+    );
+    assert_eq!(store.mark_read(c.id, a, 99).await.unwrap(), 5, "capped");
+    assert_eq!(store.read_seq(c.id, a).await.unwrap(), Some(5));
+    assert_eq!(
+        store.read_seq(c.id, b).await.unwrap(),
+        Some(0),
+        "per member"
+    );
+    assert!(matches!(
+        store.mark_read(c.id, stranger, 1).await,
+        Err(StoreError::NotFound("member"))
+    ));
+    assert!(matches!(
+        store.mark_read(ConversationId::new(), a, 1).await,
+        Err(StoreError::NotFound("member"))
+    ));
+}
+
+async fn last_seqs_cover_every_conversation_of_a_user(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c, stranger] = users(&store).await;
+    let (ab, _) = store.direct(a, b).await.unwrap();
+    let g = store.create_group(a, "g", &[c]).await.unwrap();
+    fill(&store, ab.id, b, 3).await;
+    assert_eq!(
+        sorted(store.last_seqs(a).await.unwrap()),
+        sorted(vec![(ab.id, 3), (g.id, 0)])
+    );
+    assert_eq!(store.last_seqs(c).await.unwrap(), [(g.id, 0)]);
+    assert!(store.last_seqs(stranger).await.unwrap().is_empty());
+}
+
+async fn directory_caches_members_until_invalidated(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c] = users(&store).await;
+    let g = store.create_group(a, "g", &[b]).await.unwrap();
+    let directory = Directory::new(store.clone());
+    let members = directory.members(g.id).await.unwrap();
+    assert!(members.contains(a) && members.contains(b) && !members.contains(c));
+    store.add_member(g.id, c).await.unwrap();
+    assert!(
+        !directory.members(g.id).await.unwrap().contains(c),
+        "cached"
+    );
+    directory.invalidate(g.id);
+    let members = directory.members(g.id).await.unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(members.contains(c));
+    assert!(
+        directory
+            .members(ConversationId::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// One `#[tokio::test]` per case, inside a backend's module (which defines `fresh`).
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(db) = fresh().await else { return };
+                super::$case(&db).await;
+            }
+        )*
+    };
+}
+
+/// The whole suite for one backend. `$fresh` is a future of `Option<Fresh>`: `None`
+/// when the backend's server is not configured (it says so), and the tests pass
+/// without running.
+macro_rules! store_contract {
+    ($backend:ident, $fresh:expr) => {
+        mod $backend {
+            async fn fresh() -> Option<super::Fresh> {
+                $fresh.await
+            }
+
+            cases! {
+                health,
+                users_are_unique_and_found,
+                search_is_a_literal_prefix_in_byte_order,
+                direct_is_one_per_pair,
+                direct_is_created_once_under_races,
+                groups_keep_joining_order_and_hand_over_ownership,
+                conversations_of_lists_members_and_read_markers,
+                contacts_share_a_conversation,
+                append_numbers_each_conversation_from_one,
+                append_stores_each_message_once,
+                append_to_an_unknown_conversation_stores_nothing,
+                concurrent_appenders_keep_seq_contiguous,
+                history_pages,
+                read_marker_moves_forward_and_stops_at_last_seq,
+                last_seqs_cover_every_conversation_of_a_user,
+                directory_caches_members_until_invalidated,
+            }
+        }
+    };
+}
+
+store_contract!(sqlite, async { Some(super::Fresh::sqlite()) });
+store_contract!(postgres, super::Fresh::postgres());
