@@ -163,11 +163,9 @@ impl NodeProcess {
     }
 }
 
-/// A tansu broker of the test's own, for the broker-restart test.
+/// A tansu broker of the test's own, for the broker-outage test.
 pub struct Broker {
     pub url: String,
-    port: u16,
-    bin: String,
     child: Child,
 }
 
@@ -181,8 +179,6 @@ impl Broker {
         let child = Self::spawn(&bin, port).await;
         Some(Broker {
             url: format!("kafka://127.0.0.1:{port}"),
-            port,
-            bin,
             child,
         })
     }
@@ -217,9 +213,23 @@ impl Broker {
         child
     }
 
-    /// Kills the broker and starts a new one on the same port (its memory is gone).
-    pub async fn restart(&mut self) {
-        self.child.kill().await.unwrap();
-        self.child = Self::spawn(&self.bin, self.port).await;
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing answers, as in
+    /// a network partition or a long pause. Its data survives.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen broker go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("the broker runs").to_string();
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Needs `CHORUS_TEST_KAFKA`, `CHORUS_TEST_POSTGRES` and `CHORUS_TEST_REDIS` (the test
 //! script sets them, starting the servers); without them every test says it is skipped.
-//! The broker-restart test also needs `CHORUS_TEST_TANSU`, the broker binary, to run a
+//! The broker-outage test also needs `CHORUS_TEST_TANSU`, the broker binary, to run a
 //! broker of its own. Each test uses its own topic prefix, database and Redis keys.
 #![cfg(feature = "kafka")]
 

@@ -1,0 +1,34 @@
+//! `chorus bench`: a load generator for chorus servers.
+//!
+//! It signs in `--users` users (registering them, or logging in when an earlier run
+//! did), puts them in direct pairs or groups, opens one WebSocket session per user and
+//! then drives one scenario:
+//!
+//! - open loop (default): sends at `--rate` per second in total, on a schedule that
+//!   never waits for replies; every member session records the latency from the
+//!   scheduled send time (carried in the body) to delivery;
+//! - closed loop (`--closed-loop`): each sender keeps `--in-flight` messages
+//!   outstanding;
+//! - idle (`--idle`): only holds the connections, for the connect rate and the
+//!   server's memory per connection;
+//! - reconnect storm (`--reconnect-storm`): after the warm-up every client drops and
+//!   reconnects at once, resuming with `sync`; no message may be missed.
+//!
+//! The report goes to stdout as a table and, with `--json`, to a file.
+
+mod args;
+mod client;
+mod codec;
+mod report;
+mod scenarios;
+mod setup;
+mod stats;
+
+pub use args::{BenchArgs, ConversationMode};
+
+/// Runs the benchmark described by `args` and prints its report. Fails when the
+/// server cannot be reached or no session can be opened; missing deliveries are
+/// reported, not an error.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    scenarios::run(args).await
+}
