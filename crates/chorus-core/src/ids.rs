@@ -136,18 +136,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn message_ids_are_stable_per_sender_and_key() {
-        let alice = UserId::new();
-        let bob = UserId::new();
-        assert_eq!(
-            MessageId::derive(alice, "k1"),
-            MessageId::derive(alice, "k1")
-        );
-        assert_ne!(
-            MessageId::derive(alice, "k1"),
-            MessageId::derive(alice, "k2")
-        );
-        assert_ne!(MessageId::derive(alice, "k1"), MessageId::derive(bob, "k1"));
+    fn message_ids_are_stable_per_sender_conversation_and_key() {
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let (c1, c2) = (ConversationId::new(), ConversationId::new());
+        let id = MessageId::derive(alice, c1, "k1");
+        assert_eq!(id, MessageId::derive(alice, c1, "k1"));
+        assert_ne!(id, MessageId::derive(alice, c1, "k2"));
+        assert_ne!(id, MessageId::derive(bob, c1, "k1"));
+        assert_ne!(id, MessageId::derive(alice, c2, "k1"));
     }
 
     #[test]

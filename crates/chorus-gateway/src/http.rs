@@ -214,7 +214,7 @@ async fn create_conversation(
         }
         ConversationKind::Group => {
             let title = req.title.as_deref().map(str::trim).unwrap_or_default();
-            if title.is_empty() || title.chars().count() > 200 {
+            if title.is_empty() || title.chars().count() > 200 || title.contains('\0') {
                 return Err(ApiError::bad_request(
                     "a group needs a title of 1 to 200 characters",
                 ));

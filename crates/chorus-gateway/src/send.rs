@@ -57,6 +57,13 @@ pub async fn submit(
     if body.is_empty() {
         return Err(ApiError::bad_request("body must not be empty"));
     }
+    // PostgreSQL cannot store NUL in text; refusing it here keeps one bad message from
+    // stalling the store stage of a cluster.
+    if body.contains('\0') || client_msg_id.contains('\0') {
+        return Err(ApiError::bad_request(
+            "body and client_msg_id must not contain NUL characters",
+        ));
+    }
     if body.len() > state.limits.max_body_bytes {
         return Err(ApiError::new(
             ErrorCode::TooLarge,

@@ -1,7 +1,7 @@
 //! The loop every stage shares: fetch a batch, decode, process, publish, commit.
 
 use async_trait::async_trait;
-use chorus_core::event::{DecodeError, StageEvent, decode, encode};
+use chorus_core::event::{StageEvent, decode, encode};
 use chorus_core::topics::{Stage, Topics};
 use chorus_log::{EventLog, LogError, Outgoing, Record};
 use chorus_registry::{Registry, RegistryError};
@@ -40,6 +40,17 @@ pub enum StageError {
     Registry(#[from] RegistryError),
 }
 
+impl StageError {
+    /// Whether retrying later may succeed (a dependency is down), as opposed to an
+    /// event that can never be processed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Log(_) | Self::Registry(_) => true,
+            Self::Store(e) => e.is_unavailable(),
+        }
+    }
+}
+
 /// One stage's work on a batch of decoded events.
 #[async_trait]
 pub trait StageWorker: Send {
@@ -63,12 +74,22 @@ pub async fn run_stage(
     ctx: StageContext,
     shutdown: CancellationToken,
 ) -> Result<(), StageError> {
-    let mut worker: Box<dyn StageWorker> = match stage {
+    let worker: Box<dyn StageWorker> = match stage {
         Stage::AutomateOut => Box::new(crate::automate_out::AutomateOut),
         Stage::Store => Box::new(crate::store::StoreStage),
         Stage::AutomateIn => Box::new(crate::automate_in::AutomateIn),
         Stage::Route => Box::new(crate::route::RouteStage),
     };
+    run_worker(stage, worker, ctx, shutdown).await
+}
+
+/// The consumer loop of `stage` around any worker.
+async fn run_worker(
+    stage: Stage,
+    mut worker: Box<dyn StageWorker>,
+    ctx: StageContext,
+    shutdown: CancellationToken,
+) -> Result<(), StageError> {
     let topic = ctx.topics.stage(stage);
     let mut consumer = ctx
         .log
@@ -81,16 +102,34 @@ pub async fn run_stage(
             batch = consumer.next_batch(BATCH) => batch?,
         };
         let started = Instant::now();
-        let mut events = Vec::with_capacity(batch.len());
+        let mut readable = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         for record in &batch {
             match decode::<StageEvent>(&record.payload) {
-                Ok(event) => events.push(event),
+                Ok(event) => readable.push((record, event)),
                 Err(e) => dead.push(dead_letter(&ctx, stage, record, &e)),
             }
         }
-        let n = events.len();
-        let mut out = worker.process(&ctx, events).await?;
+        let n = readable.len();
+        let events = readable.iter().map(|(_, e)| e.clone()).collect();
+        let mut out = match worker.process(&ctx, events).await {
+            Ok(out) => out,
+            Err(e) if e.is_transient() => return Err(e),
+            // Something in the batch cannot be processed, and retrying the batch would
+            // fail the same way for ever: find it, set it aside, process the rest.
+            Err(e) => {
+                tracing::warn!(stage = stage.name(), error = %e, "batch failed; retrying its events one by one");
+                let mut out = Vec::new();
+                for (record, event) in readable {
+                    match worker.process(&ctx, vec![event]).await {
+                        Ok(more) => out.extend(more),
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => dead.push(dead_letter(&ctx, stage, record, &e)),
+                    }
+                }
+                out
+            }
+        };
         out.extend(dead);
         publish(&ctx, out).await?;
         consumer.commit(&batch).await?;
@@ -118,14 +157,19 @@ async fn publish(ctx: &StageContext, mut out: Vec<Outgoing>) -> Result<(), LogEr
     Ok(())
 }
 
-fn dead_letter(ctx: &StageContext, stage: Stage, record: &Record, e: &DecodeError) -> Outgoing {
+fn dead_letter(
+    ctx: &StageContext,
+    stage: Stage,
+    record: &Record,
+    e: &dyn std::fmt::Display,
+) -> Outgoing {
     tracing::warn!(
         stage = stage.name(),
         topic = %record.topic,
         partition = record.partition,
         offset = record.offset,
         error = %e,
-        "unreadable event sent to the dead-letter topic"
+        "event that cannot be processed sent to the dead-letter topic"
     );
     metrics::counter!("chorus_dead_letter_total", "stage" => stage.name()).increment(1);
     Outgoing::new(
@@ -167,5 +211,108 @@ fn notice_key(event: &StageEvent) -> Vec<u8> {
             conversation_id, ..
         } => conversation_id.0.as_bytes().to_vec(),
         StageEvent::Presence { user_id, .. } => user_id.0.as_bytes().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_core::event::MessageEvent;
+    use chorus_core::model::Origin;
+    use chorus_core::{ConversationId, MessageId, UserId};
+    use chorus_log::memory::MemoryLog;
+
+    /// Forwards every message to `out`, except those whose body is "poison".
+    struct Picky;
+
+    #[async_trait]
+    impl StageWorker for Picky {
+        async fn process(
+            &mut self,
+            _ctx: &StageContext,
+            events: Vec<StageEvent>,
+        ) -> Result<Vec<Outgoing>, StageError> {
+            let mut out = Vec::new();
+            for e in events {
+                let StageEvent::Message(m) = e else { continue };
+                if m.body == "poison" {
+                    return Err(StoreError::Corrupt("cannot store this".into()).into());
+                }
+                out.push(Outgoing::new(
+                    "out",
+                    m.body.clone().into_bytes(),
+                    m.body.into_bytes(),
+                ));
+            }
+            Ok(out)
+        }
+    }
+
+    fn message(body: &str) -> Vec<u8> {
+        let sender = UserId::new();
+        let conversation = ConversationId::new();
+        encode(&StageEvent::Message(MessageEvent {
+            message_id: MessageId::derive(sender, conversation, body),
+            client_msg_id: body.into(),
+            conversation_id: conversation,
+            sender_id: sender,
+            session_id: None,
+            body: body.into(),
+            seq: None,
+            sent_at: chrono::Utc::now(),
+            origin: Origin::User,
+            hops: 0,
+            route: vec![Stage::Store],
+            suppress: Vec::new(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_poison_event_goes_to_the_dead_letter_topic_and_the_rest_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = chorus_store::sqlite::SqliteStore::open(&dir.path().join("t.db"))
+            .await
+            .unwrap();
+        let log = MemoryLog::new();
+        let topics = Topics::new("t");
+        let input = topics.stage(Stage::Store);
+        for t in [input.as_str(), "out", &topics.dead_letter()] {
+            log.create_topic(t, 1).await.unwrap();
+        }
+        let mut out = log.subscribe("check-out", &["out".into()]).await.unwrap();
+        let mut dead = log
+            .subscribe("check-dead", &[topics.dead_letter()])
+            .await
+            .unwrap();
+        let records = ["first", "poison", "last"]
+            .map(|b| Outgoing::new(input.clone(), b.as_bytes().to_vec(), message(b)));
+        log.publish(records.to_vec()).await.unwrap();
+        let ctx = StageContext {
+            log: Arc::new(log.clone()),
+            directory: Directory::new(Arc::new(store)),
+            registry: Arc::new(chorus_registry::memory::MemoryRegistry::new()),
+            topics,
+        };
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(run_worker(Stage::Store, Box::new(Picky), ctx, stop.clone()));
+        let mut forwarded = Vec::new();
+        while forwarded.len() < 2 {
+            forwarded.extend(out.next_batch(10).await.unwrap());
+        }
+        let bodies: Vec<&[u8]> = forwarded.iter().map(|r| r.payload.as_ref()).collect();
+        assert_eq!(bodies, vec![b"first".as_slice(), b"last".as_slice()]);
+        let set_aside = dead.next_batch(10).await.unwrap();
+        assert_eq!(set_aside.len(), 1);
+        match decode::<StageEvent>(&set_aside[0].payload).unwrap() {
+            StageEvent::Message(m) => assert_eq!(m.body, "poison"),
+            other => panic!("not the poison event: {other:?}"),
+        }
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        assert_eq!(
+            log.retained(&input),
+            Some(0),
+            "the whole batch was committed"
+        );
     }
 }

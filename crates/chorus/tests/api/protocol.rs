@@ -349,6 +349,14 @@ async fn bad_frames_get_errors_and_the_connection_stays_open() {
     )
     .await;
     assert_eq!(ws.expect("error").await["code"], "bad_request");
+    // JSON allows \u0000; PostgreSQL text does not: refused at the edge.
+    ws.send(json!({ "type": "send", "client_msg_id": "nul", "conversation_id": conv, "body": "a\u{0}b" }))
+        .await;
+    let err = ws.expect("error").await;
+    assert_eq!(
+        (err["code"].as_str(), err["client_msg_id"].as_str()),
+        (Some("bad_request"), Some("nul"))
+    );
 
     let carol = app.register("carol").await;
     let mut outsider = app.ws(&carol).await;
