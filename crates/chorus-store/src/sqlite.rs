@@ -17,6 +17,7 @@ use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -26,6 +27,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Dropped with the last clone, which ends the checkpoint task.
+    _checkpoints: Arc<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl SqliteStore {
@@ -50,16 +53,54 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // The writer never checkpoints on commit: a checkpoint copies the log into the
+        // database file and syncs it, which stalled commits (and so every message in
+        // flight) for hundreds of milliseconds. A separate connection checkpoints in
+        // the background, in PASSIVE mode, which never blocks the writer.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(checkpoint(checkpointer, stopped));
+        Ok(Self {
+            writer,
+            reader,
+            _checkpoints: Arc::new(stop),
+        })
+    }
+}
+
+/// How often the write-ahead log is copied into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Checkpoints the write-ahead log until the last handle on the store is dropped.
+async fn checkpoint(pool: SqlitePool, mut stopped: tokio::sync::oneshot::Receiver<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => {
+                pool.close().await;
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        }
     }
 }
 

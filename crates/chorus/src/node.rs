@@ -57,8 +57,8 @@ impl Role {
 pub struct Node {
     config: Config,
     roles: Vec<Role>,
-    listener: Option<TcpListener>,
-    addr: Option<SocketAddr>,
+    listener: TcpListener,
+    addr: SocketAddr,
     state: Arc<AppState>,
     stage_ctx: StageContext,
 }
@@ -89,13 +89,10 @@ impl Node {
         let secret = jwt_secret(&config)?;
         let directory = Directory::new(store);
         let node = NodeId(config.node_id.clone());
-        let (listener, addr) = {
-            let listener = TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("binding {}", config.listen))?;
-            let addr = listener.local_addr()?;
-            (Some(listener), Some(addr))
-        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
         let state = Arc::new(AppState {
             node,
             topics: topics.clone(),
@@ -127,8 +124,9 @@ impl Node {
         })
     }
 
-    /// Where the gateway listens (`None` on a node without the gateway role).
-    pub fn addr(&self) -> Option<SocketAddr> {
+    /// Where the node listens: the whole API with the gateway role, otherwise only
+    /// `/healthz`, `/readyz` and `/metrics`.
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
@@ -180,21 +178,18 @@ impl Node {
                 move |stop| chorus_gateway::deliver::keep_registry(st.clone(), stop),
             ));
         }
-        let mut http = None;
-        if let (Some(listener), Some(addr)) = (listener, addr) {
-            let app = if gateway {
-                chorus_gateway::router(state.clone())
-            } else {
-                chorus_gateway::ops_router(state.clone())
-            };
-            let stop_http = shutdown.clone();
-            http = Some(tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop_http.cancelled_owned())
-                    .await
-            }));
-            tracing::info!(%addr, node = %state.node, ?roles, "listening");
-        }
+        let app = if gateway {
+            chorus_gateway::router(state.clone())
+        } else {
+            chorus_gateway::ops_router(state.clone())
+        };
+        let stop_http = shutdown.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop_http.cancelled_owned())
+                .await
+        });
+        tracing::info!(%addr, node = %state.node, ?roles, "listening");
         shutdown.cancelled().await;
         tracing::info!("shutting down: draining sessions and stages");
         let drain = Duration::from_secs(config.shutdown.drain_secs);
@@ -206,9 +201,7 @@ impl Node {
         {
             tracing::warn!("sessions did not close in time");
         }
-        if let Some(http) = http
-            && tokio::time::timeout(drain, http).await.is_err()
-        {
+        if tokio::time::timeout(drain, http).await.is_err() {
             tracing::warn!("HTTP requests did not finish in time");
         }
         // What the gateway accepted is on the log: let the stages store it before they

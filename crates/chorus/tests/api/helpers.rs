@@ -73,7 +73,7 @@ impl TestApp {
             chorus::telemetry::init_logs(false);
         }
         let node = Node::build(config).await.expect("node builds");
-        let addr = node.addr().expect("gateway role");
+        let addr = node.addr();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(node.run(shutdown.clone()));
         TestApp {
