@@ -109,6 +109,11 @@ fn new_producer(settings: &KafkaSettings) -> Result<FutureProducer, LogError> {
         .map_err(backend)
 }
 
+/// Admin requests give up after a while instead of waiting for a broker for ever.
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().request_timeout(Some(Duration::from_secs(10)))
+}
+
 fn backend(e: KafkaError) -> LogError {
     LogError::Backend(e.to_string())
 }
@@ -192,7 +197,7 @@ impl EventLog for KafkaLog {
         );
         let results = self
             .admin
-            .create_topics(&[new], &AdminOptions::new())
+            .create_topics(&[new], &admin_options())
             .await
             .map_err(backend)?;
         for r in results {
@@ -217,7 +222,7 @@ impl EventLog for KafkaLog {
             .remove(topic);
         let results = self
             .admin
-            .delete_topics(&[topic], &AdminOptions::new())
+            .delete_topics(&[topic], &admin_options())
             .await
             .map_err(backend)?;
         for r in results {

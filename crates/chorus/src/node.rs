@@ -222,8 +222,11 @@ impl Node {
         while background.join_next().await.is_some() {}
         if gateway {
             let topic = stage_ctx.topics.deliver(&state.node);
-            if let Err(e) = stage_ctx.log.delete_topic(&topic).await {
-                tracing::warn!(%topic, error = %e, "delivery topic not deleted");
+            // Bounded: with the broker unreachable, leaving beats tidying up.
+            match tokio::time::timeout(drain, stage_ctx.log.delete_topic(&topic)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(%topic, error = %e, "delivery topic not deleted"),
+                Err(_) => tracing::warn!(%topic, "delivery topic not deleted in time"),
             }
         }
         tracing::info!("stopped");
