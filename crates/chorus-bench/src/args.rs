@@ -104,7 +104,8 @@ pub struct BenchArgs {
     )]
     pub in_flight: usize,
     /// Only open the connections and hold them for `--duration`: report the connect
-    /// rate and, with `--server-pid`, the server's memory per connection.
+    /// rate and, with `--server-pid`, the server's memory per connection (meaningful on
+    /// a freshly started server: memory freed by earlier sessions is reused).
     #[arg(long, env = "CHORUS_BENCH_IDLE")]
     pub idle: bool,
     /// Process id of a server on this machine: its RSS (VmRSS in /proc/PID/status) is
@@ -170,7 +171,8 @@ impl BenchArgs {
         if !self.idle && self.users < 2 {
             bail!("--users must be at least 2 to exchange messages");
         }
-        if !(self.rate.is_finite() && self.rate > 0.0) && !self.closed_loop && !self.idle {
+        let open_loop = !self.closed_loop && !self.idle;
+        if open_loop && !(self.rate.is_finite() && self.rate > 0.0) {
             bail!("--rate must be a positive number");
         }
         if !(self.duration.is_finite() && self.duration > 0.0) {

@@ -24,6 +24,9 @@ const TAIL: Duration = Duration::from_secs(5);
 /// Attempts to open each session during setup.
 const CONNECT_ATTEMPTS: u32 = 3;
 
+/// A session opened during setup: user index, its task, its writer's queue.
+type Opened = anyhow::Result<(usize, JoinHandle<()>, Option<mpsc::UnboundedSender<Cmd>>)>;
+
 /// Runs the benchmark and prints (and writes) the report.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.validate()?;
@@ -60,16 +63,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         let plan = setup::plan_conversations(users.len(), args.conversation, args.group_size);
         progress.start("conversations", plan.len() as u64);
-        let c = setup::create_conversations(
-            &http,
-            &target,
-            &users,
-            plan,
-            args.conversation,
-            run_id,
-            args.connect_concurrency,
-            || progress.inc(),
-        )
+        let c = setup::create_conversations(&http, &target, &users, plan, &args, run_id, || {
+            progress.inc()
+        })
         .await?;
         if c.is_empty() {
             bail!("no conversation to send to: use more --users");
@@ -114,9 +110,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Open the sessions; each starts reading at once (the server pings silent ones).
     progress.start("connect", participants.len() as u64);
     let connect_started = Instant::now();
-    let opened: Vec<
-        Result<(usize, JoinHandle<()>, Option<mpsc::UnboundedSender<Cmd>>), anyhow::Error>,
-    > = futures::stream::iter(participants)
+    let opened: Vec<Opened> = futures::stream::iter(participants)
         .map(|i| {
             let ctx = ctx.clone();
             let token = users[i].token.clone();
@@ -377,7 +371,9 @@ struct Progress {
 impl Progress {
     fn new() -> Self {
         let bar = if std::io::stderr().is_terminal() {
-            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr()).with_style(
+                ProgressStyle::with_template("{prefix:>13} {msg}").expect("valid template"),
+            )
         } else {
             ProgressBar::hidden()
         };
@@ -385,26 +381,25 @@ impl Progress {
     }
 
     fn start(&self, phase: &str, len: u64) {
-        self.bar.reset();
+        self.restyle(phase, "{prefix:>13} [{bar:30}] {pos}/{len}", len);
+    }
+
+    fn start_timed(&self, phase: &str, secs: f64) {
+        let len = (secs * 1000.0) as u64;
+        self.restyle(phase, "{prefix:>13} [{bar:30}] {elapsed:>3} {msg}", len);
+    }
+
+    /// A new phase: style first, so that nothing is drawn in the old one.
+    fn restyle(&self, phase: &str, template: &str, len: u64) {
         self.bar.set_length(len);
         self.bar.set_style(
-            ProgressStyle::with_template("{prefix:>13} [{bar:40}] {pos}/{len} {msg}")
+            ProgressStyle::with_template(template)
                 .expect("valid template")
                 .progress_chars("=> "),
         );
         self.bar.set_prefix(phase.to_owned());
         self.bar.set_message("");
-    }
-
-    fn start_timed(&self, phase: &str, secs: f64) {
         self.bar.reset();
-        self.bar.set_length((secs * 1000.0) as u64);
-        self.bar.set_style(
-            ProgressStyle::with_template("{prefix:>13} [{bar:40}] {elapsed:>4} {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        self.bar.set_prefix(phase.to_owned());
     }
 
     fn inc(&self) {
@@ -441,7 +436,7 @@ impl Progress {
                 bar.set_prefix(phase);
                 bar.set_position(now.saturating_sub(start) / 1_000_000);
                 bar.set_message(format!(
-                    "sent {} delivered {} errors {} open {}",
+                    "sent {} recv {} err {} open {}",
                     get(&c.sent_total),
                     get(&c.delivered_total),
                     c.error_count(),

@@ -287,11 +287,11 @@ pub(crate) async fn create_conversations(
     target: &Target,
     users: &[User],
     plan: Vec<Vec<usize>>,
-    mode: ConversationMode,
+    args: &BenchArgs,
     run: u32,
-    concurrency: usize,
     tick: impl Fn() + Sync,
 ) -> anyhow::Result<Vec<Conversation>> {
+    let mode = args.conversation;
     let url = target.url("/api/v1/conversations");
     futures::stream::iter(plan)
         .map(|members| {
@@ -323,7 +323,7 @@ pub(crate) async fn create_conversations(
                 })
             }
         })
-        .buffered(concurrency.min(256))
+        .buffered(args.connect_concurrency.min(256))
         .try_collect()
         .await
 }
