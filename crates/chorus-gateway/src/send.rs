@@ -49,6 +49,54 @@ pub async fn submit(
     client_msg_id: String,
     body: String,
 ) -> Result<MessageId, ApiError> {
+    let (message_id, record) =
+        prepare(state, sender, session, conversation, client_msg_id, body).await?;
+    state.log.publish(vec![record]).await?;
+    metrics::counter!("chorus_messages_accepted_total").increment(1);
+    Ok(message_id)
+}
+
+/// A send in flight on the log; resolves to the message id once the log holds it.
+pub type PendingSend = futures::future::BoxFuture<'static, Result<MessageId, ApiError>>;
+
+/// Validates a message and hands it to the log at once, without waiting for the log
+/// to hold it: a session can then read its next `send` while this one is acknowledged,
+/// and successive sends keep their order.
+pub async fn submit_pipelined(
+    state: &AppState,
+    sender: UserId,
+    session: Option<SessionId>,
+    conversation: ConversationId,
+    client_msg_id: String,
+    body: String,
+) -> Result<PendingSend, ApiError> {
+    let (message_id, record) =
+        prepare(state, sender, session, conversation, client_msg_id, body).await?;
+    let pending = match state.log.enqueue(vec![record.clone()]) {
+        Ok(pending) => pending,
+        // A topic this node has not seen yet: the slower path looks it up.
+        Err(chorus_log::LogError::UnknownTopic(_)) => {
+            state.log.publish(vec![record]).await?;
+            Box::pin(std::future::ready(Ok(())))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Box::pin(async move {
+        pending.await?;
+        metrics::counter!("chorus_messages_accepted_total").increment(1);
+        Ok(message_id)
+    }))
+}
+
+/// Checks a message (size, content, membership, rate) and builds its log record.
+async fn prepare(
+    state: &AppState,
+    sender: UserId,
+    session: Option<SessionId>,
+    conversation: ConversationId,
+    client_msg_id: String,
+    body: String,
+) -> Result<(MessageId, Outgoing), ApiError> {
     if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
         return Err(ApiError::bad_request(format!(
             "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
@@ -95,16 +143,12 @@ pub async fn submit(
         route: route.clone(),
         suppress: Vec::new(),
     });
-    state
-        .log
-        .publish(vec![Outgoing::new(
-            state.topics.stage(route[0]),
-            conversation.0.as_bytes().to_vec(),
-            encode(&event),
-        )])
-        .await?;
-    metrics::counter!("chorus_messages_accepted_total").increment(1);
-    Ok(message_id)
+    let record = Outgoing::new(
+        state.topics.stage(route[0]),
+        conversation.0.as_bytes().to_vec(),
+        encode(&event),
+    );
+    Ok((message_id, record))
 }
 
 /// Publishes a notice for the route stage (typing, read, presence), keyed by `key`.

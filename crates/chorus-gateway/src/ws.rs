@@ -14,7 +14,7 @@
 use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::http::ApiQuery;
-use crate::send::{notify_route, require_member, submit};
+use crate::send::{notify_route, require_member, submit_pipelined};
 use crate::sessions::{Outbound, SessionHandle};
 use crate::state::AppState;
 use axum::extract::State;
@@ -26,7 +26,9 @@ use chorus_core::model::{Message, User};
 use chorus_core::wire::{ClientFrame, ServerFrame};
 use chorus_core::{ConversationId, ErrorCode, SessionId};
 use chorus_store::Page;
-use futures::SinkExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Frames drained from the queue per flush.
 const WRITE_BATCH: usize = 64;
+/// Sends a session may have waiting for the log's confirmation.
+const MAX_PIPELINED: usize = 256;
 /// History page used by `sync` and gap filling.
 const REPLAY_PAGE: i64 = 500;
 
@@ -105,6 +109,8 @@ struct Session {
     id: SessionId,
     /// The `seq`s written per conversation: always one contiguous range.
     sent: HashMap<ConversationId, Written>,
+    /// Answers to `send`s whose records the log has not confirmed yet, in send order.
+    acks: FuturesOrdered<BoxFuture<'static, ServerFrame>>,
 }
 
 impl Session {
@@ -128,6 +134,7 @@ impl Session {
             user: user.clone(),
             id,
             sent: HashMap::new(),
+            acks: FuturesOrdered::new(),
         };
         let result = session.serve(rx, overflow).await;
         if let Err(e) = result {
@@ -184,7 +191,12 @@ impl Session {
                 biased;
                 _ = state.shutdown.cancelled() => Flow::Close(Some(owned(CLOSE_GOING_AWAY))),
                 _ = overflow.cancelled() => Flow::Close(Some(owned(CLOSE_OVERFLOW))),
-                incoming = self.socket.recv() => {
+                Some(answer) = self.acks.next(), if !self.acks.is_empty() => {
+                    self.write(&answer).await?;
+                    Flow::Continue
+                }
+                // With too many sends unconfirmed, stop reading: TCP pushes back.
+                incoming = self.socket.recv(), if self.acks.len() < MAX_PIPELINED => {
                     last_heard = Instant::now();
                     pinged = false;
                     match incoming {
@@ -320,7 +332,7 @@ impl Session {
                 conversation_id,
                 body,
             } => {
-                let reply = match submit(
+                let submitted = submit_pipelined(
                     &self.state,
                     self.user.id,
                     Some(self.id),
@@ -328,15 +340,21 @@ impl Session {
                     client_msg_id.clone(),
                     body,
                 )
-                .await
-                {
-                    Ok(message_id) => ServerFrame::Accepted {
-                        client_msg_id,
-                        message_id,
-                    },
-                    Err(e) => e.to_frame(Some(client_msg_id)),
+                .await;
+                // Answers go out in send order, refusals included.
+                let answer: BoxFuture<'static, ServerFrame> = match submitted {
+                    Ok(pending) => Box::pin(async move {
+                        match pending.await {
+                            Ok(message_id) => ServerFrame::Accepted {
+                                client_msg_id,
+                                message_id,
+                            },
+                            Err(e) => e.to_frame(Some(client_msg_id)),
+                        }
+                    }),
+                    Err(e) => Box::pin(std::future::ready(e.to_frame(Some(client_msg_id)))),
                 };
-                self.write(&reply).await?;
+                self.acks.push_back(answer);
             }
             ClientFrame::Sync { since } => self.sync(since).await?,
             ClientFrame::Typing { conversation_id } => {

@@ -14,7 +14,7 @@
 //! URL: `kafka://HOST:PORT[,HOST:PORT…][?replication=N&session_timeout_ms=…
 //! &heartbeat_ms=…&max_poll_ms=…]`.
 
-use crate::{Consumer, EventLog, LogError, Outgoing, Record, commit_positions};
+use crate::{Consumer, EventLog, LogError, Outgoing, Pending, Record, commit_positions};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
@@ -265,6 +265,37 @@ impl EventLog for KafkaLog {
             }
         }
         Ok(())
+    }
+
+    fn enqueue(&self, records: Vec<Outgoing>) -> Result<Pending, LogError> {
+        // A topic not seen yet needs a metadata look-up first: the caller takes the
+        // slower `publish` path for it.
+        if let Some(r) = records.iter().find(|r| !self.is_known(&r.topic)) {
+            return Err(LogError::UnknownTopic(r.topic.clone()));
+        }
+        let producer = self.producer();
+        let mut deliveries = Vec::with_capacity(records.len());
+        for r in &records {
+            let record = FutureRecord::to(&r.topic)
+                .key(r.key.as_ref())
+                .payload(r.payload.as_ref());
+            match producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((e, _)) => return Err(backend(e)),
+            }
+        }
+        Ok(Box::pin(async move {
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(backend(e)),
+                    Err(_) => {
+                        return Err(LogError::Backend("the producer dropped a record".into()));
+                    }
+                }
+            }
+            Ok(())
+        }))
     }
 
     async fn subscribe(

@@ -33,6 +33,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
 
+/// A publish in flight: resolves once the backend holds every record.
+pub type Pending = futures::future::BoxFuture<'static, Result<(), LogError>>;
+
 /// A record fetched from the log.
 #[derive(Clone, Debug)]
 pub struct Record {
@@ -94,7 +97,15 @@ pub trait EventLog: Send + Sync + 'static {
     async fn delete_topic(&self, topic: &str) -> Result<(), LogError>;
 
     /// Appends records; returns once every one is held by the backend.
-    async fn publish(&self, records: Vec<Outgoing>) -> Result<(), LogError>;
+    async fn publish(&self, records: Vec<Outgoing>) -> Result<(), LogError> {
+        self.enqueue(records)?.await
+    }
+
+    /// Hands records to the backend now and returns a future that resolves once it
+    /// holds them all. Records of successive calls keep the order of the calls, so a
+    /// caller can have many publishes in flight (a WebSocket session pipelining its
+    /// sends) without reordering them.
+    fn enqueue(&self, records: Vec<Outgoing>) -> Result<Pending, LogError>;
 
     /// Joins consumer group `group` on `topics`.
     async fn subscribe(

@@ -5,7 +5,9 @@
 //! either. It is not durable: records not yet committed by their consumers are lost if
 //! the process dies (clients retry unconfirmed sends with the same `client_msg_id`).
 
-use crate::{Consumer, EventLog, LogError, Outgoing, Record, commit_positions, partition_for};
+use crate::{
+    Consumer, EventLog, LogError, Outgoing, Pending, Record, commit_positions, partition_for,
+};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -180,7 +182,7 @@ impl EventLog for MemoryLog {
         Ok(())
     }
 
-    async fn publish(&self, records: Vec<Outgoing>) -> Result<(), LogError> {
+    fn enqueue(&self, records: Vec<Outgoing>) -> Result<Pending, LogError> {
         let mut state = self.lock();
         if let Some(missing) = records
             .iter()
@@ -201,7 +203,8 @@ impl EventLog for MemoryLog {
             state.trim_unconsumed(name);
         }
         state.notify_topics(&touched);
-        Ok(())
+        // In memory, appended is held.
+        Ok(Box::pin(std::future::ready(Ok(()))))
     }
 
     async fn subscribe(
