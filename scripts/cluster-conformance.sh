@@ -34,6 +34,8 @@ start_node() {
         --log "$CHORUS_TEST_KAFKA" --db "$db_url" --registry "$CHORUS_TEST_REDIS" \
         --topic-prefix "$run_id" >"$logs/$run_id-$id.log" 2>&1 &
     pids+=($!)
+    # Killing it is part of the test: no job-control notice for that.
+    disown $!
 }
 
 wait_ready() {
