@@ -20,8 +20,10 @@ pub mod sessions;
 pub mod state;
 pub mod ws;
 
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -39,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(index))
         .merge(ops_routes())
         .fallback(http::not_found)
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .layer(DefaultBodyLimit::max(state.limits.max_http_body_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -55,6 +58,27 @@ fn ops_routes() -> Router<Arc<AppState>> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+}
+
+/// A request refused before its body was read (a bad token on a POST) leaves the body
+/// on the connection, so the server cannot reuse it and closes it; a client that sent
+/// its next request on it in the meantime saw the connection drop. Saying
+/// `Connection: close` on such answers tells the client first.
+async fn close_if_body_unread(request: Request, next: Next) -> Response {
+    let has_body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    let http1 = request.version() <= axum::http::Version::HTTP_11;
+    let mut response = next.run(request).await;
+    let refused = response.status().is_client_error() || response.status().is_server_error();
+    if has_body && http1 && refused {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn healthz() -> Json<serde_json::Value> {

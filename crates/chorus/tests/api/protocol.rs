@@ -97,6 +97,16 @@ async fn bad_tokens_are_unauthorized_on_http_and_websocket() {
     }
     let r = app.http.get(app.url("/api/v1/me")).send().await.unwrap();
     assert_eq!(r.status(), 401, "no token at all");
+    // Refused before its body was read: the client is told not to reuse the connection.
+    let r = app
+        .http
+        .post(app.url("/api/v1/conversations"))
+        .json(&json!({ "kind": "group", "title": "t", "members": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["connection"], "close");
 }
 
 #[tokio::test]
