@@ -20,6 +20,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Message ids looked up per query (SQLite allows 32766 parameters).
+const EXISTING_CHUNK: usize = 500;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// A SQLite database file.
@@ -440,22 +443,28 @@ impl Store for SqliteStore {
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>> {
         let mut tx = self.write().await?;
         let mut out = Vec::with_capacity(batch.len());
-        // Messages of this batch by id, so a duplicate inside the batch is found too.
+        // Messages already stored, found with one query for the whole batch, and then
+        // those stored by this batch, so a duplicate inside the batch is found too.
         let mut stored: HashMap<MessageId, Message> = HashMap::new();
+        let ids: Vec<String> = batch.iter().map(|m| m.message_id.to_string()).collect();
+        for chunk in ids.chunks(EXISTING_CHUNK) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id IN ({placeholders})"
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let message = message_row(&row)?;
+                stored.insert(message.message_id, message);
+            }
+        }
         let mut next_seq: HashMap<ConversationId, Option<i64>> = HashMap::new();
         for m in batch {
             if let Some(existing) = stored.get(&m.message_id) {
                 out.push(Appended::Existing(existing.clone()));
-                continue;
-            }
-            let existing = sqlx::query(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ?"
-            ))
-            .bind(m.message_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                out.push(Appended::Existing(message_row(&row)?));
                 continue;
             }
             let seq = match next_seq.get(&m.conversation_id) {
