@@ -49,11 +49,9 @@ pub async fn submit(
     client_msg_id: String,
     body: String,
 ) -> Result<MessageId, ApiError> {
-    let (message_id, record) =
-        prepare(state, sender, session, conversation, client_msg_id, body).await?;
-    state.log.publish(vec![record]).await?;
-    metrics::counter!("chorus_messages_accepted_total").increment(1);
-    Ok(message_id)
+    submit_pipelined(state, sender, session, conversation, client_msg_id, body)
+        .await?
+        .await
 }
 
 /// A send in flight on the log; resolves to the message id once the log holds it.

@@ -78,10 +78,7 @@ async fn concurrent_senders_get_a_gapless_order_seen_identically_by_every_sessio
         assert_eq!(mine, (0..EACH).collect::<Vec<_>>());
     }
     for l in &mut listeners {
-        assert!(
-            !l.barrier().await.iter().any(|f| f["type"] == "message"),
-            "nothing extra"
-        );
+        l.assert_none("message", "nothing extra").await;
     }
 }
 
@@ -225,14 +222,9 @@ async fn sync_replays_exactly_what_was_missed_and_names_every_conversation() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert!(online.contains(&ada.id.as_str()) && online.contains(&carol.id.as_str()));
-    assert!(
-        !bob_ws
-            .barrier()
-            .await
-            .iter()
-            .any(|f| f["type"] == "message"),
-        "nothing beyond the gap"
-    );
+    bob_ws
+        .assert_none("message", "nothing beyond the gap")
+        .await;
 
     // A sync naming a conversation the user is not in gets an error, then `synced`.
     let mut carol_ws2 = app.ws(&carol).await;
@@ -296,14 +288,7 @@ async fn live_frames_before_the_first_sync_are_not_repeated() {
         "what was asked for, minus what was sent"
     );
     bob_ws.expect("synced").await;
-    assert!(
-        !bob_ws
-            .barrier()
-            .await
-            .iter()
-            .any(|f| f["type"] == "message"),
-        "seq 6 not repeated"
-    );
+    bob_ws.assert_none("message", "seq 6 not repeated").await;
 }
 
 #[tokio::test]

@@ -338,6 +338,12 @@ impl WsClient {
         }
     }
 
+    /// After a ping/pong round trip, asserts that no frame of type `ty` came.
+    pub async fn assert_none(&mut self, ty: &str, why: &str) {
+        let before = self.barrier().await;
+        assert!(!before.iter().any(|f| f["type"] == ty), "{why}: {before:?}");
+    }
+
     /// Sends a message and waits for its `accepted`.
     pub async fn send_message(
         &mut self,

@@ -459,10 +459,7 @@ async fn typing_read_and_presence_reach_the_other_members() {
         (t["conversation_id"].as_str(), t["user_id"].as_str()),
         (Some(conv.as_str()), Some(bob.id.as_str()))
     );
-    assert!(
-        !b.barrier().await.iter().any(|f| f["type"] == "typing"),
-        "no echo of one's own typing"
-    );
+    b.assert_none("typing", "no echo of one's own typing").await;
 
     let mut a2 = app.ws(&ada).await;
     a1.send_message(&conv, "m1", "one").await;
