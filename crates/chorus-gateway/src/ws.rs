@@ -200,7 +200,10 @@ impl Session {
                     last_heard = Instant::now();
                     pinged = false;
                     match incoming {
-                        Some(Ok(frame)) => self.on_frame(frame).await?,
+                        // Boxed: inlined, the handlers (sync's replay among them) would
+                        // make every idle session's state machine as large as the
+                        // busiest path.
+                        Some(Ok(frame)) => Box::pin(self.on_frame(frame)).await?,
                         Some(Err(e)) => {
                             if is_too_big(&e) {
                                 Flow::Close(Some((CLOSE_TOO_BIG, "frame over the hard limit".into())))
@@ -213,8 +216,8 @@ impl Session {
                 }
                 out = rx.recv() => match out {
                     Some(out) => {
-                        self.on_outbound(out).await?;
-                        self.drain(&mut rx, &overflow).await?
+                        Box::pin(self.on_outbound(out)).await?;
+                        Box::pin(self.drain(&mut rx, &overflow)).await?
                     }
                     None => Flow::Close(None),
                 },
