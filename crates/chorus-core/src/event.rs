@@ -83,9 +83,6 @@ pub struct MessageEvent {
     pub hops: u32,
     /// The routing slip: stages still to visit, next first.
     pub route: Vec<Stage>,
-    /// Recipients not to deliver to (their inbound scripts dropped it).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub suppress: Vec<UserId>,
 }
 
 impl MessageEvent {
@@ -185,19 +182,6 @@ pub enum Delivery {
         online: bool,
         /// Users to tell.
         recipients: Vec<UserId>,
-    },
-    /// A send was refused after it was accepted (an outgoing script blocked it).
-    Rejected {
-        /// The sender.
-        user_id: UserId,
-        /// The sending session, if it still exists.
-        session_id: Option<SessionId>,
-        /// The send's idempotency key.
-        client_msg_id: String,
-        /// `blocked`, typically.
-        code: crate::ErrorCode,
-        /// For people.
-        reason: String,
     },
 }
 

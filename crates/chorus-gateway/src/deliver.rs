@@ -83,28 +83,6 @@ fn fan_out(state: &AppState, delivery: Delivery) {
             let frame = ServerFrame::Presence { user_id, online };
             (recipients, Outbound::Frame(frame.to_json().into()), None)
         }
-        Delivery::Rejected {
-            user_id,
-            session_id,
-            client_msg_id,
-            code,
-            reason,
-        } => {
-            let frame = ServerFrame::Error {
-                code,
-                message: reason,
-                client_msg_id: Some(client_msg_id),
-                retry_after_ms: None,
-            };
-            let out = Outbound::Frame(frame.to_json().into());
-            match session_id {
-                Some(session) => {
-                    state.sessions.deliver_to_session(user_id, session, &out);
-                    return;
-                }
-                None => (vec![user_id], out, None),
-            }
-        }
     };
     let n = state.sessions.deliver(&recipients, &out, except);
     metrics::counter!("chorus_gateway_frames_delivered_total").increment(n as u64);

@@ -100,19 +100,6 @@ impl Sessions {
         delivered
     }
 
-    /// Queues `out` for one session of `user`, if this node holds it.
-    pub fn deliver_to_session(&self, user: UserId, session: SessionId, out: &Outbound) {
-        let map = self.shard(user).read().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = map
-            .get(&user)
-            .and_then(|l| l.iter().find(|h| h.id == session))
-        {
-            // A full queue means the session is closing anyway; the client learns the
-            // outcome of its send from `sync` when it resumes.
-            let _ = h.tx.try_send(out.clone());
-        }
-    }
-
     /// Every session held now, with its user.
     pub fn all(&self) -> Vec<(UserId, SessionId)> {
         let mut out = Vec::new();

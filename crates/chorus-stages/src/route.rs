@@ -32,7 +32,7 @@ impl StageWorker for RouteStage {
                         continue;
                     };
                     let members = ctx.directory.members(m.conversation_id).await?;
-                    let recipients = members.iter().filter(|u| !m.suppress.contains(u)).collect();
+                    let recipients = members.iter().collect();
                     (
                         recipients,
                         m.conversation_id.0.as_bytes().to_vec(),

@@ -263,7 +263,6 @@ mod tests {
             origin: Origin::User,
             hops: 0,
             route: vec![Stage::Store],
-            suppress: Vec::new(),
         }))
     }
 
