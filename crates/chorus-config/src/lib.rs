@@ -65,6 +65,8 @@ pub struct Config {
     pub limits: Limits,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Users' scripts and auto-replies (`[automation]`).
+    pub automation: AutomationConfig,
 }
 
 /// Authentication settings.
@@ -105,6 +107,36 @@ pub struct Limits {
     pub idle_ping_secs: u64,
 }
 
+/// Limits of users' scripts and auto-replies.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutomationConfig {
+    /// Memory limit of a script instance unless the script asks for another, bytes.
+    pub memory_bytes: u64,
+    /// CPU budget of one call unless the script asks for another, milliseconds.
+    pub cpu_ms: u64,
+    /// The most memory a script may ask for, bytes.
+    pub max_memory_bytes: u64,
+    /// The most CPU per call a script may ask for, milliseconds.
+    pub max_cpu_ms: u64,
+    /// Longest script source, bytes.
+    pub max_source_bytes: usize,
+    /// Scripts per user.
+    pub max_scripts_per_user: usize,
+    /// Automation steps in a chain (a reply to a reply to …) before it stops.
+    pub max_hops: u32,
+    /// At most one auto-reply per sender and conversation in this window, seconds.
+    pub auto_reply_window_secs: u64,
+    /// Failed runs in a row after which a script is disabled.
+    pub disable_after_failures: u32,
+    /// Keys of a script's `ctx.kv`.
+    pub kv_max_keys: usize,
+    /// Size of one `ctx.kv` value as JSON, bytes.
+    pub kv_max_value_bytes: usize,
+    /// Threads running scripts (0: one per core).
+    pub threads: usize,
+}
+
 /// Graceful shutdown settings.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -129,6 +161,26 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
+            automation: AutomationConfig::default(),
+        }
+    }
+}
+
+impl Default for AutomationConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 4 * 1024 * 1024,
+            cpu_ms: 10,
+            max_memory_bytes: 64 * 1024 * 1024,
+            max_cpu_ms: 1000,
+            max_source_bytes: 64 * 1024,
+            max_scripts_per_user: 20,
+            max_hops: 3,
+            auto_reply_window_secs: 3600,
+            disable_after_failures: 10,
+            kv_max_keys: 256,
+            kv_max_value_bytes: 4096,
+            threads: 0,
         }
     }
 }
@@ -219,6 +271,20 @@ impl Config {
         }
         if l.session_queue == 0 || l.ws_read_buffer < 256 || l.ws_write_buffer < 256 {
             return bad("limits.session_queue must be positive, WebSocket buffers >= 256 bytes");
+        }
+        let a = &self.automation;
+        if a.memory_bytes < 256 * 1024 || a.max_memory_bytes < a.memory_bytes {
+            return bad(
+                "automation.memory_bytes must be >= 256 KiB and <= automation.max_memory_bytes",
+            );
+        }
+        if a.cpu_ms == 0 || a.max_cpu_ms < a.cpu_ms {
+            return bad("automation.cpu_ms must be positive and <= automation.max_cpu_ms");
+        }
+        if a.max_source_bytes == 0 || a.max_scripts_per_user == 0 || a.disable_after_failures == 0 {
+            return bad(
+                "automation.max_source_bytes, max_scripts_per_user and disable_after_failures must be positive",
+            );
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be `text` or `json`");

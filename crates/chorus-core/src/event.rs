@@ -6,7 +6,7 @@
 
 use crate::model::{Message, Origin};
 use crate::topics::Stage;
-use crate::{ConversationId, MessageId, SessionId, UserId};
+use crate::{ConversationId, ErrorCode, MessageId, ScriptId, SessionId, UserId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -83,6 +83,9 @@ pub struct MessageEvent {
     pub hops: u32,
     /// The routing slip: stages still to visit, next first.
     pub route: Vec<Stage>,
+    /// Recipients whose incoming scripts dropped it: not delivered to them live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppress: Vec<UserId>,
 }
 
 impl MessageEvent {
@@ -183,6 +186,31 @@ pub enum Delivery {
         /// Users to tell.
         recipients: Vec<UserId>,
     },
+    /// A message accepted from one session was not stored (an outgoing script
+    /// blocked it): that session gets an `error` answering its `send`.
+    Rejected {
+        /// The sender.
+        user_id: UserId,
+        /// The session that sent it.
+        session_id: SessionId,
+        /// The send's idempotency key.
+        client_msg_id: String,
+        /// Why (`blocked`).
+        code: ErrorCode,
+        /// For people.
+        message: String,
+    },
+    /// Something the server tells users (a script of theirs was disabled).
+    Notice {
+        /// What kind of notice.
+        kind: String,
+        /// For people.
+        message: String,
+        /// The script concerned, if any.
+        script_id: Option<ScriptId>,
+        /// Users to tell (all their sessions).
+        recipients: Vec<UserId>,
+    },
 }
 
 #[cfg(test)]
@@ -223,5 +251,10 @@ pub enum Control {
     MembersChanged {
         /// Which conversation.
         conversation_id: ConversationId,
+    },
+    /// A user's scripts or auto-reply changed: reload them.
+    AutomationChanged {
+        /// Whose.
+        user_id: UserId,
     },
 }

@@ -59,6 +59,10 @@ uuid_id!(
     /// One WebSocket session of a user on a gateway.
     SessionId
 );
+uuid_id!(
+    /// A user's script.
+    ScriptId
+);
 
 /// A message. Unlike other ids it is derived, not random: see [`MessageId::derive`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -16,4 +16,4 @@ pub mod topics;
 pub mod wire;
 
 pub use error::ErrorCode;
-pub use ids::{ConversationId, MessageId, NodeId, SessionId, UserId};
+pub use ids::{ConversationId, MessageId, NodeId, ScriptId, SessionId, UserId};

@@ -116,3 +116,108 @@ pub struct Message {
     /// Person, script or auto-reply.
     pub origin: Origin,
 }
+
+/// Which of a user's messages a script acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    /// Messages the owner receives (`onIncoming`).
+    Incoming,
+    /// Messages the owner sends (`onOutgoing`).
+    Outgoing,
+}
+
+impl Hook {
+    /// The hook's name in storage and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Incoming => "incoming",
+            Self::Outgoing => "outgoing",
+        }
+    }
+
+    /// The function a script exports for this hook.
+    pub fn function(self) -> &'static str {
+        match self {
+            Self::Incoming => "onIncoming",
+            Self::Outgoing => "onOutgoing",
+        }
+    }
+
+    /// Parses a stored hook name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "incoming" => Some(Self::Incoming),
+            "outgoing" => Some(Self::Outgoing),
+            _ => None,
+        }
+    }
+}
+
+/// The last failure of a script.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptError {
+    /// `thrown`, `timeout`, `out_of_memory`, `output`, `bad_action`, …
+    pub code: String,
+    /// For people.
+    pub message: String,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+}
+
+/// A user's script with its run counts, as its owner sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    /// Its id.
+    pub id: crate::ScriptId,
+    /// Its owner.
+    pub owner_id: UserId,
+    /// A name for people.
+    pub name: String,
+    /// The ES module's source.
+    pub source: String,
+    /// The hooks it runs on.
+    pub hooks: Vec<Hook>,
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Outgoing only: a failing run blocks the message instead of letting it through.
+    pub fail_closed: bool,
+    /// Memory limit per instance, bytes.
+    pub memory_bytes: u64,
+    /// CPU budget per call, milliseconds.
+    pub cpu_ms: u64,
+    /// Bumped by every change; instances of older versions are not reused.
+    pub version: i64,
+    /// Runs so far.
+    pub runs: i64,
+    /// Failed runs so far.
+    pub failures: i64,
+    /// Failed runs in a row (reset by a good run).
+    pub consecutive_failures: i64,
+    /// The last failure.
+    pub last_error: Option<ScriptError>,
+    /// What the last run logged.
+    pub last_logs: Vec<String>,
+    /// Why the server disabled it, if it did.
+    pub disabled_reason: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Script {
+    /// Whether it runs on `hook`.
+    pub fn runs_on(&self, hook: Hook) -> bool {
+        self.enabled && self.hooks.contains(&hook)
+    }
+}
+
+/// A user's automatic reply, like an e-mail vacation responder.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoReply {
+    /// Whether it answers.
+    pub enabled: bool,
+    /// What it answers.
+    pub text: String,
+}

@@ -142,6 +142,16 @@ pub enum ServerFrame {
         /// Up to which message.
         seq: i64,
     },
+    /// Something the server tells the user, outside any conversation.
+    Notice {
+        /// What kind: `script_disabled`.
+        kind: String,
+        /// For people.
+        message: String,
+        /// The script concerned, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        script_id: Option<crate::ScriptId>,
+    },
     /// Answer to `ping`.
     Pong {
         /// The ping's nonce.

@@ -139,6 +139,7 @@ async fn prepare(
         origin: Origin::User,
         hops: 0,
         route: route.clone(),
+        suppress: Vec::new(),
     });
     let record = Outgoing::new(
         state.topics.stage(route[0]),

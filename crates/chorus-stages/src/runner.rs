@@ -263,6 +263,7 @@ mod tests {
             origin: Origin::User,
             hops: 0,
             route: vec![Stage::Store],
+            suppress: Vec::new(),
         }))
     }
 

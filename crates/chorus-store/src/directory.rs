@@ -5,7 +5,7 @@
 //! entries are dropped when membership changes ([`Directory::invalidate`]), locally by
 //! the gateway that made the change and, across nodes, by the notices it publishes.
 
-use crate::{Result, Store};
+use crate::{Automations, Result, Store};
 use chorus_core::{ConversationId, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +53,7 @@ impl Members {
 #[derive(Clone)]
 pub struct Directory {
     store: Arc<dyn Store>,
+    automations: Automations,
     cache: Arc<Mutex<HashMap<ConversationId, Arc<Members>>>>,
     /// Bumped by every invalidation: a fill that read the database before an
     /// invalidation must not insert what it read.
@@ -63,6 +64,7 @@ impl Directory {
     /// A cache in front of `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
+            automations: Automations::new(store.clone()),
             store,
             cache: Arc::default(),
             epoch: Arc::default(),
@@ -72,6 +74,11 @@ impl Directory {
     /// The underlying store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Users' enabled scripts and auto-replies.
+    pub fn automations(&self) -> &Automations {
+        &self.automations
     }
 
     /// The members of `conversation` (empty when it does not exist).

@@ -1,4 +1,5 @@
-//! Durable state: users, conversations, members, messages.
+//! Durable state: users, conversations, members, messages, and (see
+//! [`AutomationStore`]) users' scripts and auto-replies.
 //!
 //! The store stage is the only writer of messages; the gateway writes accounts,
 //! conversations, members and read markers. [`Store`] is the contract, with one
@@ -18,10 +19,12 @@
 //!   The whole batch is one transaction.
 //! - Read markers only move forward and never past the conversation's `last_seq`.
 
+mod automation;
 mod directory;
 pub mod postgres;
 pub mod sqlite;
 
+pub use automation::{AutomationStore, Automations, ScriptRuns, UserAutomation};
 pub use directory::{Directory, Members};
 
 use async_trait::async_trait;
@@ -158,7 +161,7 @@ pub struct Page {
 
 /// Durable state; see the crate docs for the contract.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AutomationStore + Send + Sync + 'static {
     /// Whether the database answers.
     async fn health(&self) -> Result<()>;
 

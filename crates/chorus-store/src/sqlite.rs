@@ -20,6 +20,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod automation;
+
 /// Message ids looked up per query (SQLite allows 32766 parameters).
 const EXISTING_CHUNK: usize = 500;
 

@@ -4,11 +4,13 @@
 //! `CHORUS_TEST_POSTGRES` names a server (`postgres://postgres@127.0.0.1:5432/postgres`):
 //! every test creates its own database there and drops it afterwards.
 
-use chorus_core::model::{ConversationKind, Message, Origin, User};
-use chorus_core::{ConversationId, MessageId, UserId};
+use chorus_core::model::{
+    AutoReply, ConversationKind, Hook, Message, Origin, Script, ScriptError, User,
+};
+use chorus_core::{ConversationId, MessageId, ScriptId, UserId};
 use chorus_store::postgres::PostgresStore;
 use chorus_store::sqlite::SqliteStore;
-use chorus_store::{Appended, Directory, NewMessage, Page, Store, StoreError};
+use chorus_store::{Appended, Directory, NewMessage, Page, ScriptRuns, Store, StoreError};
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{Connection, Executor, PgConnection};
 use std::collections::{BTreeSet, HashMap};
@@ -696,6 +698,306 @@ async fn directory_caches_members_until_invalidated(db: &Fresh) {
     );
 }
 
+fn script(owner: UserId, name: &str, hooks: Vec<Hook>) -> Script {
+    let now = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
+    Script {
+        id: ScriptId::new(),
+        owner_id: owner,
+        name: name.into(),
+        source: "export function onIncoming() {}".into(),
+        hooks,
+        enabled: true,
+        fail_closed: false,
+        memory_bytes: 4 << 20,
+        cpu_ms: 10,
+        version: 1,
+        runs: 0,
+        failures: 0,
+        consecutive_failures: 0,
+        last_error: None,
+        last_logs: Vec::new(),
+        disabled_reason: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn runs(id: ScriptId, ok: i64, failed: i64, trailing: i64) -> ScriptRuns {
+    ScriptRuns {
+        id,
+        runs: ok + failed,
+        failures: failed,
+        any_ok: ok > 0,
+        trailing_failures: trailing,
+        last_error: (failed > 0).then(|| ScriptError {
+            code: "thrown".into(),
+            message: "Error: boom".into(),
+            at: Utc.timestamp_millis_opt(1_700_000_000_500).unwrap(),
+        }),
+        last_logs: vec!["line".into()],
+    }
+}
+
+async fn scripts_round_trip_and_belong_to_their_owner(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users::<2>(&store).await;
+    let first = script(a, "first", vec![Hook::Incoming]);
+    let mut second = script(a, "second", vec![Hook::Incoming, Hook::Outgoing]);
+    second.created_at += chrono::Duration::milliseconds(1);
+    store.create_script(&first).await.unwrap();
+    store.create_script(&second).await.unwrap();
+    store
+        .create_script(&script(b, "other", vec![Hook::Outgoing]))
+        .await
+        .unwrap();
+    let mine = store.scripts_of(a).await.unwrap();
+    assert_eq!(mine, vec![first.clone(), second.clone()]);
+    assert_eq!(store.script(second.id).await.unwrap(), Some(second.clone()));
+
+    let mut changed = second.clone();
+    changed.name = "renamed".into();
+    changed.enabled = false;
+    changed.version = 2;
+    changed.hooks = vec![Hook::Outgoing];
+    store.update_script(&changed).await.unwrap();
+    assert_eq!(
+        store.script(second.id).await.unwrap(),
+        Some(changed.clone())
+    );
+    let enabled: Vec<String> = store
+        .enabled_scripts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(
+        sorted(enabled),
+        vec!["first".to_string(), "other".to_string()]
+    );
+
+    store.kv_set(first.id, "k", "1", 10).await.unwrap();
+    assert!(store.delete_script(first.id).await.unwrap());
+    assert!(!store.delete_script(first.id).await.unwrap());
+    assert_eq!(store.script(first.id).await.unwrap(), None);
+    assert_eq!(
+        store.kv_get(first.id, "k").await.unwrap(),
+        None,
+        "state goes with the script"
+    );
+    assert!(matches!(
+        store.update_script(&first).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn script_runs_count_and_disable_after_failures_in_a_row(db: &Fresh) {
+    let store = db.open().await;
+    let [a] = users::<1>(&store).await;
+    let s = script(a, "flaky", vec![Hook::Incoming]);
+    store.create_script(&s).await.unwrap();
+    assert!(
+        store
+            .record_script_runs(&[runs(s.id, 3, 2, 2)], 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let now = store.script(s.id).await.unwrap().unwrap();
+    assert_eq!(
+        (now.runs, now.failures, now.consecutive_failures),
+        (5, 2, 2)
+    );
+    assert_eq!(now.last_error.as_ref().unwrap().code, "thrown");
+    assert_eq!(now.last_logs, vec!["line".to_string()]);
+    // A good run resets the count: 2 before, then a batch ending in a success.
+    assert!(
+        store
+            .record_script_runs(&[runs(s.id, 1, 1, 0)], 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .script(s.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .consecutive_failures,
+        0
+    );
+    // Failures only: 3, then 2 more reach 5 and disable it, once.
+    assert!(
+        store
+            .record_script_runs(&[runs(s.id, 0, 3, 3)], 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let disabled = store
+        .record_script_runs(&[runs(s.id, 0, 2, 2)], 5)
+        .await
+        .unwrap();
+    assert_eq!(disabled.len(), 1);
+    assert!(!disabled[0].enabled);
+    assert_eq!(disabled[0].version, s.version + 1);
+    assert!(
+        disabled[0]
+            .disabled_reason
+            .as_deref()
+            .unwrap()
+            .contains("5 failed runs")
+    );
+    assert!(
+        store
+            .record_script_runs(&[runs(s.id, 0, 1, 1)], 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.enabled_scripts().await.unwrap().is_empty());
+    // A script deleted meanwhile is skipped.
+    store.delete_script(s.id).await.unwrap();
+    assert!(
+        store
+            .record_script_runs(&[runs(s.id, 1, 0, 0)], 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn script_state_is_bounded_per_script(db: &Fresh) {
+    let store = db.open().await;
+    let [a] = users::<1>(&store).await;
+    let (s, t) = (
+        script(a, "s", vec![Hook::Incoming]),
+        script(a, "t", vec![Hook::Incoming]),
+    );
+    store.create_script(&s).await.unwrap();
+    store.create_script(&t).await.unwrap();
+    assert!(store.kv_set(s.id, "a", "1", 2).await.unwrap());
+    assert!(store.kv_set(s.id, "b", "\"two\"", 2).await.unwrap());
+    assert!(
+        !store.kv_set(s.id, "c", "3", 2).await.unwrap(),
+        "a third key is refused"
+    );
+    assert!(
+        store.kv_set(s.id, "a", "10", 2).await.unwrap(),
+        "an existing key may change"
+    );
+    assert_eq!(
+        store.kv_get(s.id, "a").await.unwrap().as_deref(),
+        Some("10")
+    );
+    assert_eq!(store.kv_get(s.id, "c").await.unwrap(), None);
+    assert_eq!(
+        store.kv_get(t.id, "a").await.unwrap(),
+        None,
+        "state is per script"
+    );
+    store.kv_delete(s.id, "a").await.unwrap();
+    assert_eq!(store.kv_get(s.id, "a").await.unwrap(), None);
+    assert!(
+        store.kv_set(s.id, "c", "3", 2).await.unwrap(),
+        "a deleted key frees its place"
+    );
+}
+
+async fn auto_reply_settings_and_window(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c] = users::<3>(&store).await;
+    assert_eq!(store.auto_reply(a).await.unwrap(), AutoReply::default());
+    let on = AutoReply {
+        enabled: true,
+        text: "away".into(),
+    };
+    store.set_auto_reply(a, &on).await.unwrap();
+    store
+        .set_auto_reply(
+            b,
+            &AutoReply {
+                enabled: false,
+                text: "x".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.auto_reply(a).await.unwrap(), on);
+    assert_eq!(
+        store.enabled_auto_replies().await.unwrap(),
+        vec![(a, "away".to_string())]
+    );
+
+    let (conversation, _) = store.direct(a, b).await.unwrap();
+    let window = std::time::Duration::from_secs(3600);
+    let t0 = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
+    let m1 = MessageId::derive(b, conversation.id, "1");
+    let m2 = MessageId::derive(b, conversation.id, "2");
+    let claim = |trigger, sender, at| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_auto_reply(a, conversation.id, sender, trigger, at, window)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(claim(m1, b, t0).await, "the first message is answered");
+    assert!(
+        !claim(m2, b, t0 + chrono::Duration::minutes(30)).await,
+        "not again within the window"
+    );
+    assert!(
+        claim(m1, b, t0 + chrono::Duration::minutes(31)).await,
+        "a replayed trigger is answered again"
+    );
+    assert!(
+        claim(m2, c, t0).await,
+        "another sender has their own window"
+    );
+    assert!(
+        claim(m2, b, t0 + chrono::Duration::minutes(92)).await,
+        "after the window, again"
+    );
+}
+
+async fn automations_cache_follows_refresh(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users::<2>(&store).await;
+    let out = script(a, "out", vec![Hook::Outgoing]);
+    store.create_script(&out).await.unwrap();
+    let directory = Directory::new(store.clone());
+    let cache = directory.automations();
+    cache.load().await.unwrap();
+    assert!(cache.has(a, Hook::Outgoing));
+    assert!(!cache.has(a, Hook::Incoming));
+    assert!(
+        cache.get(b).is_none(),
+        "users without automation take no space"
+    );
+    store
+        .set_auto_reply(
+            b,
+            &AutoReply {
+                enabled: true,
+                text: "later".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!cache.has(b, Hook::Incoming), "not seen before a refresh");
+    cache.refresh(b).await.unwrap();
+    assert!(cache.has(b, Hook::Incoming));
+    assert_eq!(cache.get(b).unwrap().auto_reply.as_deref(), Some("later"));
+    let mut off = out.clone();
+    off.enabled = false;
+    store.update_script(&off).await.unwrap();
+    cache.refresh(a).await.unwrap();
+    assert!(cache.get(a).is_none());
+}
+
 /// One `#[tokio::test]` per case, inside a backend's module (which defines `fresh`).
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {
@@ -736,6 +1038,11 @@ macro_rules! store_contract {
                 read_marker_moves_forward_and_stops_at_last_seq,
                 last_seqs_cover_every_conversation_of_a_user,
                 directory_caches_members_until_invalidated,
+                scripts_round_trip_and_belong_to_their_owner,
+                script_runs_count_and_disable_after_failures_in_a_row,
+                script_state_is_bounded_per_script,
+                auto_reply_settings_and_window,
+                automations_cache_follows_refresh,
             }
         }
     };
