@@ -1,14 +1,34 @@
-//! `automate-in`: where the recipients' inbound scripts and auto-reply will run. For
-//! now it passes each message on unchanged.
+//! `automate-in`: for each stored message, runs every other member's enabled incoming
+//! scripts and their auto-reply. A script may drop the message for its owner (not
+//! delivered to them live), reply or forward as its owner. An auto-reply answers only
+//! messages people typed, at most once per sender and conversation per window.
+//! Failures are fail-open: the message is delivered as it was.
 
 use crate::runner::{StageContext, StageError, StageWorker, forward};
+use crate::scripts::{Names, NotSent, RunBook, Sends};
 use async_trait::async_trait;
-use chorus_core::event::StageEvent;
+use chorus_automation::{Action, parse_actions};
+use chorus_core::UserId;
+use chorus_core::event::{MessageEvent, StageEvent};
+use chorus_core::model::{Hook, Origin, Script};
 use chorus_core::topics::Stage;
 use chorus_log::Outgoing;
+use std::sync::Arc;
 
 /// The `automate-in` stage.
-pub struct AutomateIn;
+#[derive(Default)]
+pub struct AutomateIn {
+    names: Names,
+}
+
+/// One recipient's automation on one message.
+struct Owner {
+    event: usize,
+    user: UserId,
+    auto_reply: Option<String>,
+    dropped: bool,
+    sends: Vec<(Arc<Script>, Action)>,
+}
 
 #[async_trait]
 impl StageWorker for AutomateIn {
@@ -17,9 +37,144 @@ impl StageWorker for AutomateIn {
         ctx: &StageContext,
         events: Vec<StageEvent>,
     ) -> Result<Vec<Outgoing>, StageError> {
-        Ok(events
+        let automations = ctx.directory.automations();
+        let mut events: Vec<StageEvent> = events;
+        let mut owners: Vec<Owner> = Vec::new();
+        let mut calls = Vec::new();
+        let mut who: Vec<(usize, Arc<Script>)> = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            let StageEvent::Message(m) = event else {
+                continue;
+            };
+            if m.route.first() != Some(&Stage::AutomateIn) || m.seq.is_none() {
+                continue;
+            }
+            let members = ctx.directory.members(m.conversation_id).await?;
+            let mut input = None;
+            for user in members.iter().filter(|u| *u != m.sender_id) {
+                let Some(automation) = automations.get(user) else {
+                    continue;
+                };
+                let owner = owners.len();
+                for script in automation.on(Hook::Incoming) {
+                    if input.is_none() {
+                        input = Some(self.names.input(ctx, m).await?);
+                    }
+                    if let Some(input) = &input {
+                        calls.push(ctx.engine.call(script, Hook::Incoming, input, false));
+                        who.push((owner, script.clone()));
+                    }
+                }
+                owners.push(Owner {
+                    event: i,
+                    user,
+                    auto_reply: automation.auto_reply.clone(),
+                    dropped: false,
+                    sends: Vec::new(),
+                });
+            }
+        }
+        let mut book = RunBook::default();
+        if !calls.is_empty() {
+            let results = ctx.engine.run(calls).await;
+            for ((owner, script), result) in who.into_iter().zip(results) {
+                let o = &mut owners[owner];
+                let failure = book.note(&script, Hook::Incoming, &result);
+                let (Ok(outcome), None) = (result, failure) else {
+                    continue;
+                };
+                let actions = match parse_actions(Hook::Incoming, outcome.value) {
+                    Ok(actions) => actions,
+                    Err(e) => {
+                        book.bad_action(&script, Hook::Incoming, e);
+                        continue;
+                    }
+                };
+                for action in actions {
+                    match action {
+                        Action::Drop(_) => o.dropped = true,
+                        other => o.sends.push((script.clone(), other)),
+                    }
+                }
+            }
+        }
+        let mut sends = Sends::new(ctx);
+        for o in &owners {
+            let StageEvent::Message(m) = &mut events[o.event] else {
+                continue;
+            };
+            if o.dropped {
+                metrics::counter!("chorus_messages_dropped_for_recipient_total").increment(1);
+                m.suppress.push(o.user);
+            }
+            for (n, (script, action)) in o.sends.iter().enumerate() {
+                let (conversation, body) = match action {
+                    Action::Reply(body) => (m.conversation_id, body.clone()),
+                    Action::Forward(to) => (*to, m.body.clone()),
+                    Action::Rewrite(_) | Action::Drop(_) => continue,
+                };
+                let tag = format!("script:{}:{}:{n}", script.id, m.message_id);
+                if let Err(NotSent::Invalid(why)) = sends
+                    .send(o.user, conversation, body, Origin::Script, m, tag)
+                    .await?
+                {
+                    book.bad_action(script, Hook::Incoming, why);
+                }
+            }
+            if let Some(text) = &o.auto_reply {
+                auto_reply(ctx, &mut sends, o.user, text, m).await?;
+            }
+        }
+        let mut out: Vec<Outgoing> = events
             .into_iter()
             .filter_map(|e| forward(ctx, Stage::AutomateIn, e))
-            .collect())
+            .collect();
+        out.extend(sends.out);
+        out.extend(book.finish(ctx).await?);
+        Ok(out)
     }
+}
+
+/// Answers `m` for `owner` with `text`, unless it came from automation, the owner
+/// dropped it, or the owner answered this sender here within the window.
+async fn auto_reply(
+    ctx: &StageContext,
+    sends: &mut Sends<'_>,
+    owner: UserId,
+    text: &str,
+    m: &MessageEvent,
+) -> Result<(), StageError> {
+    if m.origin != Origin::User || m.suppress.contains(&owner) {
+        return Ok(());
+    }
+    let claimed = ctx
+        .directory
+        .store()
+        .claim_auto_reply(
+            owner,
+            m.conversation_id,
+            m.sender_id,
+            m.message_id,
+            chrono::Utc::now(),
+            ctx.engine.auto_reply_window(),
+        )
+        .await?;
+    if !claimed {
+        return Ok(());
+    }
+    let tag = format!("auto:{}", m.message_id);
+    if let Err(NotSent::Invalid(why)) = sends
+        .send(
+            owner,
+            m.conversation_id,
+            text.to_owned(),
+            Origin::AutoReply,
+            m,
+            tag,
+        )
+        .await?
+    {
+        tracing::debug!(%owner, why, "auto-reply not sent");
+    }
+    Ok(())
 }

@@ -6,8 +6,9 @@
 //! crash replays the batch, and every stage is idempotent so a replay changes nothing.
 //! Stages are stateless; run more instances (in this process or others) to scale.
 //!
-//! - [`automate_out`] / [`automate_in`]: the hook points for users' scripts; for now
-//!   they pass messages on unchanged.
+//! - [`automate_out`] / [`automate_in`]: users' outgoing and incoming scripts and
+//!   auto-replies ([`scripts`] has what they share). Messages reach them only when
+//!   someone in the conversation has automation: the routing slip skips them otherwise.
 //! - [`store`]: gives each message the conversation's next `seq` and persists it.
 //! - [`route`]: finds the nodes holding the recipients' sessions and sends one
 //!   delivery event per node.
@@ -16,6 +17,7 @@ pub mod automate_in;
 pub mod automate_out;
 pub mod route;
 pub mod runner;
+pub mod scripts;
 pub mod store;
 
 pub use runner::{StageContext, StageError, run_stage};

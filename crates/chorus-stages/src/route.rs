@@ -32,7 +32,8 @@ impl StageWorker for RouteStage {
                         continue;
                     };
                     let members = ctx.directory.members(m.conversation_id).await?;
-                    let recipients = members.iter().collect();
+                    // Members whose incoming scripts dropped it do not get it live.
+                    let recipients = members.iter().filter(|u| !m.suppress.contains(u)).collect();
                     (
                         recipients,
                         m.conversation_id.0.as_bytes().to_vec(),

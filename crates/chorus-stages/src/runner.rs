@@ -24,6 +24,10 @@ pub struct StageContext {
     pub registry: Arc<dyn Registry>,
     /// Topic names.
     pub topics: Topics,
+    /// Users' scripts.
+    pub engine: chorus_automation::Engine,
+    /// Largest message body, bytes (for what automation sends).
+    pub max_body_bytes: usize,
 }
 
 /// Why a stage stopped.
@@ -75,9 +79,9 @@ pub async fn run_stage(
     shutdown: CancellationToken,
 ) -> Result<(), StageError> {
     let worker: Box<dyn StageWorker> = match stage {
-        Stage::AutomateOut => Box::new(crate::automate_out::AutomateOut),
+        Stage::AutomateOut => Box::<crate::automate_out::AutomateOut>::default(),
         Stage::Store => Box::new(crate::store::StoreStage),
-        Stage::AutomateIn => Box::new(crate::automate_in::AutomateIn),
+        Stage::AutomateIn => Box::<crate::automate_in::AutomateIn>::default(),
         Stage::Route => Box::new(crate::route::RouteStage),
     };
     run_worker(stage, worker, ctx, shutdown).await
@@ -287,11 +291,18 @@ mod tests {
         let records = ["first", "poison", "last"]
             .map(|b| Outgoing::new(input.clone(), b.as_bytes().to_vec(), message(b)));
         log.publish(records.to_vec()).await.unwrap();
+        let directory = Directory::new(Arc::new(store));
         let ctx = StageContext {
             log: Arc::new(log.clone()),
-            directory: Directory::new(Arc::new(store)),
+            engine: chorus_automation::Engine::new(
+                chorus_sandbox::Sandbox::new(Default::default()),
+                Default::default(),
+                directory.clone(),
+            ),
+            directory,
             registry: Arc::new(chorus_registry::memory::MemoryRegistry::new()),
             topics,
+            max_body_bytes: 1024,
         };
         let stop = CancellationToken::new();
         let running = tokio::spawn(run_worker(Stage::Store, Box::new(Picky), ctx, stop.clone()));

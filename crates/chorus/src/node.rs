@@ -89,6 +89,20 @@ impl Node {
         log.create_topic(&topics.control(), 1).await?;
         let secret = jwt_secret(&config)?;
         let directory = Directory::new(store);
+        directory
+            .automations()
+            .load()
+            .await
+            .context("loading users' scripts and auto-replies")?;
+        let sandbox = chorus_sandbox::Sandbox::new(chorus_sandbox::SandboxConfig {
+            threads: match config.automation.threads {
+                0 => chorus_sandbox::SandboxConfig::default().threads,
+                n => n,
+            },
+            ..Default::default()
+        });
+        let engine =
+            chorus_automation::Engine::new(sandbox, config.automation.clone(), directory.clone());
         let node = NodeId(config.node_id.clone());
         let listener =
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
@@ -98,6 +112,7 @@ impl Node {
             topics: topics.clone(),
             partitions: config.partitions,
             limits: config.limits.clone(),
+            engine: engine.clone(),
             directory: directory.clone(),
             log: log.clone(),
             registry: registry.clone(),
@@ -113,6 +128,8 @@ impl Node {
             directory,
             registry,
             topics,
+            engine,
+            max_body_bytes: config.limits.max_body_bytes,
         };
         Ok(Node {
             config,
@@ -288,7 +305,8 @@ async fn keep_topics(
     }
 }
 
-/// Applies cluster-wide notices (membership changes) to this node's caches.
+/// Applies cluster-wide notices (membership and automation changes) to this node's
+/// caches.
 async fn follow_control(
     ctx: StageContext,
     node: NodeId,
@@ -306,6 +324,15 @@ async fn follow_control(
             match decode::<Control>(&record.payload) {
                 Ok(Control::MembersChanged { conversation_id }) => {
                     ctx.directory.invalidate(conversation_id);
+                }
+                Ok(Control::AutomationChanged { user_id }) => {
+                    if let Err(e) = ctx.directory.automations().refresh(user_id).await {
+                        tracing::warn!(%user_id, error = %e, "automation not reloaded");
+                        if e.is_unavailable() {
+                            // Not committed: the notice is read again after the restart.
+                            return Err(chorus_log::LogError::Backend(format!("database: {e}")));
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "unreadable control notice skipped"),
             }
