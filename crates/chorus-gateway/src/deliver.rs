@@ -83,6 +83,38 @@ fn fan_out(state: &AppState, delivery: Delivery) {
             let frame = ServerFrame::Presence { user_id, online };
             (recipients, Outbound::Frame(frame.to_json().into()), None)
         }
+        Delivery::Notice {
+            kind,
+            message,
+            script_id,
+            recipients,
+        } => {
+            let frame = ServerFrame::Notice {
+                kind,
+                message,
+                script_id,
+            };
+            (recipients, Outbound::Frame(frame.to_json().into()), None)
+        }
+        Delivery::Rejected {
+            user_id,
+            session_id,
+            client_msg_id,
+            code,
+            message,
+        } => {
+            let frame = ServerFrame::Error {
+                code,
+                message,
+                client_msg_id: Some(client_msg_id),
+                retry_after_ms: None,
+            };
+            let out = Outbound::Frame(frame.to_json().into());
+            if state.sessions.deliver_to_session(user_id, session_id, &out) {
+                metrics::counter!("chorus_gateway_frames_delivered_total").increment(1);
+            }
+            return;
+        }
     };
     let n = state.sessions.deliver(&recipients, &out, except);
     metrics::counter!("chorus_gateway_frames_delivered_total").increment(n as u64);

@@ -22,6 +22,10 @@ pub struct ApiError {
     pub message: String,
     /// With `rate_limited`: when to retry.
     pub retry_after_ms: Option<u64>,
+    /// A script that does not compile: where (1-based).
+    pub line: Option<u32>,
+    /// A script that does not compile: where on the line (1-based).
+    pub column: Option<u32>,
 }
 
 impl ApiError {
@@ -31,6 +35,8 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_ms: None,
+            line: None,
+            column: None,
         }
     }
 
@@ -60,6 +66,8 @@ impl ApiError {
             code: ErrorCode::RateLimited,
             message: format!("too many messages; retry in {retry_after_ms} ms"),
             retry_after_ms: Some(retry_after_ms),
+            line: None,
+            column: None,
         }
     }
 
@@ -96,6 +104,12 @@ impl IntoResponse for ApiError {
         let mut error = json!({ "code": self.code, "message": self.message });
         if let Some(ms) = self.retry_after_ms {
             error["retry_after_ms"] = json!(ms);
+        }
+        if let Some(line) = self.line {
+            error["line"] = json!(line);
+        }
+        if let Some(column) = self.column {
+            error["column"] = json!(column);
         }
         let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
         if let Some(ms) = self.retry_after_ms {

@@ -11,6 +11,7 @@
 //! [`state`] what they share.
 
 pub mod auth;
+pub mod automation;
 pub mod deliver;
 pub mod error;
 pub mod http;
@@ -34,6 +35,7 @@ use std::sync::Arc;
 /// The gateway's whole HTTP surface.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = http::routes()
+        .merge(automation::routes())
         .route("/ws", get(ws::upgrade))
         .fallback(http::not_found);
     Router::new()

@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use chorus_core::event::{StageEvent, encode, full_route};
+use chorus_core::event::{StageEvent, encode};
 use chorus_core::model::Origin;
 use chorus_core::{ConversationId, ErrorCode, MessageId, SessionId, UserId};
 use chorus_log::Outgoing;
@@ -120,13 +120,13 @@ async fn prepare(
             ),
         ));
     }
-    require_member(state, conversation, sender).await?;
+    let members = require_member(state, conversation, sender).await?;
     state
         .limiter
         .check(sender)
         .map_err(ApiError::rate_limited)?;
     let message_id = MessageId::derive(sender, conversation, &client_msg_id);
-    let route = full_route();
+    let route = state.engine.route_for(sender, &members);
     let event = StageEvent::Message(chorus_core::event::MessageEvent {
         message_id,
         client_msg_id,

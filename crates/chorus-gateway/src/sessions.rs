@@ -100,6 +100,15 @@ impl Sessions {
         delivered
     }
 
+    /// Queues `out` for one session of `user`, if this node holds it; returns whether
+    /// it was queued.
+    pub fn deliver_to_session(&self, user: UserId, session: SessionId, out: &Outbound) -> bool {
+        let map = self.shard(user).read().unwrap_or_else(|e| e.into_inner());
+        map.get(&user)
+            .and_then(|list| list.iter().find(|h| h.id == session))
+            .is_some_and(|h| h.tx.try_send(out.clone()).is_ok())
+    }
+
     /// Every session held now, with its user.
     pub fn all(&self) -> Vec<(UserId, SessionId)> {
         let mut out = Vec::new();

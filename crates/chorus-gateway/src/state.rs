@@ -24,6 +24,8 @@ pub struct AppState {
     pub partitions: u32,
     /// Client limits.
     pub limits: Limits,
+    /// Users' scripts: the sandbox, limits and state.
+    pub engine: chorus_automation::Engine,
     /// Database with the membership cache.
     pub directory: Directory,
     /// The event log.

@@ -123,6 +123,31 @@ impl Api {
         status_json(req.send().await.unwrap()).await
     }
 
+    pub async fn put(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        status_json(r).await
+    }
+
+    /// Uploads a script; panics unless it is created.
+    pub async fn script(&self, user: &TestUser, hooks: &[&str], source: &str) -> Value {
+        let (status, body) = self
+            .post(
+                Some(&user.token),
+                "/api/v1/scripts",
+                json!({ "name": "test script", "hooks": hooks, "source": source }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
     pub async fn delete(&self, token: &str, path: &str) -> (u16, Value) {
         let r = self
             .http

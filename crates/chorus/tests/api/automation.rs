@@ -1,0 +1,442 @@
+//! Users' scripts and auto-replies, end to end: uploaded over HTTP, run by the
+//! automation stages, seen by WebSocket clients.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+
+/// Sends a marker as `user` and returns its `seq` once stored: every message that
+/// was on its way to `conversation` before it has a smaller `seq` (one partition per
+/// conversation keeps them in order), so nothing else is in flight behind it.
+async fn settle(ws: &mut WsClient, conversation: &str, key: &str) -> i64 {
+    ws.send_message(conversation, key, "marker").await;
+    loop {
+        let m = ws.expect("message").await["message"].clone();
+        if m["client_msg_id"] == key {
+            return m["seq"].as_i64().unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn scripts_are_created_read_changed_and_deleted_by_their_owner_only() {
+    let app = TestApp::spawn().await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let created = app
+        .script(&ada, &["incoming"], "export function onIncoming(msg) {}")
+        .await;
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(created["enabled"], true);
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["runs"], 0);
+    assert_eq!(created["memory_bytes"], 4 * 1024 * 1024);
+    assert_eq!(created["cpu_ms"], 10);
+
+    let (status, list) = app.get(&ada.token, "/api/v1/scripts").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["scripts"].as_array().unwrap().len(), 1);
+    let path = format!("/api/v1/scripts/{id}");
+    for (status, body) in [
+        app.get(&bob.token, &path).await,
+        app.put(&bob.token, &path, json!({ "name": "mine now" })).await,
+        app.delete(&bob.token, &path).await,
+        app.post(
+            Some(&bob.token),
+            &format!("{path}/test"),
+            json!({ "message": { "body": "x" } }),
+        )
+        .await,
+    ] {
+        assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    }
+    let (_, list) = app.get(&bob.token, "/api/v1/scripts").await;
+    assert_eq!(list["scripts"], json!([]));
+
+    let (status, changed) = app
+        .put(&ada.token, &path, json!({ "name": "renamed", "enabled": false, "cpu_ms": 50 }))
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        (&changed["name"], &changed["enabled"], &changed["version"], &changed["cpu_ms"]),
+        (&json!("renamed"), &json!(false), &json!(2), &json!(50))
+    );
+    let (_, read) = app.get(&ada.token, &path).await;
+    assert_eq!(read, changed);
+    let (status, body) = app.put(&ada.token, &path, json!({ "cpu_ms": 1_000_000 })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")));
+
+    let (status, _) = app.delete(&ada.token, &path).await;
+    assert_eq!(status, 204);
+    assert_eq!(app.get(&ada.token, &path).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_script_that_does_not_compile_is_refused_with_line_and_column() {
+    let app = TestApp::spawn().await;
+    let ada = app.register("ada").await;
+    let post = |body: Value| app.post(Some(&ada.token), "/api/v1/scripts", body);
+    let (status, body) = post(json!({
+        "name": "broken",
+        "hooks": ["incoming"],
+        "source": "export function onIncoming(msg) {\n  return {reply: 'x'\n}\n",
+    }))
+    .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    assert!(body["error"]["line"].as_u64().is_some(), "{body}");
+    assert!(body["error"]["column"].as_u64().is_some(), "{body}");
+
+    let (status, body) = post(json!({
+        "name": "wrong hook",
+        "hooks": ["outgoing"],
+        "source": "export function onIncoming(msg) {}",
+    }))
+    .await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].as_str().unwrap().contains("onOutgoing"), "{body}");
+    for bad in [
+        json!({ "name": "no hooks", "hooks": [], "source": "export function onIncoming() {}" }),
+        json!({ "name": "odd hook", "hooks": ["sideways"], "source": "" }),
+        json!({ "hooks": ["incoming"], "source": "export function onIncoming() {}" }),
+        json!({ "name": "importer", "hooks": ["incoming"], "source": "import * as os from 'os'; export function onIncoming() {}" }),
+    ] {
+        let (status, body) = post(bad).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    }
+    let (_, list) = app.get(&ada.token, "/api/v1/scripts").await;
+    assert_eq!(list["scripts"], json!([]), "nothing refused was stored");
+}
+
+#[tokio::test]
+async fn the_dry_run_returns_actions_and_logs_and_keeps_no_state() {
+    let app = TestApp::spawn().await;
+    let ada = app.register("ada").await;
+    let script = app
+        .script(
+            &ada,
+            &["incoming", "outgoing"],
+            r#"
+            export function onIncoming(msg, ctx) {
+                const seen = (ctx.kv.get("seen") ?? 0) + 1;
+                ctx.kv.set("seen", seen);
+                ctx.log("from", msg.sender, "seen", seen);
+                return [{ reply: "hi " + msg.sender }, { forward: "0190b4a4-6a35-7c3e-9d0e-1f7a6a1b2c3d" }];
+            }
+            export function onOutgoing(msg) { return { rewrite: msg.body.toUpperCase() }; }
+            export function onThrow() {}
+            "#,
+        )
+        .await;
+    let path = format!("/api/v1/scripts/{}/test", script["id"].as_str().unwrap());
+    for _ in 0..2 {
+        let (status, run) = app
+            .post(
+                Some(&ada.token),
+                &path,
+                json!({ "hook": "incoming", "message": { "body": "hello", "sender": "bob" } }),
+            )
+            .await;
+        assert_eq!(status, 200, "{run}");
+        assert_eq!(
+            run["actions"],
+            json!([{ "reply": "hi bob" }, { "forward": "0190b4a4-6a35-7c3e-9d0e-1f7a6a1b2c3d" }])
+        );
+        assert_eq!(run["logs"], json!(["from bob seen 1"]), "a dry run's kv writes are not kept");
+        assert!(run["elapsed_us"].as_u64().is_some());
+        assert_eq!(run["error"], Value::Null);
+    }
+    let (_, run) = app
+        .post(
+            Some(&ada.token),
+            &path,
+            json!({ "hook": "outgoing", "message": { "body": "quiet" } }),
+        )
+        .await;
+    assert_eq!(run["actions"], json!([{ "rewrite": "QUIET" }]));
+}
+
+#[tokio::test]
+async fn outgoing_scripts_rewrite_reply_forward_and_block() {
+    let app = TestApp::spawn().await;
+    let (ada, bob, cy) = (
+        app.register("ada").await,
+        app.register("bob").await,
+        app.register("cy").await,
+    );
+    let chat = app.direct(&ada, &bob).await;
+    let archive = app.direct(&ada, &cy).await;
+    app.script(
+        &ada,
+        &["outgoing"],
+        &format!(
+            r#"
+            export function onOutgoing(msg) {{
+                if (msg.body.includes("secret")) return {{ drop: "no secrets here" }};
+                if (msg.body === "shout") return {{ rewrite: "SHOUT" }};
+                if (msg.body === "ping") return {{ reply: "auto: pong" }};
+                if (msg.body === "keep") return {{ forward: "{archive}" }};
+            }}
+            "#
+        ),
+    )
+    .await;
+    let mut ada_ws = app.ws(&ada).await;
+    let mut bob_ws = app.ws(&bob).await;
+    let mut cy_ws = app.ws(&cy).await;
+
+    ada_ws.send_message(&chat, "1", "shout").await;
+    let m = bob_ws.messages(1).await.remove(0);
+    assert_eq!((m["body"].as_str(), m["origin"].as_str()), (Some("SHOUT"), Some("user")));
+
+    ada_ws.send_message(&chat, "2", "ping").await;
+    let got = bob_ws.messages(2).await;
+    assert_eq!(got[0]["body"], "ping");
+    assert_eq!(
+        (got[1]["body"].as_str(), got[1]["origin"].as_str(), got[1]["sender_id"].as_str()),
+        (Some("auto: pong"), Some("script"), Some(ada.id.as_str()))
+    );
+
+    ada_ws.send_message(&chat, "3", "keep").await;
+    assert_eq!(bob_ws.messages(1).await[0]["body"], "keep");
+    let copy = cy_ws.messages(1).await.remove(0);
+    assert_eq!(
+        (copy["body"].as_str(), copy["conversation_id"].as_str(), copy["origin"].as_str()),
+        (Some("keep"), Some(archive.as_str()), Some("script"))
+    );
+
+    ada_ws.send_message(&chat, "4", "the secret plan").await;
+    let error = ada_ws.expect("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["client_msg_id"].as_str(), error["message"].as_str()),
+        (Some("blocked"), Some("4"), Some("no secrets here"))
+    );
+    let last = settle(&mut ada_ws, &chat, "5").await;
+    let bodies: Vec<String> = app
+        .history(&ada, &chat)
+        .await
+        .iter()
+        .map(|m| m["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(bodies, ["SHOUT", "ping", "auto: pong", "keep", "marker"]);
+    assert_eq!(last, 5, "the blocked message was never stored");
+    assert!(
+        !bob_ws.barrier().await.iter().any(|f| f["message"]["body"] == "the secret plan"),
+        "bob never saw the blocked message"
+    );
+}
+
+#[tokio::test]
+async fn incoming_scripts_drop_for_their_owner_only_reply_and_keep_state() {
+    let app = TestApp::spawn().await;
+    let (ada, bob, cy) = (
+        app.register("ada").await,
+        app.register("bob").await,
+        app.register("cy").await,
+    );
+    let group = app.group(&ada, &[&bob, &cy]).await;
+    let script = app
+        .script(
+            &bob,
+            &["incoming"],
+            r#"
+            export function onIncoming(msg, ctx) {
+                if (msg.body.startsWith("spam")) return { drop: "spam" };
+                const n = (ctx.kv.get("count") ?? 0) + 1;
+                ctx.kv.set("count", n);
+                ctx.log("message", n, "from", msg.sender);
+                if (msg.body === "how many?") return { reply: "bob's bot counted " + n };
+            }
+            "#,
+        )
+        .await;
+    let mut ada_ws = app.ws(&ada).await;
+    let mut bob_ws = app.ws(&bob).await;
+    let mut cy_ws = app.ws(&cy).await;
+
+    ada_ws.send_message(&group, "1", "spam spam").await;
+    ada_ws.send_message(&group, "2", "hello").await;
+    ada_ws.send_message(&group, "3", "how many?").await;
+    let seen_by_cy: Vec<Value> = cy_ws.messages(4).await;
+    assert_eq!(
+        seen_by_cy.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["spam spam", "hello", "how many?", "bob's bot counted 2"]
+    );
+    assert_eq!(seen_by_cy[3]["origin"], "script");
+    assert_eq!(seen_by_cy[3]["sender_id"], bob.id.as_str());
+    let seen_by_bob: Vec<Value> = bob_ws.messages(3).await;
+    assert_eq!(
+        seen_by_bob.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["hello", "how many?", "bob's bot counted 2"],
+        "the dropped message never reached bob live"
+    );
+    let (_, status) = app
+        .get(&bob.token, &format!("/api/v1/scripts/{}", script["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status["runs"], 3);
+    assert_eq!(status["failures"], 0);
+    assert_eq!(status["last_logs"], json!([format!("message 2 from {}", ada.username)]));
+}
+
+#[tokio::test]
+async fn runaway_scripts_are_stopped_delivery_goes_on_and_they_are_disabled() {
+    let app = TestApp::spawn_with(|c| c.automation.disable_after_failures = 3).await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let chat = app.direct(&ada, &bob).await;
+    let looping = app
+        .script(
+            &bob,
+            &["incoming"],
+            "export function onIncoming() { for (;;) { try { while (true) {} } catch (e) {} } }",
+        )
+        .await;
+    let bomb = app
+        .script(
+            &bob,
+            &["incoming"],
+            "export function onIncoming() { const a = []; for (;;) a.push(new Array(1e5).fill(1)); }",
+        )
+        .await;
+    let thrower = app
+        .script(&bob, &["incoming"], "export function onIncoming() { throw 42; }")
+        .await;
+    let mut ada_ws = app.ws(&ada).await;
+    let mut bob_ws = app.ws(&bob).await;
+    for i in 0..3 {
+        ada_ws.send_message(&chat, &i.to_string(), &format!("message {i}")).await;
+    }
+    let got = bob_ws.messages(3).await;
+    assert_eq!(
+        got.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["message 0", "message 1", "message 2"],
+        "failing incoming scripts leave delivery alone"
+    );
+    let mut notices = Vec::new();
+    while notices.len() < 3 {
+        notices.push(bob_ws.expect("notice").await);
+    }
+    assert!(notices.iter().all(|n| n["kind"] == "script_disabled"));
+    for (script, code) in [(&looping, "timeout"), (&bomb, "out_of_memory"), (&thrower, "thrown")] {
+        let id = script["id"].as_str().unwrap();
+        assert!(notices.iter().any(|n| n["script_id"] == id), "{notices:?}");
+        let (_, s) = app.get(&bob.token, &format!("/api/v1/scripts/{id}")).await;
+        assert_eq!(s["enabled"], false, "{s}");
+        assert_eq!((s["runs"].as_i64(), s["failures"].as_i64()), (Some(3), Some(3)), "{s}");
+        assert_eq!(s["last_error"]["code"], code, "{s}");
+        assert!(s["disabled_reason"].as_str().unwrap().contains("3 failed runs"), "{s}");
+    }
+    // Disabled scripts run no more.
+    let marker = settle(&mut ada_ws, &chat, "after").await;
+    assert_eq!(marker, 4);
+    let (_, s) = app
+        .get(&bob.token, &format!("/api/v1/scripts/{}", thrower["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(s["runs"], 3);
+    // Its owner enables it again: a fresh start.
+    let (_, s) = app
+        .put(
+            &bob.token,
+            &format!("/api/v1/scripts/{}", thrower["id"].as_str().unwrap()),
+            json!({ "enabled": true }),
+        )
+        .await;
+    assert_eq!((&s["enabled"], &s["disabled_reason"]), (&json!(true), &Value::Null));
+}
+
+#[tokio::test]
+async fn a_fail_closed_outgoing_script_blocks_when_it_fails() {
+    let app = TestApp::spawn().await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let chat = app.direct(&ada, &bob).await;
+    let (status, body) = app
+        .post(
+            Some(&ada.token),
+            "/api/v1/scripts",
+            json!({
+                "name": "strict filter",
+                "hooks": ["outgoing"],
+                "fail_closed": true,
+                "source": "export function onOutgoing(msg) { if (msg.body === 'odd') null.boom; }",
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut ada_ws = app.ws(&ada).await;
+    ada_ws.send_message(&chat, "1", "odd").await;
+    let error = ada_ws.expect("error").await;
+    assert_eq!((error["code"].as_str(), error["client_msg_id"].as_str()), (Some("blocked"), Some("1")));
+    assert!(error["message"].as_str().unwrap().contains("fail-closed"), "{error}");
+    ada_ws.send_message(&chat, "2", "even").await;
+    let m = ada_ws.messages(1).await.remove(0);
+    assert_eq!((m["body"].as_str(), m["seq"].as_i64()), (Some("even"), Some(1)));
+}
+
+#[tokio::test]
+async fn auto_reply_answers_once_per_window_and_never_automation() {
+    let app = TestApp::spawn().await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let (status, body) = app.get(&bob.token, "/api/v1/settings/auto-reply").await;
+    assert_eq!((status, body), (200, json!({ "enabled": false, "text": "" })));
+    let (status, body) = app
+        .put(&bob.token, "/api/v1/settings/auto-reply", json!({ "enabled": true, "text": "" }))
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")));
+    for user in [&ada, &bob] {
+        let (status, body) = app
+            .put(
+                &user.token,
+                "/api/v1/settings/auto-reply",
+                json!({ "enabled": true, "text": format!("{} is away", user.username) }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let chat = app.direct(&ada, &bob).await;
+    let mut ada_ws = app.ws(&ada).await;
+    ada_ws.send_message(&chat, "1", "are you there?").await;
+    ada_ws.send_message(&chat, "2", "hello?").await;
+    let got = ada_ws.messages(3).await;
+    let mut bodies: Vec<(&str, &str)> = got
+        .iter()
+        .map(|m| (m["body"].as_str().unwrap(), m["origin"].as_str().unwrap()))
+        .collect();
+    bodies.sort();
+    let away = format!("{} is away", bob.username);
+    let mut expected = vec![
+        ("are you there?", "user"),
+        ("hello?", "user"),
+        (away.as_str(), "auto_reply"),
+    ];
+    expected.sort();
+    assert_eq!(bodies, expected);
+    // Ada's own auto-reply does not answer Bob's auto-reply, and Bob answers once.
+    let marker = settle(&mut ada_ws, &chat, "3").await;
+    assert_eq!(marker, 4, "no auto-reply loop and one auto-reply per window");
+
+    let (status, body) = app
+        .put(&bob.token, "/api/v1/settings/auto-reply", json!({ "enabled": false, "text": "x" }))
+        .await;
+    assert_eq!((status, &body["enabled"]), (200, &json!(false)));
+    assert_eq!(app.get(&bob.token, "/api/v1/settings/auto-reply").await.1, body);
+}
+
+#[tokio::test]
+async fn two_reply_bots_stop_after_the_hop_limit() {
+    let app = TestApp::spawn().await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let chat = app.direct(&ada, &bob).await;
+    for user in [&ada, &bob] {
+        app.script(
+            user,
+            &["incoming"],
+            "export function onIncoming(msg) { if (msg.body !== 'marker') return { reply: 're: ' + msg.body }; }",
+        )
+        .await;
+    }
+    let mut ada_ws = app.ws(&ada).await;
+    ada_ws.send_message(&chat, "1", "hi").await;
+    // hi (hops 0) -> bob's bot (1) -> ada's bot (2) -> bob's bot (3), then the chain ends.
+    let got = ada_ws.messages(4).await;
+    assert_eq!(
+        got.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["hi", "re: hi", "re: re: hi", "re: re: re: hi"]
+    );
+    assert_eq!(settle(&mut ada_ws, &chat, "2").await, 5, "nothing after the fourth");
+}
