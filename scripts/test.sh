@@ -23,6 +23,7 @@ apt_install() {
 step "system packages"
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
+command -v git >/dev/null || missing+=(git)  # jobs with git sources (api tests)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v psql >/dev/null || missing+=(postgresql-client)
@@ -112,6 +113,18 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --all-features --no-fail-fast
 fi
+
+step "web app (web/: bundle reproducibility, Vitest, Playwright on Chromium against chorus serve)"
+command -v node >/dev/null || apt_install nodejs npm
+[ -x /usr/bin/chromium ] || apt_install chromium
+cargo build -q -p chorus --all-features
+(
+    cd web
+    npm ci --no-audit --no-fund --loglevel=error
+    scripts/check-dist.sh
+    npm test
+    CHORUS_BIN=$root/target/debug/chorus npm run e2e
+)
 
 step "protocol conformance suite against chorus serve"
 CHORUS_BIN=$root/target/debug/chorus "$venv/bin/python" -m pytest tests/conformance -q -p no:cacheprovider

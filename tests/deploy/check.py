@@ -59,19 +59,8 @@ PENDING_ENV = {
     "CHORUS_OIDC_ISSUER": "OIDC access tokens (issue 8)",
     "CHORUS_OIDC_AUDIENCE": "OIDC access tokens (issue 8)",
 }
-PENDING_ROLES = {
-    "worker": "jobs (issue 5)",
-    "observer": "jobs (issue 5)",
-}
+PENDING_ROLES: dict[str, str] = {}
 PENDING_METRICS = {
-    "chorus_jobs_submitted_total": "jobs (issue 5)",
-    "chorus_jobs_finished_total": "jobs (issue 5)",
-    "chorus_job_duration_seconds": "jobs (issue 5)",
-    "chorus_observer_workers": "observer (issue 5)",
-    "chorus_observer_desired_workers": "observer (issue 5)",
-    "chorus_observer_arrival_rate": "observer (issue 5)",
-    "chorus_observer_service_rate": "observer (issue 5)",
-    "chorus_observer_p95_response_seconds": "observer (issue 5)",
     "chorus_consumer_lag": "metrics (issue 8)",
     "chorus_script_runs_total": "automation (issue 4)",
 }

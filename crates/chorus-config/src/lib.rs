@@ -67,6 +67,123 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Users' scripts and auto-replies (`[automation]`).
     pub automation: AutomationConfig,
+    /// Jobs, workers and the observer (`[jobs]`).
+    pub jobs: JobsConfig,
+}
+
+/// Jobs: limits, git sources, credentials and the observer.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// CPU budget of a job unless it asks for another, milliseconds.
+    pub cpu_ms: u64,
+    /// Memory limit of a job unless it asks for another, bytes.
+    pub memory_bytes: u64,
+    /// The most CPU a job may ask for, milliseconds.
+    pub max_cpu_ms: u64,
+    /// The most memory a job may ask for, bytes.
+    pub max_memory_bytes: u64,
+    /// Longest inline source, bytes.
+    pub max_source_bytes: usize,
+    /// Largest JSON `main` may return, bytes.
+    pub max_output_bytes: usize,
+    /// Workers a node with the worker role starts with (the observer changes the
+    /// number in embedded mode).
+    pub workers: u32,
+    /// URL schemes git sources may use (`https`, `file`, `ssh`, …).
+    pub git_schemes: Vec<String>,
+    /// Largest repository fetched, bytes (on disk, after the fetch).
+    pub git_max_bytes: u64,
+    /// Longest a fetch may take, seconds.
+    pub git_timeout_secs: u64,
+    /// The 32-byte AES-256-GCM key that decrypts jobs' credentials, base64 or hex;
+    /// without it, jobs with credentials fail.
+    pub key: Option<String>,
+    /// Usernames allowed to change the observer's configuration.
+    pub admins: Vec<String>,
+    /// The observer's defaults (an administrator may change them at run time).
+    pub observer: ObserverConfig,
+}
+
+/// How the observer scales the workers.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObserverConfig {
+    /// Fewest workers.
+    pub min_workers: u32,
+    /// Most workers.
+    pub max_workers: u32,
+    /// Response time (submission to result) the observer sizes the pool for, ms.
+    pub target_response_ms: u64,
+    /// Window of the stable averages, seconds (Knative: 60).
+    pub stable_window_secs: u64,
+    /// Window of the panic averages, seconds (Knative: 6).
+    pub panic_window_secs: u64,
+    /// Panic when the panic window's demand reaches this many times the workers.
+    pub panic_threshold: f64,
+    /// Share of a worker's time the observer plans to keep busy (0..1].
+    pub target_utilization: f64,
+    /// How often it measures and decides, milliseconds.
+    pub tick_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            cpu_ms: 5000,
+            memory_bytes: 16 * 1024 * 1024,
+            max_cpu_ms: 60_000,
+            max_memory_bytes: 256 * 1024 * 1024,
+            max_source_bytes: 128 * 1024,
+            max_output_bytes: 1024 * 1024,
+            workers: 1,
+            git_schemes: vec!["https".into()],
+            git_max_bytes: 64 * 1024 * 1024,
+            git_timeout_secs: 30,
+            key: None,
+            admins: Vec::new(),
+            observer: ObserverConfig::default(),
+        }
+    }
+}
+
+impl Default for ObserverConfig {
+    fn default() -> Self {
+        Self {
+            min_workers: 1,
+            max_workers: 8,
+            target_response_ms: 1000,
+            stable_window_secs: 60,
+            panic_window_secs: 6,
+            panic_threshold: 2.0,
+            target_utilization: 0.7,
+            tick_ms: 1000,
+        }
+    }
+}
+
+impl ObserverConfig {
+    /// Checks ranges that the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.max_workers == 0 || self.max_workers > 1024 || self.min_workers > self.max_workers {
+            return bad("observer: max_workers must be 1..=1024 and min_workers <= max_workers");
+        }
+        if self.target_response_ms == 0 || self.tick_ms == 0 {
+            return bad("observer: target_response_ms and tick_ms must be positive");
+        }
+        if self.panic_window_secs == 0 || self.stable_window_secs < self.panic_window_secs {
+            return bad("observer: panic_window_secs must be positive and <= stable_window_secs");
+        }
+        // Written so that NaN fails too.
+        let sane = self.panic_threshold > 1.0
+            && self.target_utilization > 0.0
+            && self.target_utilization <= 1.0;
+        if !sane {
+            return bad("observer: panic_threshold must be > 1 and target_utilization in (0, 1]");
+        }
+        Ok(())
+    }
 }
 
 /// Authentication settings.
@@ -162,6 +279,7 @@ impl Default for Config {
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
             automation: AutomationConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -286,6 +404,19 @@ impl Config {
                 "automation.max_source_bytes, max_scripts_per_user and disable_after_failures must be positive",
             );
         }
+        let j = &self.jobs;
+        if j.memory_bytes < 256 * 1024 || j.max_memory_bytes < j.memory_bytes {
+            return bad("jobs.memory_bytes must be >= 256 KiB and <= jobs.max_memory_bytes");
+        }
+        if j.cpu_ms == 0 || j.max_cpu_ms < j.cpu_ms {
+            return bad("jobs.cpu_ms must be positive and <= jobs.max_cpu_ms");
+        }
+        if j.git_timeout_secs == 0 || j.git_max_bytes == 0 || j.max_output_bytes == 0 {
+            return bad(
+                "jobs.git_timeout_secs, git_max_bytes and max_output_bytes must be positive",
+            );
+        }
+        j.observer.validate()?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be `text` or `json`");
         }

@@ -4,9 +4,9 @@
 //! meets an unknown `v` or an unreadable record sends it to the dead-letter topic
 //! rather than crashing or dropping it.
 
-use crate::model::{Message, Origin};
+use crate::model::{Job, JobError, JobSource, JobStatus, Message, Origin};
 use crate::topics::Stage;
-use crate::{ConversationId, ErrorCode, MessageId, ScriptId, SessionId, UserId};
+use crate::{ConversationId, ErrorCode, JobId, MessageId, ScriptId, SessionId, UserId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -200,6 +200,13 @@ pub enum Delivery {
         /// For people.
         message: String,
     },
+    /// A job of theirs changed status.
+    Job {
+        /// The job as it is now.
+        job: Job,
+        /// Users to tell (the owner).
+        recipients: Vec<UserId>,
+    },
     /// Something the server tells users (a script of theirs was disabled).
     Notice {
         /// What kind of notice.
@@ -257,4 +264,82 @@ pub enum Control {
         /// Whose.
         user_id: UserId,
     },
+}
+
+/// A submitted job, on the requests topic (key: the job id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// The job.
+    pub job_id: JobId,
+    /// Who submitted it.
+    pub owner_id: UserId,
+    /// Its code.
+    pub source: JobSource,
+    /// The first argument of `main`.
+    pub input: serde_json::Value,
+    /// Encrypted credentials (`base64(nonce || ciphertext || tag)`), decrypted only by
+    /// the worker that runs the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+    /// CPU budget, milliseconds.
+    pub cpu_ms: u64,
+    /// Memory limit, bytes.
+    pub memory_bytes: u64,
+    /// When it was submitted.
+    pub submitted_at: DateTime<Utc>,
+}
+
+/// How a job ended, on the results topic (key: the job id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobOutcome {
+    /// The job.
+    pub job_id: JobId,
+    /// Who submitted it.
+    pub owner_id: UserId,
+    /// `succeeded`, `failed` or `timed_out`.
+    pub status: JobStatus,
+    /// What `main` returned.
+    pub output: serde_json::Value,
+    /// Why it did not succeed.
+    pub error: Option<JobError>,
+    /// Time the run took, milliseconds.
+    pub elapsed_ms: u64,
+    /// When it was submitted.
+    pub submitted_at: DateTime<Utc>,
+    /// When the worker took it.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// The worker that ran it (`<node>/<index>`).
+    pub worker: String,
+    /// Whether the job still existed when the worker took it (a deleted job is not run,
+    /// but its outcome is still published so the observer sees it leave the queue).
+    pub ran: bool,
+}
+
+/// What the observer measured and decided, on the decisions topic, once per tick.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObserverReport {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Jobs submitted per second over the stable window.
+    pub arrival_rate: f64,
+    /// Jobs finished per second over the stable window.
+    pub service_rate: f64,
+    /// Mean time from submission to result over the stable window, milliseconds.
+    pub mean_response_ms: f64,
+    /// 95th percentile of the same, milliseconds.
+    pub p95_response_ms: f64,
+    /// Jobs submitted and not finished.
+    pub queue_depth: u64,
+    /// Workers running now (in the local pool, or seen recently on the results topic).
+    pub workers: u32,
+    /// Workers wanted.
+    pub desired_workers: u32,
+    /// Whether the panic window is in force.
+    pub panic: bool,
+    /// `add`, `remove` or `hold`.
+    pub action: String,
+    /// Why, for people.
+    pub reason: String,
 }

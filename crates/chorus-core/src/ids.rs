@@ -63,6 +63,10 @@ uuid_id!(
     /// A user's script.
     ScriptId
 );
+uuid_id!(
+    /// A job: one run of a function submitted through the jobs API.
+    JobId
+);
 
 /// A message. Unlike other ids it is derived, not random: see [`MessageId::derive`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! Layout:
 //! - [`ids`]: typed identifiers (users, conversations, messages, sessions, nodes).
 //! - [`error`]: the stable error codes of the public protocol and their HTTP statuses.
-//! - [`model`]: the public shapes of users, conversations and messages.
+//! - [`model`]: the public shapes of users, conversations, messages, scripts and jobs.
 //! - [`wire`]: the WebSocket frames, client to server and server to client.
 //! - [`event`]: the envelopes that travel on the event log between roles.
 //! - [`topics`]: the names of the log's topics.
@@ -16,4 +16,4 @@ pub mod topics;
 pub mod wire;
 
 pub use error::ErrorCode;
-pub use ids::{ConversationId, MessageId, NodeId, ScriptId, SessionId, UserId};
+pub use ids::{ConversationId, JobId, MessageId, NodeId, ScriptId, SessionId, UserId};

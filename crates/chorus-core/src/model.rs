@@ -221,3 +221,118 @@ pub struct AutoReply {
     /// What it answers.
     pub text: String,
 }
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Submitted, waiting for a worker.
+    Queued,
+    /// A worker took it.
+    Running,
+    /// `main` returned; the result has its output.
+    Succeeded,
+    /// `main` threw, the source could not be loaded, or a limit other than time was hit.
+    Failed,
+    /// The CPU budget ran out.
+    TimedOut,
+}
+
+impl JobStatus {
+    /// The status's name in storage and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    /// Parses a stored status name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Running,
+            Self::Succeeded,
+            Self::Failed,
+            Self::TimedOut,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+
+    /// Whether the job has ended (and has a result).
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::TimedOut)
+    }
+}
+
+/// A git repository holding a job's code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitSource {
+    /// Where to fetch it from (`https://…`, or other allowed schemes).
+    pub url: String,
+    /// A branch, tag or commit id.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The ES module, relative to the repository's root.
+    pub path: String,
+}
+
+/// A job's code: inline, or a file in a git repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobSource {
+    /// The ES module's source text.
+    Script(String),
+    /// A module in a git repository at a ref.
+    Git(GitSource),
+}
+
+/// A job as its owner sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: crate::JobId,
+    /// Where it is in its life.
+    pub status: JobStatus,
+    /// Its code.
+    pub source: JobSource,
+    /// CPU budget, milliseconds.
+    pub cpu_ms: u64,
+    /// Memory limit, bytes.
+    pub memory_bytes: u64,
+    /// When it was submitted.
+    pub submitted_at: DateTime<Utc>,
+    /// When a worker took it (the latest worker, should one have died).
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Why a job failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    /// `thrown`, `timeout`, `out_of_memory`, `compile`, `missing`, `output`, `git`,
+    /// `credentials`, …
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// `succeeded`, `failed` or `timed_out`.
+    pub status: JobStatus,
+    /// What `main` returned (`null` unless it succeeded).
+    pub output: serde_json::Value,
+    /// Why it did not succeed.
+    pub error: Option<JobError>,
+    /// Time the run took on its worker, milliseconds.
+    pub elapsed_ms: u64,
+    /// Time from submission until a worker took it, milliseconds.
+    pub queued_ms: u64,
+}

@@ -74,6 +74,21 @@ impl Topics {
     pub fn control(&self) -> String {
         format!("{}.control", self.prefix)
     }
+
+    /// `<prefix>.jobs.requests`: submitted jobs, keyed by job id, read by the workers.
+    pub fn jobs_requests(&self) -> String {
+        format!("{}.jobs.requests", self.prefix)
+    }
+
+    /// `<prefix>.jobs.results`: how each job ended, keyed by job id.
+    pub fn jobs_results(&self) -> String {
+        format!("{}.jobs.results", self.prefix)
+    }
+
+    /// `<prefix>.observer.decisions`: the observer's measurements and scaling decisions.
+    pub fn observer_decisions(&self) -> String {
+        format!("{}.observer.decisions", self.prefix)
+    }
 }
 
 impl Default for Topics {

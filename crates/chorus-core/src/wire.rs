@@ -152,6 +152,11 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         script_id: Option<crate::ScriptId>,
     },
+    /// A job of the user changed status.
+    Job {
+        /// The job as it is now.
+        job: crate::model::Job,
+    },
     /// Answer to `ping`.
     Pong {
         /// The ping's nonce.

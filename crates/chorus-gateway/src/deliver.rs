@@ -83,6 +83,10 @@ fn fan_out(state: &AppState, delivery: Delivery) {
             let frame = ServerFrame::Presence { user_id, online };
             (recipients, Outbound::Frame(frame.to_json().into()), None)
         }
+        Delivery::Job { job, recipients } => {
+            let frame = ServerFrame::Job { job };
+            (recipients, Outbound::Frame(frame.to_json().into()), None)
+        }
         Delivery::Notice {
             kind,
             message,

@@ -7,14 +7,17 @@
 //! the log, the store or the registry.
 //!
 //! Layout: [`auth`] tokens and passwords, [`error`] the error mapping, [`http`] the
-//! REST routes, [`ws`] sessions, [`sessions`] local fan-out, [`ratelimit`] send limits,
-//! [`state`] what they share.
+//! REST routes, [`jobs`] the jobs and observer routes, [`ws`] sessions, [`sessions`]
+//! local fan-out, [`ratelimit`] send limits,
+//! [`state`] what they share, [`assets`] the embedded web app.
 
+pub mod assets;
 pub mod auth;
 pub mod automation;
 pub mod deliver;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod ratelimit;
 pub mod send;
 pub mod sessions;
@@ -25,7 +28,7 @@ use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -36,11 +39,13 @@ use std::sync::Arc;
 pub fn router(state: Arc<AppState>) -> Router {
     let api = http::routes()
         .merge(automation::routes())
+        .merge(jobs::routes())
         .route("/ws", get(ws::upgrade))
         .fallback(http::not_found);
     Router::new()
         .nest("/api/v1", api)
-        .route("/", get(index))
+        .route("/", get(assets::index))
+        .route("/assets/{*path}", get(assets::asset))
         .merge(ops_routes())
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn(close_if_body_unread))
@@ -125,8 +130,4 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
 }

@@ -44,4 +44,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks session tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Limits and settings of jobs.
+    pub jobs: Arc<chorus_config::JobsConfig>,
+    /// The observer's latest report.
+    pub observer: crate::jobs::ObserverView,
 }

@@ -1,5 +1,5 @@
 //! Durable state: users, conversations, members, messages, and (see
-//! [`AutomationStore`]) users' scripts and auto-replies.
+//! [`AutomationStore`]) users' scripts and auto-replies, and (see [`JobStore`]) jobs.
 //!
 //! The store stage is the only writer of messages; the gateway writes accounts,
 //! conversations, members and read markers. [`Store`] is the contract, with one
@@ -21,11 +21,13 @@
 
 mod automation;
 mod directory;
+mod jobs;
 pub mod postgres;
 pub mod sqlite;
 
 pub use automation::{AutomationStore, Automations, ScriptRuns, UserAutomation};
 pub use directory::{Directory, Members};
+pub use jobs::{FinishedJob, JobStore, StoredJob};
 
 use async_trait::async_trait;
 use chorus_core::model::{Conversation, ConversationKind, Message, Origin, User};
@@ -161,7 +163,7 @@ pub struct Page {
 
 /// Durable state; see the crate docs for the contract.
 #[async_trait]
-pub trait Store: AutomationStore + Send + Sync + 'static {
+pub trait Store: AutomationStore + JobStore + Send + Sync + 'static {
     /// Whether the database answers.
     async fn health(&self) -> Result<()>;
 

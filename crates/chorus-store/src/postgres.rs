@@ -20,6 +20,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 mod automation;
+mod jobs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

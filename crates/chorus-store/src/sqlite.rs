@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod automation;
+mod jobs;
 
 /// Message ids looked up per query (SQLite allows 32766 parameters).
 const EXISTING_CHUNK: usize = 500;

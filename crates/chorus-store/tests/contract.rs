@@ -5,12 +5,15 @@
 //! every test creates its own database there and drops it afterwards.
 
 use chorus_core::model::{
-    AutoReply, ConversationKind, Hook, Message, Origin, Script, ScriptError, User,
+    AutoReply, ConversationKind, GitSource, Hook, Job, JobError, JobSource, JobStatus, Message,
+    Origin, Script, ScriptError, User,
 };
-use chorus_core::{ConversationId, MessageId, ScriptId, UserId};
+use chorus_core::{ConversationId, JobId, MessageId, ScriptId, UserId};
 use chorus_store::postgres::PostgresStore;
 use chorus_store::sqlite::SqliteStore;
-use chorus_store::{Appended, Directory, NewMessage, Page, ScriptRuns, Store, StoreError};
+use chorus_store::{
+    Appended, Directory, FinishedJob, NewMessage, Page, ScriptRuns, Store, StoreError,
+};
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{Connection, Executor, PgConnection};
 use std::collections::{BTreeSet, HashMap};
@@ -998,6 +1001,161 @@ async fn automations_cache_follows_refresh(db: &Fresh) {
     assert!(cache.get(a).is_none());
 }
 
+fn new_job(source: JobSource, at_ms: i64) -> Job {
+    Job {
+        id: JobId::new(),
+        status: JobStatus::Queued,
+        source,
+        cpu_ms: 5000,
+        memory_bytes: 16 << 20,
+        submitted_at: DateTime::from_timestamp_millis(at_ms).unwrap(),
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap()
+}
+
+fn finished(status: JobStatus, output: serde_json::Value, started: i64, ended: i64) -> FinishedJob {
+    FinishedJob {
+        status,
+        error: (status != JobStatus::Succeeded).then(|| JobError {
+            code: "thrown".into(),
+            message: "Error: no".into(),
+        }),
+        output,
+        elapsed_ms: (ended - started) as u64,
+        started_at: at(started),
+        finished_at: at(ended),
+    }
+}
+
+async fn jobs_round_trip_and_belong_to_their_owner(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users::<2>(&store).await;
+    let inline = new_job(JobSource::Script("export function main() {}".into()), 1_000);
+    let git = new_job(
+        JobSource::Git(GitSource {
+            url: "https://example.com/r.git".into(),
+            reference: "main".into(),
+            path: "jobs/x.js".into(),
+        }),
+        2_000,
+    );
+    store.create_job(a, &inline).await.unwrap();
+    store.create_job(a, &git).await.unwrap();
+    store
+        .create_job(b, &new_job(JobSource::Script("b".into()), 3_000))
+        .await
+        .unwrap();
+
+    let got = store.job(inline.id).await.unwrap().unwrap();
+    assert_eq!(got.owner_id, a);
+    assert_eq!(got.job, inline);
+    let mine = store.jobs_of(a, 100).await.unwrap();
+    assert_eq!(mine, vec![git.clone(), inline.clone()], "newest first");
+    assert_eq!(store.jobs_of(a, 1).await.unwrap(), vec![git.clone()]);
+    assert!(store.job(JobId::new()).await.unwrap().is_none());
+    assert!(
+        store.job_result(inline.id).await.unwrap().is_none(),
+        "not finished"
+    );
+
+    assert!(store.delete_job(git.id).await.unwrap());
+    assert!(!store.delete_job(git.id).await.unwrap());
+    assert!(store.job(git.id).await.unwrap().is_none());
+    assert_eq!(store.jobs_of(a, 100).await.unwrap(), vec![inline]);
+}
+
+async fn the_first_recorded_job_result_wins(db: &Fresh) {
+    let store = db.open().await;
+    let [a] = users::<1>(&store).await;
+    let job = new_job(JobSource::Script("s".into()), 1_000);
+    store.create_job(a, &job).await.unwrap();
+
+    let running = store.start_job(job.id, at(1_500)).await.unwrap().unwrap();
+    assert_eq!(running.job.status, JobStatus::Running);
+    assert_eq!(running.job.started_at, Some(at(1_500)));
+    // A second worker (the first died) starts it again.
+    let again = store.start_job(job.id, at(1_700)).await.unwrap().unwrap();
+    assert_eq!(again.job.started_at, Some(at(1_700)));
+
+    let first = finished(
+        JobStatus::Succeeded,
+        serde_json::json!({"n": 1}),
+        1_700,
+        1_900,
+    );
+    let done = store.finish_job(job.id, &first).await.unwrap().unwrap();
+    assert_eq!(done.job.status, JobStatus::Succeeded);
+    assert_eq!(done.job.finished_at, Some(at(1_900)));
+    // The dead worker's (or a redelivery's) late outcome changes nothing.
+    let late = finished(JobStatus::Failed, serde_json::Value::Null, 1_500, 2_500);
+    assert!(store.finish_job(job.id, &late).await.unwrap().is_none());
+    assert!(store.start_job(job.id, at(3_000)).await.unwrap().is_none());
+
+    let result = store.job_result(job.id).await.unwrap().unwrap();
+    assert_eq!(result.status, JobStatus::Succeeded);
+    assert_eq!(result.output, serde_json::json!({"n": 1}));
+    assert_eq!(result.error, None);
+    assert_eq!(result.elapsed_ms, 200);
+    assert_eq!(result.queued_ms, 700);
+
+    let failed = new_job(JobSource::Script("s".into()), 5_000);
+    store.create_job(a, &failed).await.unwrap();
+    let f = finished(JobStatus::TimedOut, serde_json::Value::Null, 5_000, 6_000);
+    store.finish_job(failed.id, &f).await.unwrap().unwrap();
+    let result = store.job_result(failed.id).await.unwrap().unwrap();
+    assert_eq!(result.status, JobStatus::TimedOut);
+    assert_eq!(result.output, serde_json::Value::Null);
+    assert_eq!(result.error.unwrap().code, "thrown");
+
+    // Results of a deleted job are gone with it, and nothing is recorded for it later.
+    assert!(store.delete_job(job.id).await.unwrap());
+    assert!(store.job_result(job.id).await.unwrap().is_none());
+    assert!(store.finish_job(job.id, &first).await.unwrap().is_none());
+}
+
+async fn concurrent_job_results_record_exactly_one(db: &Fresh) {
+    let store = db.open().await;
+    let [a] = users::<1>(&store).await;
+    let job = new_job(JobSource::Script("s".into()), 1_000);
+    store.create_job(a, &job).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = db.open().await;
+        let id = job.id;
+        tasks.push(tokio::spawn(async move {
+            let f = finished(JobStatus::Succeeded, serde_json::json!(i), 1_000, 2_000 + i);
+            store.finish_job(id, &f).await.unwrap().is_some()
+        }));
+    }
+    let mut recorded = 0;
+    for t in tasks {
+        recorded += usize::from(t.await.unwrap());
+    }
+    assert_eq!(recorded, 1);
+}
+
+async fn observer_config_is_kept(db: &Fresh) {
+    let store = db.open().await;
+    assert_eq!(store.observer_config().await.unwrap(), None);
+    store
+        .set_observer_config(r#"{"max_workers":3}"#)
+        .await
+        .unwrap();
+    store
+        .set_observer_config(r#"{"max_workers":4}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.observer_config().await.unwrap().as_deref(),
+        Some(r#"{"max_workers":4}"#)
+    );
+}
+
 /// One `#[tokio::test]` per case, inside a backend's module (which defines `fresh`).
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {
@@ -1043,6 +1201,10 @@ macro_rules! store_contract {
                 script_state_is_bounded_per_script,
                 auto_reply_settings_and_window,
                 automations_cache_follows_refresh,
+                jobs_round_trip_and_belong_to_their_owner,
+                the_first_recorded_job_result_wins,
+                concurrent_job_results_record_exactly_one,
+                observer_config_is_kept,
             }
         }
     };

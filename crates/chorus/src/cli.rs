@@ -34,9 +34,55 @@ fn after_help() -> String {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node: by default every role, embedded, on 127.0.0.1:8080.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load-test a chorus server (or a peer) and report latency percentiles and throughput.
     Bench(chorus_bench::BenchArgs),
+    /// Jobs tools: encrypt credentials for `POST /jobs`.
+    Jobs(JobsArgs),
+}
+
+/// `chorus jobs …`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: JobsCommand,
+}
+
+/// The jobs tools.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Encrypt standard input with the server's jobs key and print the value to send as
+    /// `credentials`: base64(nonce(12) || ciphertext || tag(16)), AES-256-GCM.
+    Encrypt {
+        /// The server's 32-byte key, as base64 or 64 hex digits.
+        #[arg(
+            long,
+            env = "CHORUS_JOBS_KEY",
+            value_name = "KEY",
+            hide_env_values = true
+        )]
+        key: String,
+    },
+}
+
+impl JobsArgs {
+    /// Runs the command, reading from `input` and writing to `output`.
+    pub fn run(
+        &self,
+        input: &mut dyn std::io::Read,
+        output: &mut dyn std::io::Write,
+    ) -> anyhow::Result<()> {
+        match &self.command {
+            JobsCommand::Encrypt { key } => {
+                let key = chorus_jobs::crypto::Key::parse(key)?;
+                let mut plaintext = Vec::new();
+                input.read_to_end(&mut plaintext)?;
+                writeln!(output, "{}", key.encrypt(&plaintext))?;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Flags of `chorus serve`.
@@ -101,6 +147,32 @@ pub struct ServeArgs {
     /// Largest WebSocket frame in bytes [default: 65536].
     #[arg(long, env = "CHORUS_MAX_FRAME_BYTES", value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// Key that decrypts jobs' credentials: 32 bytes as base64 or 64 hex digits
+    /// [default: none; jobs with credentials fail].
+    #[arg(
+        long,
+        env = "CHORUS_JOBS_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub jobs_key: Option<String>,
+    /// URL schemes allowed for jobs' git sources, comma-separated [default: https].
+    #[arg(
+        long,
+        env = "CHORUS_JOBS_GIT_SCHEMES",
+        value_name = "SCHEMES",
+        value_delimiter = ','
+    )]
+    pub jobs_git_schemes: Option<Vec<String>>,
+    /// Usernames of administrators (may change the observer's configuration),
+    /// comma-separated [default: none].
+    #[arg(
+        long,
+        env = "CHORUS_ADMINS",
+        value_name = "USERS",
+        value_delimiter = ','
+    )]
+    pub admins: Option<Vec<String>>,
 }
 
 impl ServeArgs {
@@ -125,6 +197,11 @@ impl ServeArgs {
             rate_per_sec => c.limits.rate_per_sec,
             rate_burst => c.limits.rate_burst,
             max_frame_bytes => c.limits.max_frame_bytes,
+            jobs_git_schemes => c.jobs.git_schemes,
+            admins => c.jobs.admins,
+        }
+        if let Some(key) = &self.jobs_key {
+            c.jobs.key = Some(key.clone());
         }
         if let Some(db) = &self.db {
             c.db = Some(db.clone());

@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
             node.run(shutdown).await
         }
         Command::Bench(args) => chorus_bench::run(args).await,
+        Command::Jobs(args) => args.run(&mut std::io::stdin(), &mut std::io::stdout()),
     }
 }
 

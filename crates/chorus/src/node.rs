@@ -17,6 +17,8 @@ use chorus_gateway::auth::Tokens;
 use chorus_gateway::ratelimit::RateLimiter;
 use chorus_gateway::sessions::Sessions;
 use chorus_gateway::state::AppState;
+use chorus_jobs::JobsContext;
+use chorus_jobs::pool::WorkerPool;
 use chorus_stages::{StageContext, run_stage};
 use chorus_store::Directory;
 use std::net::SocketAddr;
@@ -35,6 +37,10 @@ pub enum Role {
     Gateway,
     /// A message stage.
     Stage(Stage),
+    /// Job workers (a pool of `jobs.workers` tasks, resized by a local observer).
+    Worker,
+    /// The observer: measures the job streams and decides how many workers to run.
+    Observer,
 }
 
 impl Role {
@@ -42,6 +48,7 @@ impl Role {
     pub fn all() -> Vec<Role> {
         let mut roles = vec![Role::Gateway];
         roles.extend(Stage::ALL.map(Role::Stage));
+        roles.extend([Role::Worker, Role::Observer]);
         roles
     }
 
@@ -49,6 +56,8 @@ impl Role {
     pub fn parse(name: &str) -> Option<Role> {
         match name {
             "gateway" => Some(Role::Gateway),
+            "worker" => Some(Role::Worker),
+            "observer" => Some(Role::Observer),
             other => Stage::from_name(other).map(Role::Stage),
         }
     }
@@ -62,6 +71,7 @@ pub struct Node {
     addr: SocketAddr,
     state: Arc<AppState>,
     stage_ctx: StageContext,
+    jobs: JobsContext,
 }
 
 impl Node {
@@ -87,6 +97,7 @@ impl Node {
         }
         log.create_topic(&topics.dead_letter(), 1).await?;
         log.create_topic(&topics.control(), 1).await?;
+        create_job_topics(log.as_ref(), &topics, config.partitions).await?;
         let secret = jwt_secret(&config)?;
         let directory = Directory::new(store);
         directory
@@ -107,6 +118,7 @@ impl Node {
         let listener =
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let jobs = jobs_context(&config, &node, &log, &directory, &registry, &topics)?;
         let state = Arc::new(AppState {
             node,
             topics: topics.clone(),
@@ -122,6 +134,8 @@ impl Node {
             metrics: crate::telemetry::metrics(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            jobs: jobs.config.clone(),
+            observer: Default::default(),
         });
         let stage_ctx = StageContext {
             log,
@@ -138,6 +152,7 @@ impl Node {
             addr,
             state,
             stage_ctx,
+            jobs,
         })
     }
 
@@ -156,6 +171,7 @@ impl Node {
             addr,
             state,
             stage_ctx,
+            jobs,
         } = self;
         let gateway = roles.contains(&Role::Gateway);
         // Stages, the delivery consumer and the upkeep tasks stop only after the
@@ -181,7 +197,33 @@ impl Node {
         background.spawn(supervise("control", stop_background.clone(), move |stop| {
             follow_control(ctx.clone(), node_id.clone(), stop)
         }));
+        let pool = roles.contains(&Role::Worker).then(|| {
+            let pool = Arc::new(WorkerPool::new(jobs.clone(), stop_background.clone()));
+            pool.resize(config.jobs.workers);
+            pool
+        });
+        if roles.contains(&Role::Observer) {
+            let (ctx, pool) = (jobs.clone(), pool.clone());
+            background.spawn(supervise(
+                "observer",
+                stop_background.clone(),
+                move |stop| chorus_jobs::observer::run_observer(ctx.clone(), pool.clone(), stop),
+            ));
+        }
         if gateway {
+            // The results recorder runs with the gateway role: every deployment has one.
+            let ctx = jobs.clone();
+            background.spawn(supervise(
+                "jobs-results",
+                stop_background.clone(),
+                move |stop| chorus_jobs::results::run_recorder(ctx.clone(), stop),
+            ));
+            let st = state.clone();
+            background.spawn(supervise(
+                "observer-view",
+                stop_background.clone(),
+                move |stop| chorus_gateway::jobs::follow_observer(st.clone(), stop),
+            ));
             let st = state.clone();
             background.spawn(supervise(
                 "delivery",
@@ -244,6 +286,9 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         stop_background.cancel();
+        if let Some(pool) = &pool {
+            pool.shutdown().await;
+        }
         while background.join_next().await.is_some() {}
         if gateway {
             let topic = stage_ctx.topics.deliver(&state.node);
@@ -298,11 +343,67 @@ async fn keep_topics(
         }
         ctx.log.create_topic(&ctx.topics.dead_letter(), 1).await?;
         ctx.log.create_topic(&ctx.topics.control(), 1).await?;
+        create_job_topics(ctx.log.as_ref(), &ctx.topics, partitions).await?;
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+}
+
+/// The jobs topics: requests and results partitioned like the stages, decisions in one
+/// partition (one observer writes them, in order).
+async fn create_job_topics(
+    log: &dyn chorus_log::EventLog,
+    topics: &Topics,
+    partitions: u32,
+) -> Result<(), chorus_log::LogError> {
+    log.create_topic(&topics.jobs_requests(), partitions)
+        .await?;
+    log.create_topic(&topics.jobs_results(), partitions).await?;
+    log.create_topic(&topics.observer_decisions(), 1).await
+}
+
+/// What the workers, the recorder and the observer share: their own sandbox (sized for
+/// the most workers the observer may want, so long jobs never hold up message hooks),
+/// the credentials key and the git cache in the data directory.
+fn jobs_context(
+    config: &Config,
+    node: &NodeId,
+    log: &Arc<dyn chorus_log::EventLog>,
+    directory: &Directory,
+    registry: &Arc<dyn chorus_registry::Registry>,
+    topics: &Topics,
+) -> anyhow::Result<JobsContext> {
+    let j = &config.jobs;
+    let key = j
+        .key
+        .as_deref()
+        .map(chorus_jobs::crypto::Key::parse)
+        .transpose()
+        .context("jobs key (CHORUS_JOBS_KEY)")?;
+    let sandbox = chorus_sandbox::Sandbox::new(chorus_sandbox::SandboxConfig {
+        threads: j.observer.max_workers.clamp(1, 64) as usize,
+        ..Default::default()
+    });
+    let git = chorus_jobs::git::GitCache::new(
+        config.data_dir.join("jobs").join("git"),
+        j.git_schemes.clone(),
+        j.git_max_bytes,
+        Duration::from_secs(j.git_timeout_secs),
+        j.max_source_bytes,
+    );
+    Ok(JobsContext {
+        node: node.clone(),
+        log: log.clone(),
+        store: directory.store().clone(),
+        registry: registry.clone(),
+        topics: topics.clone(),
+        sandbox,
+        config: Arc::new(j.clone()),
+        key,
+        git: Arc::new(git),
+    })
 }
 
 /// Applies cluster-wide notices (membership and automation changes) to this node's
@@ -367,7 +468,7 @@ fn parse_roles(names: &[String]) -> anyhow::Result<Vec<Role>> {
         .map(|n| {
             Role::parse(n.trim()).with_context(|| {
                 format!(
-                    "unknown role `{n}` (known: gateway, automate-out, store, automate-in, route)"
+                    "unknown role `{n}` (known: gateway, automate-out, store, automate-in, route, worker, observer)"
                 )
             })
         })

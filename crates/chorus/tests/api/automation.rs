@@ -37,7 +37,8 @@ async fn scripts_are_created_read_changed_and_deleted_by_their_owner_only() {
     let path = format!("/api/v1/scripts/{id}");
     for (status, body) in [
         app.get(&bob.token, &path).await,
-        app.put(&bob.token, &path, json!({ "name": "mine now" })).await,
+        app.put(&bob.token, &path, json!({ "name": "mine now" }))
+            .await,
         app.delete(&bob.token, &path).await,
         app.post(
             Some(&bob.token),
@@ -46,23 +47,40 @@ async fn scripts_are_created_read_changed_and_deleted_by_their_owner_only() {
         )
         .await,
     ] {
-        assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("not_found"))
+        );
     }
     let (_, list) = app.get(&bob.token, "/api/v1/scripts").await;
     assert_eq!(list["scripts"], json!([]));
 
     let (status, changed) = app
-        .put(&ada.token, &path, json!({ "name": "renamed", "enabled": false, "cpu_ms": 50 }))
+        .put(
+            &ada.token,
+            &path,
+            json!({ "name": "renamed", "enabled": false, "cpu_ms": 50 }),
+        )
         .await;
     assert_eq!(status, 200, "{changed}");
     assert_eq!(
-        (&changed["name"], &changed["enabled"], &changed["version"], &changed["cpu_ms"]),
+        (
+            &changed["name"],
+            &changed["enabled"],
+            &changed["version"],
+            &changed["cpu_ms"]
+        ),
         (&json!("renamed"), &json!(false), &json!(2), &json!(50))
     );
     let (_, read) = app.get(&ada.token, &path).await;
     assert_eq!(read, changed);
-    let (status, body) = app.put(&ada.token, &path, json!({ "cpu_ms": 1_000_000 })).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")));
+    let (status, body) = app
+        .put(&ada.token, &path, json!({ "cpu_ms": 1_000_000 }))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
 
     let (status, _) = app.delete(&ada.token, &path).await;
     assert_eq!(status, 204);
@@ -80,7 +98,11 @@ async fn a_script_that_does_not_compile_is_refused_with_line_and_column() {
         "source": "export function onIncoming(msg) {\n  return {reply: 'x'\n}\n",
     }))
     .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
     assert!(body["error"]["line"].as_u64().is_some(), "{body}");
     assert!(body["error"]["column"].as_u64().is_some(), "{body}");
 
@@ -91,7 +113,13 @@ async fn a_script_that_does_not_compile_is_refused_with_line_and_column() {
     }))
     .await;
     assert_eq!(status, 400);
-    assert!(body["error"]["message"].as_str().unwrap().contains("onOutgoing"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("onOutgoing"),
+        "{body}"
+    );
     for bad in [
         json!({ "name": "no hooks", "hooks": [], "source": "export function onIncoming() {}" }),
         json!({ "name": "odd hook", "hooks": ["sideways"], "source": "" }),
@@ -99,7 +127,11 @@ async fn a_script_that_does_not_compile_is_refused_with_line_and_column() {
         json!({ "name": "importer", "hooks": ["incoming"], "source": "import * as os from 'os'; export function onIncoming() {}" }),
     ] {
         let (status, body) = post(bad).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{body}"
+        );
     }
     let (_, list) = app.get(&ada.token, "/api/v1/scripts").await;
     assert_eq!(list["scripts"], json!([]), "nothing refused was stored");
@@ -139,7 +171,11 @@ async fn the_dry_run_returns_actions_and_logs_and_keeps_no_state() {
             run["actions"],
             json!([{ "reply": "hi bob" }, { "forward": "0190b4a4-6a35-7c3e-9d0e-1f7a6a1b2c3d" }])
         );
-        assert_eq!(run["logs"], json!(["from bob seen 1"]), "a dry run's kv writes are not kept");
+        assert_eq!(
+            run["logs"],
+            json!(["from bob seen 1"]),
+            "a dry run's kv writes are not kept"
+        );
         assert!(run["elapsed_us"].as_u64().is_some());
         assert_eq!(run["error"], Value::Null);
     }
@@ -184,13 +220,20 @@ async fn outgoing_scripts_rewrite_reply_forward_and_block() {
 
     ada_ws.send_message(&chat, "1", "shout").await;
     let m = bob_ws.messages(1).await.remove(0);
-    assert_eq!((m["body"].as_str(), m["origin"].as_str()), (Some("SHOUT"), Some("user")));
+    assert_eq!(
+        (m["body"].as_str(), m["origin"].as_str()),
+        (Some("SHOUT"), Some("user"))
+    );
 
     ada_ws.send_message(&chat, "2", "ping").await;
     let got = bob_ws.messages(2).await;
     assert_eq!(got[0]["body"], "ping");
     assert_eq!(
-        (got[1]["body"].as_str(), got[1]["origin"].as_str(), got[1]["sender_id"].as_str()),
+        (
+            got[1]["body"].as_str(),
+            got[1]["origin"].as_str(),
+            got[1]["sender_id"].as_str()
+        ),
         (Some("auto: pong"), Some("script"), Some(ada.id.as_str()))
     );
 
@@ -198,14 +241,22 @@ async fn outgoing_scripts_rewrite_reply_forward_and_block() {
     assert_eq!(bob_ws.messages(1).await[0]["body"], "keep");
     let copy = cy_ws.messages(1).await.remove(0);
     assert_eq!(
-        (copy["body"].as_str(), copy["conversation_id"].as_str(), copy["origin"].as_str()),
+        (
+            copy["body"].as_str(),
+            copy["conversation_id"].as_str(),
+            copy["origin"].as_str()
+        ),
         (Some("keep"), Some(archive.as_str()), Some("script"))
     );
 
     ada_ws.send_message(&chat, "4", "the secret plan").await;
     let error = ada_ws.expect("error").await;
     assert_eq!(
-        (error["code"].as_str(), error["client_msg_id"].as_str(), error["message"].as_str()),
+        (
+            error["code"].as_str(),
+            error["client_msg_id"].as_str(),
+            error["message"].as_str()
+        ),
         (Some("blocked"), Some("4"), Some("no secrets here"))
     );
     let last = settle(&mut ada_ws, &chat, "5").await;
@@ -218,7 +269,11 @@ async fn outgoing_scripts_rewrite_reply_forward_and_block() {
     assert_eq!(bodies, ["SHOUT", "ping", "auto: pong", "keep", "marker"]);
     assert_eq!(last, 5, "the blocked message was never stored");
     assert!(
-        !bob_ws.barrier().await.iter().any(|f| f["message"]["body"] == "the secret plan"),
+        !bob_ws
+            .barrier()
+            .await
+            .iter()
+            .any(|f| f["message"]["body"] == "the secret plan"),
         "bob never saw the blocked message"
     );
 }
@@ -256,23 +311,35 @@ async fn incoming_scripts_drop_for_their_owner_only_reply_and_keep_state() {
     ada_ws.send_message(&group, "3", "how many?").await;
     let seen_by_cy: Vec<Value> = cy_ws.messages(4).await;
     assert_eq!(
-        seen_by_cy.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(),
+        seen_by_cy
+            .iter()
+            .map(|m| m["body"].as_str().unwrap())
+            .collect::<Vec<_>>(),
         ["spam spam", "hello", "how many?", "bob's bot counted 2"]
     );
     assert_eq!(seen_by_cy[3]["origin"], "script");
     assert_eq!(seen_by_cy[3]["sender_id"], bob.id.as_str());
     let seen_by_bob: Vec<Value> = bob_ws.messages(3).await;
     assert_eq!(
-        seen_by_bob.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(),
+        seen_by_bob
+            .iter()
+            .map(|m| m["body"].as_str().unwrap())
+            .collect::<Vec<_>>(),
         ["hello", "how many?", "bob's bot counted 2"],
         "the dropped message never reached bob live"
     );
     let (_, status) = app
-        .get(&bob.token, &format!("/api/v1/scripts/{}", script["id"].as_str().unwrap()))
+        .get(
+            &bob.token,
+            &format!("/api/v1/scripts/{}", script["id"].as_str().unwrap()),
+        )
         .await;
     assert_eq!(status["runs"], 3);
     assert_eq!(status["failures"], 0);
-    assert_eq!(status["last_logs"], json!([format!("message 2 from {}", ada.username)]));
+    assert_eq!(
+        status["last_logs"],
+        json!([format!("message 2 from {}", ada.username)])
+    );
 }
 
 #[tokio::test]
@@ -295,16 +362,24 @@ async fn runaway_scripts_are_stopped_delivery_goes_on_and_they_are_disabled() {
         )
         .await;
     let thrower = app
-        .script(&bob, &["incoming"], "export function onIncoming() { throw 42; }")
+        .script(
+            &bob,
+            &["incoming"],
+            "export function onIncoming() { throw 42; }",
+        )
         .await;
     let mut ada_ws = app.ws(&ada).await;
     let mut bob_ws = app.ws(&bob).await;
     for i in 0..3 {
-        ada_ws.send_message(&chat, &i.to_string(), &format!("message {i}")).await;
+        ada_ws
+            .send_message(&chat, &i.to_string(), &format!("message {i}"))
+            .await;
     }
     let got = bob_ws.messages(3).await;
     assert_eq!(
-        got.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(),
+        got.iter()
+            .map(|m| m["body"].as_str().unwrap())
+            .collect::<Vec<_>>(),
         ["message 0", "message 1", "message 2"],
         "failing incoming scripts leave delivery alone"
     );
@@ -313,20 +388,37 @@ async fn runaway_scripts_are_stopped_delivery_goes_on_and_they_are_disabled() {
         notices.push(bob_ws.expect("notice").await);
     }
     assert!(notices.iter().all(|n| n["kind"] == "script_disabled"));
-    for (script, code) in [(&looping, "timeout"), (&bomb, "out_of_memory"), (&thrower, "thrown")] {
+    for (script, code) in [
+        (&looping, "timeout"),
+        (&bomb, "out_of_memory"),
+        (&thrower, "thrown"),
+    ] {
         let id = script["id"].as_str().unwrap();
         assert!(notices.iter().any(|n| n["script_id"] == id), "{notices:?}");
         let (_, s) = app.get(&bob.token, &format!("/api/v1/scripts/{id}")).await;
         assert_eq!(s["enabled"], false, "{s}");
-        assert_eq!((s["runs"].as_i64(), s["failures"].as_i64()), (Some(3), Some(3)), "{s}");
+        assert_eq!(
+            (s["runs"].as_i64(), s["failures"].as_i64()),
+            (Some(3), Some(3)),
+            "{s}"
+        );
         assert_eq!(s["last_error"]["code"], code, "{s}");
-        assert!(s["disabled_reason"].as_str().unwrap().contains("3 failed runs"), "{s}");
+        assert!(
+            s["disabled_reason"]
+                .as_str()
+                .unwrap()
+                .contains("3 failed runs"),
+            "{s}"
+        );
     }
     // Disabled scripts run no more.
     let marker = settle(&mut ada_ws, &chat, "after").await;
     assert_eq!(marker, 4);
     let (_, s) = app
-        .get(&bob.token, &format!("/api/v1/scripts/{}", thrower["id"].as_str().unwrap()))
+        .get(
+            &bob.token,
+            &format!("/api/v1/scripts/{}", thrower["id"].as_str().unwrap()),
+        )
         .await;
     assert_eq!(s["runs"], 3);
     // Its owner enables it again: a fresh start.
@@ -337,7 +429,10 @@ async fn runaway_scripts_are_stopped_delivery_goes_on_and_they_are_disabled() {
             json!({ "enabled": true }),
         )
         .await;
-    assert_eq!((&s["enabled"], &s["disabled_reason"]), (&json!(true), &Value::Null));
+    assert_eq!(
+        (&s["enabled"], &s["disabled_reason"]),
+        (&json!(true), &Value::Null)
+    );
 }
 
 #[tokio::test]
@@ -361,11 +456,20 @@ async fn a_fail_closed_outgoing_script_blocks_when_it_fails() {
     let mut ada_ws = app.ws(&ada).await;
     ada_ws.send_message(&chat, "1", "odd").await;
     let error = ada_ws.expect("error").await;
-    assert_eq!((error["code"].as_str(), error["client_msg_id"].as_str()), (Some("blocked"), Some("1")));
-    assert!(error["message"].as_str().unwrap().contains("fail-closed"), "{error}");
+    assert_eq!(
+        (error["code"].as_str(), error["client_msg_id"].as_str()),
+        (Some("blocked"), Some("1"))
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("fail-closed"),
+        "{error}"
+    );
     ada_ws.send_message(&chat, "2", "even").await;
     let m = ada_ws.messages(1).await.remove(0);
-    assert_eq!((m["body"].as_str(), m["seq"].as_i64()), (Some("even"), Some(1)));
+    assert_eq!(
+        (m["body"].as_str(), m["seq"].as_i64()),
+        (Some("even"), Some(1))
+    );
 }
 
 #[tokio::test]
@@ -373,11 +477,21 @@ async fn auto_reply_answers_once_per_window_and_never_automation() {
     let app = TestApp::spawn().await;
     let (ada, bob) = (app.register("ada").await, app.register("bob").await);
     let (status, body) = app.get(&bob.token, "/api/v1/settings/auto-reply").await;
-    assert_eq!((status, body), (200, json!({ "enabled": false, "text": "" })));
+    assert_eq!(
+        (status, body),
+        (200, json!({ "enabled": false, "text": "" }))
+    );
     let (status, body) = app
-        .put(&bob.token, "/api/v1/settings/auto-reply", json!({ "enabled": true, "text": "" }))
+        .put(
+            &bob.token,
+            "/api/v1/settings/auto-reply",
+            json!({ "enabled": true, "text": "" }),
+        )
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
     for user in [&ada, &bob] {
         let (status, body) = app
             .put(
@@ -408,13 +522,23 @@ async fn auto_reply_answers_once_per_window_and_never_automation() {
     assert_eq!(bodies, expected);
     // Ada's own auto-reply does not answer Bob's auto-reply, and Bob answers once.
     let marker = settle(&mut ada_ws, &chat, "3").await;
-    assert_eq!(marker, 4, "no auto-reply loop and one auto-reply per window");
+    assert_eq!(
+        marker, 4,
+        "no auto-reply loop and one auto-reply per window"
+    );
 
     let (status, body) = app
-        .put(&bob.token, "/api/v1/settings/auto-reply", json!({ "enabled": false, "text": "x" }))
+        .put(
+            &bob.token,
+            "/api/v1/settings/auto-reply",
+            json!({ "enabled": false, "text": "x" }),
+        )
         .await;
     assert_eq!((status, &body["enabled"]), (200, &json!(false)));
-    assert_eq!(app.get(&bob.token, "/api/v1/settings/auto-reply").await.1, body);
+    assert_eq!(
+        app.get(&bob.token, "/api/v1/settings/auto-reply").await.1,
+        body
+    );
 }
 
 #[tokio::test]
@@ -435,8 +559,124 @@ async fn two_reply_bots_stop_after_the_hop_limit() {
     // hi (hops 0) -> bob's bot (1) -> ada's bot (2) -> bob's bot (3), then the chain ends.
     let got = ada_ws.messages(4).await;
     assert_eq!(
-        got.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(),
+        got.iter()
+            .map(|m| m["body"].as_str().unwrap())
+            .collect::<Vec<_>>(),
         ["hi", "re: hi", "re: re: hi", "re: re: re: hi"]
     );
-    assert_eq!(settle(&mut ada_ws, &chat, "2").await, 5, "nothing after the fourth");
+    assert_eq!(
+        settle(&mut ada_ws, &chat, "2").await,
+        5,
+        "nothing after the fourth"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_users_with_scripts_at_once() {
+    use chorus_core::model::{Hook, Script};
+    use chorus_store::{AutomationStore, Store};
+    const BOTS: usize = 1000;
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = test_config(data_dir.path());
+    // Users, scripts and the group go straight into the database before the node
+    // starts (a thousand sign-ups would only measure password hashing).
+    let store = chorus_store::sqlite::SqliteStore::open(&data_dir.path().join("chorus.db"))
+        .await
+        .unwrap();
+    let hash = chorus_gateway::auth::hash_password("correct horse".into())
+        .await
+        .unwrap();
+    let sender = store.create_user("sender", &hash).await.unwrap();
+    let now =
+        chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis()).unwrap();
+    let mut bots = Vec::with_capacity(BOTS);
+    for i in 0..BOTS {
+        let user = store
+            .create_user(&format!("bot{i:04}"), &hash)
+            .await
+            .unwrap();
+        store
+            .create_script(&Script {
+                id: chorus_core::ScriptId::new(),
+                owner_id: user.id,
+                name: format!("bot {i}"),
+                source: format!(
+                    "let n = 0;\n\
+                     export function onIncoming(msg, ctx) {{\n\
+                       n++;\n\
+                       ctx.kv.set('last', msg.body);\n\
+                       if (msg.body === 'hello' && {i} % 100 === 0) return {{ reply: 'bot {i} saw ' + n }};\n\
+                     }}"
+                ),
+                hooks: vec![Hook::Incoming],
+                enabled: true,
+                fail_closed: false,
+                memory_bytes: 4 << 20,
+                cpu_ms: 200,
+                version: 1,
+                runs: 0,
+                failures: 0,
+                consecutive_failures: 0,
+                last_error: None,
+                last_logs: Vec::new(),
+                disabled_reason: None,
+                created_at: now,
+                updated_at: now,
+            })
+            .await
+            .unwrap();
+        bots.push(user.id);
+    }
+    let group = store
+        .create_group(sender.id, "everyone", &bots)
+        .await
+        .unwrap();
+    drop(store);
+
+    let app = TestApp::start(config, data_dir).await;
+    let (_, login) = app
+        .post(
+            None,
+            "/api/v1/auth/login",
+            json!({ "username": "sender", "password": "correct horse" }),
+        )
+        .await;
+    let token = login["token"].as_str().unwrap();
+    let mut ws = WsClient::connect(app.addr, token).await;
+    let group = group.id.to_string();
+    ws.send_message(&group, "hello", "hello").await;
+    let got = ws.messages(1 + BOTS / 100).await;
+    let mut replies: Vec<&str> = got[1..]
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    replies.sort();
+    let expected: Vec<String> = (0..BOTS)
+        .step_by(100)
+        .map(|i| format!("bot {i} saw 1"))
+        .collect();
+    assert_eq!(replies, expected);
+    assert_eq!(
+        settle(&mut ws, &group, "marker").await,
+        2 + (BOTS / 100) as i64
+    );
+    let data_dir = app.stop().await;
+
+    let store = chorus_store::sqlite::SqliteStore::open(&data_dir.path().join("chorus.db"))
+        .await
+        .unwrap();
+    let mut runs = 0;
+    for bot in &bots {
+        for s in store.scripts_of(*bot).await.unwrap() {
+            assert_eq!((s.failures, s.enabled), (0, true), "{:?}", s.last_error);
+            runs += s.runs;
+            assert_eq!(
+                store.kv_get(s.id, "last").await.unwrap().as_deref(),
+                Some("\"marker\"")
+            );
+        }
+    }
+    // Every bot saw "hello" and the marker, and every reply but its own.
+    let replies = (BOTS / 100) as i64;
+    assert_eq!(runs, 2 * BOTS as i64 + replies * (BOTS as i64 - 1));
 }

@@ -5,5 +5,6 @@
 mod automation;
 mod guarantees;
 mod helpers;
+mod jobs;
 mod lifecycle;
 mod protocol;

@@ -1,0 +1,83 @@
+// Hash routing: the server serves only `/` and `/assets/*`, and every screen lives
+// after the `#`, so a reload or a shared link needs no server-side fallback.
+
+import { useEffect, useState } from 'preact/hooks';
+
+export type Route =
+  | { name: 'login' }
+  | { name: 'signup' }
+  | { name: 'chats' }
+  | { name: 'conversation'; id: string }
+  | { name: 'new' }
+  | { name: 'settings' }
+  | { name: 'scripts' }
+  | { name: 'script'; id: string }
+  | { name: 'jobs' }
+  | { name: 'job'; id: string }
+  | { name: 'observer' }
+  | { name: 'not-found'; path: string };
+
+export function parseRoute(hash: string): Route {
+  const path = hash.replace(/^#/, '').replace(/\/+$/, '') || '/';
+  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  const [a, b] = parts;
+  if (parts.length === 0) return { name: 'chats' };
+  if (parts.length === 1) {
+    switch (a) {
+      case 'login':
+        return { name: 'login' };
+      case 'signup':
+        return { name: 'signup' };
+      case 'new':
+        return { name: 'new' };
+      case 'settings':
+        return { name: 'settings' };
+      case 'scripts':
+        return { name: 'scripts' };
+      case 'jobs':
+        return { name: 'jobs' };
+      case 'observer':
+        return { name: 'observer' };
+    }
+  }
+  if (parts.length === 2) {
+    if (a === 'c') return { name: 'conversation', id: b };
+    if (a === 'scripts') return { name: 'script', id: b };
+    if (a === 'jobs') return { name: 'job', id: b };
+  }
+  return { name: 'not-found', path };
+}
+
+export function href(route: Route): string {
+  switch (route.name) {
+    case 'chats':
+      return '#/';
+    case 'conversation':
+      return `#/c/${encodeURIComponent(route.id)}`;
+    case 'script':
+      return `#/scripts/${encodeURIComponent(route.id)}`;
+    case 'job':
+      return `#/jobs/${encodeURIComponent(route.id)}`;
+    case 'not-found':
+      return `#${route.path}`;
+    default:
+      return `#/${route.name}`;
+  }
+}
+
+export function navigate(route: Route, replace = false): void {
+  const h = href(route);
+  if (replace) history.replaceState(null, '', h);
+  else location.hash = h;
+  if (replace) window.dispatchEvent(new HashChangeEvent('hashchange'));
+}
+
+export function useRoute(): Route {
+  const [route, setRoute] = useState(() => parseRoute(location.hash));
+  useEffect(() => {
+    const on = () => setRoute(parseRoute(location.hash));
+    window.addEventListener('hashchange', on);
+    return () => window.removeEventListener('hashchange', on);
+  }, []);
+  return route;
+}

@@ -1,0 +1,422 @@
+import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
+import {
+  conversationTitle,
+  formatFull,
+  formatTime,
+  sendErrorMessage,
+  typingText,
+  userName,
+} from '../format';
+import { useChat, useSession } from '../session';
+import { type ChatState, type ConversationState, sortedConversations, typingIn } from '../store';
+import type { Message } from '../types';
+
+const MAX_BODY_BYTES = 16_384;
+
+export function Chats({ conversationId }: { conversationId: string | null }) {
+  return (
+    <div class={`chats ${conversationId ? 'has-open' : ''}`}>
+      <ConversationList activeId={conversationId} />
+      {conversationId ? (
+        <ConversationView key={conversationId} id={conversationId} />
+      ) : (
+        <section class="pane empty-pane" aria-label="No conversation open">
+          <p>Pick a conversation, or start a new one.</p>
+          <a class="button primary" href="#/new">
+            New conversation
+          </a>
+        </section>
+      )}
+    </div>
+  );
+}
+
+/** Whether the other member of a direct conversation is online; for a group, how many
+ * members are. */
+function presence(state: ChatState, c: ConversationState): { online: boolean; count: number } {
+  const others = c.members.filter((m) => m !== state.me?.id);
+  const count = others.filter((m) => state.online[m]).length;
+  return { online: count > 0, count };
+}
+
+function ConversationList({ activeId }: { activeId: string | null }) {
+  const state = useChat();
+  const list = sortedConversations(state);
+  const ref = useRef<HTMLUListElement>(null);
+
+  // Up and down arrows move between conversations; Tab leaves the list.
+  const onKeyDown = (e: KeyboardEvent) => {
+    if (e.key !== 'ArrowDown' && e.key !== 'ArrowUp' && e.key !== 'Home' && e.key !== 'End') return;
+    const links = [...(ref.current?.querySelectorAll<HTMLAnchorElement>('a.conv') ?? [])];
+    if (!links.length) return;
+    const i = links.indexOf(document.activeElement as HTMLAnchorElement);
+    let next = i;
+    if (e.key === 'ArrowDown') next = Math.min(links.length - 1, i + 1);
+    if (e.key === 'ArrowUp') next = Math.max(0, i - 1);
+    if (e.key === 'Home') next = 0;
+    if (e.key === 'End') next = links.length - 1;
+    links[next]?.focus();
+    e.preventDefault();
+  };
+
+  return (
+    <section class="pane list-pane" aria-labelledby="chats-heading">
+      <div class="pane-head">
+        <h1 id="chats-heading">Chats</h1>
+        <a class="button" href="#/new">
+          New
+        </a>
+      </div>
+      {list.length === 0 ? (
+        <p class="muted pad">No conversations yet.</p>
+      ) : (
+        <ul class="conv-list" ref={ref} onKeyDown={onKeyDown} aria-label="Conversations">
+          {list.map((c) => {
+            const title = conversationTitle(c, state.me?.id, state.users);
+            const p = presence(state, c);
+            const held = state.messages[c.id];
+            const last = held?.[held.length - 1];
+            const label = [
+              title,
+              c.kind === 'group' ? `group, ${p.count} online` : p.online ? 'online' : 'offline',
+              c.unread ? `${c.unread} unread` : '',
+            ]
+              .filter(Boolean)
+              .join(', ');
+            return (
+              <li key={c.id}>
+                <a
+                  class="conv"
+                  href={`#/c/${c.id}`}
+                  aria-current={c.id === activeId ? 'page' : undefined}
+                  aria-label={label}
+                  data-conversation={c.id}
+                >
+                  <span class={`presence ${p.online ? 'on' : 'off'}`} aria-hidden="true" />
+                  <span class="conv-main">
+                    <span class="conv-title">{title}</span>
+                    <span class="conv-preview">
+                      {last
+                        ? `${last.sender_id === state.me?.id ? 'You: ' : ''}${last.body}`
+                        : c.kind === 'group'
+                          ? `${c.members.length} members`
+                          : 'Direct message'}
+                    </span>
+                  </span>
+                  <span class="conv-side">
+                    {last && <span class="conv-time">{formatTime(last.sent_at)}</span>}
+                    {c.unread > 0 && (
+                      <span class="badge unread" data-unread={c.unread}>
+                        {c.unread > 99 ? '99+' : c.unread}
+                      </span>
+                    )}
+                  </span>
+                </a>
+              </li>
+            );
+          })}
+        </ul>
+      )}
+    </section>
+  );
+}
+
+function ConversationView({ id }: { id: string }) {
+  const session = useSession();
+  const state = useChat();
+  const c = state.conversations[id];
+  const messages = state.messages[id] ?? [];
+  const outgoing = state.outgoing.filter((o) => o.conversation_id === id);
+  const [loadError, setLoadError] = useState<string | null>(null);
+  const [loadingOlder, setLoadingOlder] = useState(false);
+  const [showJump, setShowJump] = useState(false);
+  const [now, setNow] = useState(Date.now());
+  const listRef = useRef<HTMLDivElement>(null);
+  const atBottom = useRef(true);
+  const lastHeight = useRef(0);
+  const lastFirst = useRef(0);
+  const lastCount = useRef(0);
+
+  useEffect(() => {
+    session.open(id).catch((e: Error) => setLoadError(e.message));
+  }, [id]);
+
+  const typing = typingIn(state, id, now);
+  useEffect(() => {
+    if (!typing.length) return;
+    const t = setTimeout(() => setNow(Date.now()), 1000);
+    return () => clearTimeout(t);
+  });
+  useEffect(() => setNow(Date.now()), [state.typing]);
+
+  // Keep the view still when messages arrive: stick to the bottom only if the reader
+  // is there; when older pages are prepended, keep what is on screen where it was.
+  useLayoutEffect(() => {
+    const el = listRef.current;
+    if (!el) return;
+    const first = messages[0]?.seq ?? 0;
+    const count = messages.length + outgoing.length;
+    if (lastFirst.current && first < lastFirst.current && !atBottom.current) {
+      el.scrollTop += el.scrollHeight - lastHeight.current;
+    } else if (atBottom.current) {
+      el.scrollTop = el.scrollHeight;
+    } else if (count > lastCount.current) {
+      setShowJump(true);
+    }
+    lastFirst.current = first;
+    lastCount.current = count;
+    lastHeight.current = el.scrollHeight;
+    // `c`: the list is not rendered until the conversation is known, which may come
+    // after its first page.
+  }, [messages, outgoing.length, !!c]);
+
+  const last = messages[messages.length - 1];
+  // Read marker: move it when the newest message is on screen and the tab is visible.
+  useEffect(() => {
+    const mark = () => {
+      if (last && atBottom.current && document.visibilityState === 'visible') session.markRead(id, last.seq);
+    };
+    mark();
+    document.addEventListener('visibilitychange', mark);
+    return () => document.removeEventListener('visibilitychange', mark);
+  }, [id, last?.seq, !!c]);
+
+  const loadOlder = async () => {
+    setLoadingOlder(true);
+    try {
+      await session.loadOlder(id);
+    } catch (e) {
+      setLoadError((e as Error).message);
+    } finally {
+      setLoadingOlder(false);
+    }
+  };
+
+  const onScroll = () => {
+    const el = listRef.current;
+    if (!el) return;
+    atBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < 48;
+    lastHeight.current = el.scrollHeight;
+    if (atBottom.current) {
+      setShowJump(false);
+      if (last) session.markRead(id, last.seq);
+    }
+    if (el.scrollTop < 150 && (messages[0]?.seq ?? 1) > 1 && !loadingOlder) void loadOlder();
+  };
+
+  const jump = () => {
+    const el = listRef.current;
+    if (el) el.scrollTop = el.scrollHeight;
+    atBottom.current = true;
+    setShowJump(false);
+    if (last) session.markRead(id, last.seq);
+  };
+
+  if (!c) {
+    return (
+      <section class="pane conv-pane" aria-label="Conversation">
+        <p class="muted pad" role="status">
+          {loadError ? `Cannot open this conversation: ${loadError}` : 'Loading…'}
+        </p>
+      </section>
+    );
+  }
+
+  const title = conversationTitle(c, state.me?.id, state.users);
+  const p = presence(state, c);
+  const seenAt = seenMarkers(state, id, messages);
+
+  return (
+    <section class="pane conv-pane" aria-labelledby="conv-title">
+      <div class="pane-head conv-head">
+        <a class="back" href="#/" aria-label="Back to chats">
+          ‹
+        </a>
+        <span class={`presence ${p.online ? 'on' : 'off'}`} aria-hidden="true" />
+        <div class="conv-head-text">
+          <h2 id="conv-title">{title}</h2>
+          <span class="muted small" data-testid="conv-presence">
+            {c.kind === 'group'
+              ? `${c.members.length} members, ${p.count} online`
+              : p.online
+                ? 'online'
+                : 'offline'}
+          </span>
+        </div>
+      </div>
+      <div class="messages-wrap">
+        <div class="messages" ref={listRef} onScroll={onScroll} role="log" aria-live="polite" aria-label={`Messages with ${title}`} tabIndex={0}>
+          <div class="history-edge">
+            {(messages[0]?.seq ?? 1) > 1 ? (
+              <button type="button" class="link" onClick={loadOlder} disabled={loadingOlder}>
+                {loadingOlder ? 'Loading…' : 'Load older messages'}
+              </button>
+            ) : state.loaded[id] ? (
+              <span class="muted small">{messages.length ? 'Start of the conversation' : 'No messages yet. Say hello.'}</span>
+            ) : (
+              <span class="muted small">Loading…</span>
+            )}
+          </div>
+          {loadError && <p class="error pad">{loadError}</p>}
+          <ol class="message-list">
+            {messages.map((m, i) => (
+              <MessageItem
+                key={m.seq}
+                m={m}
+                mine={m.sender_id === state.me?.id}
+                showHead={startsGroup(messages[i - 1], m)}
+                sender={userName(state.users, m.sender_id)}
+                seenBy={seenAt.get(m.seq)}
+              />
+            ))}
+            {outgoing.map((o) => (
+              <li key={o.client_msg_id} class={`msg mine pending ${o.error ? 'failed' : ''}`} data-pending={o.client_msg_id}>
+                <div class="bubble">
+                  <p class="body">{o.body}</p>
+                </div>
+                <div class="meta small">
+                  {o.error ? (
+                    <>
+                      <span class="error">{sendErrorMessage(o.error.code, o.error.message)}</span>{' '}
+                      <button type="button" class="link" onClick={() => session.dismiss(o.client_msg_id)}>
+                        Dismiss
+                      </button>
+                    </>
+                  ) : state.status === 'online' ? (
+                    'Sending…'
+                  ) : (
+                    'Waiting for the connection…'
+                  )}
+                </div>
+              </li>
+            ))}
+          </ol>
+        </div>
+        {showJump && (
+          <button type="button" class="jump" onClick={jump}>
+            New messages ↓
+          </button>
+        )}
+      </div>
+      <p class="typing small muted" aria-live="polite" data-testid="typing">
+        {typingText(typing.map((u) => userName(state.users, u)))}
+      </p>
+      <Composer
+        onSend={(body) => {
+          atBottom.current = true;
+          session.send(id, body);
+        }}
+        onTyping={() => session.typing(id)}
+      />
+    </section>
+  );
+}
+
+/** A new sender, or more than five minutes since the previous message. */
+function startsGroup(prev: Message | undefined, m: Message): boolean {
+  if (!prev || prev.sender_id !== m.sender_id || prev.origin !== m.origin) return true;
+  return Date.parse(m.sent_at) - Date.parse(prev.sent_at) > 5 * 60_000;
+}
+
+/** seq → names of the other members whose read marker is at that message (or past
+ * the newest one held, shown there). Markers are known from `read` frames. */
+function seenMarkers(state: ChatState, id: string, messages: Message[]): Map<number, string[]> {
+  const out = new Map<number, string[]>();
+  if (!messages.length) return out;
+  const first = messages[0].seq;
+  const top = messages[messages.length - 1].seq;
+  for (const [user, seq] of Object.entries(state.readBy[id] ?? {})) {
+    if (user === state.me?.id || seq < first) continue;
+    const at = Math.min(seq, top);
+    out.set(at, [...(out.get(at) ?? []), userName(state.users, user)]);
+  }
+  return out;
+}
+
+const ORIGIN: Record<string, string> = { script: 'script', auto_reply: 'auto-reply' };
+
+function MessageItem({
+  m,
+  mine,
+  showHead,
+  sender,
+  seenBy,
+}: {
+  m: Message;
+  mine: boolean;
+  showHead: boolean;
+  sender: string;
+  seenBy?: string[];
+}) {
+  return (
+    <li class={`msg ${mine ? 'mine' : 'theirs'} ${showHead ? 'head' : ''}`} data-seq={m.seq}>
+      {showHead && (
+        <div class="meta small">
+          <span class="sender">{mine ? 'You' : sender}</span>
+          {ORIGIN[m.origin] && <span class="tag">{ORIGIN[m.origin]}</span>}
+          <time dateTime={m.sent_at} title={formatFull(m.sent_at)}>
+            {formatTime(m.sent_at)}
+          </time>
+        </div>
+      )}
+      <div class="bubble">
+        <p class="body">{m.body}</p>
+      </div>
+      {seenBy && (
+        <div class="seen small muted" data-testid="seen">
+          Seen by {seenBy.join(', ')}
+        </div>
+      )}
+    </li>
+  );
+}
+
+function Composer({ onSend, onTyping }: { onSend: (body: string) => void; onTyping: () => void }) {
+  const [body, setBody] = useState('');
+  const [error, setError] = useState<string | null>(null);
+  const ref = useRef<HTMLTextAreaElement>(null);
+
+  useEffect(() => ref.current?.focus(), []);
+
+  const submit = (e?: Event) => {
+    e?.preventDefault();
+    if (!body.trim()) return;
+    if (new TextEncoder().encode(body).length > MAX_BODY_BYTES) {
+      setError('Too long: messages are at most 16 KiB.');
+      return;
+    }
+    onSend(body);
+    setBody('');
+    setError(null);
+  };
+
+  return (
+    <form class="composer" onSubmit={submit}>
+      <label class="visually-hidden" for="composer-input">
+        Message
+      </label>
+      <textarea
+        id="composer-input"
+        ref={ref}
+        rows={1}
+        placeholder="Write a message"
+        value={body}
+        aria-describedby="composer-help"
+        aria-invalid={error ? true : undefined}
+        onInput={(e) => {
+          setBody(e.currentTarget.value);
+          if (e.currentTarget.value) onTyping();
+        }}
+        onKeyDown={(e) => {
+          if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) submit(e);
+        }}
+      />
+      <button type="submit" class="primary" disabled={!body.trim()}>
+        Send
+      </button>
+      <p id="composer-help" class={`small ${error ? 'error' : 'visually-hidden'}`}>
+        {error ?? 'Enter sends, Shift+Enter starts a new line.'}
+      </p>
+    </form>
+  );
+}

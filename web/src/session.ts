@@ -1,0 +1,185 @@
+// A signed-in session: the chat state, the WebSocket client that feeds it, and the
+// REST calls that fill it in. Screens read the state with `useChat` and call methods
+// here; nothing else talks to the socket.
+
+import { createContext } from 'preact';
+import { useContext, useEffect, useState } from 'preact/hooks';
+import { api, ApiError } from './api';
+import { uuid } from './format';
+import { type Action, type ChatState, initialState, reducer, sinceFor, unknownConversations } from './store';
+import type { Job, ServerFrame, User } from './types';
+import { ChatClient } from './ws';
+
+/** How often `typing` goes out while the user types (§5.4: every few seconds). */
+const TYPING_EVERY_MS = 3_000;
+/** Messages per history page. */
+export const PAGE = 50;
+
+export class ChatSession {
+  state: ChatState = initialState;
+  readonly client: ChatClient;
+  private readonly listeners = new Set<() => void>();
+  private readonly jobListeners = new Set<(job: Job) => void>();
+  private readonly lastTyping = new Map<string, number>();
+  private readonly fetching = new Set<string>();
+  private readonly loadingOlder = new Set<string>();
+  private typingTimer: number | undefined;
+  private readonly onOffline = () => this.client.networkLost();
+  private readonly onOnline = () => this.client.networkBack();
+
+  constructor(
+    readonly token: string,
+    me: User,
+    onUnauthorized: () => void,
+  ) {
+    this.dispatch({ type: 'me', user: me });
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    this.client = new ChatClient({
+      url: `${scheme}//${location.host}/api/v1/ws?token=${encodeURIComponent(token)}`,
+      since: () => sinceFor(this.state),
+      newId: uuid,
+      onFrame: (frame) => this.onFrame(frame),
+      onStatus: (status, retryInMs) => this.dispatch({ type: 'status', status, retryInMs }),
+      onSendFailed: (p, code, message) =>
+        this.dispatch({ type: 'send-failed', client_msg_id: p.client_msg_id, code, message }),
+      checkAuth: () =>
+        api.me().then(
+          () => true,
+          (e) => !(e instanceof ApiError && e.status === 401),
+        ),
+      onUnauthorized,
+    });
+  }
+
+  /** Load the lists, connect, and follow the browser's online/offline events. */
+  start(): void {
+    window.addEventListener('offline', this.onOffline);
+    window.addEventListener('online', this.onOnline);
+    this.typingTimer = window.setInterval(() => this.dispatch({ type: 'expire-typing', now: Date.now() }), 1_000);
+    // Names for member ids: the API has no lookup by id, so take the first users
+    // (small installations: all of them) and add whoever a search turns up.
+    api.searchUsers('', 100).then((users) => this.dispatch({ type: 'users', users }), () => {});
+    api.conversations().then(
+      (list) => {
+        this.dispatch({ type: 'conversations', list });
+        this.client.start();
+      },
+      () => this.client.start(),
+    );
+  }
+
+  stop(): void {
+    window.removeEventListener('offline', this.onOffline);
+    window.removeEventListener('online', this.onOnline);
+    window.clearInterval(this.typingTimer);
+    this.client.stop();
+    this.listeners.clear();
+  }
+
+  subscribe(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  onJob(fn: (job: Job) => void): () => void {
+    this.jobListeners.add(fn);
+    return () => this.jobListeners.delete(fn);
+  }
+
+  dispatch(action: Action): void {
+    const next = reducer(this.state, action);
+    if (next === this.state) return;
+    this.state = next;
+    for (const fn of this.listeners) fn();
+  }
+
+  private onFrame(frame: ServerFrame): void {
+    for (const id of unknownConversations(this.state, frame)) this.fetchConversation(id);
+    if (frame.type === 'job') for (const fn of this.jobListeners) fn(frame.job);
+    this.dispatch({ type: 'frame', frame, now: Date.now() });
+  }
+
+  fetchConversation(id: string): void {
+    if (this.fetching.has(id)) return;
+    this.fetching.add(id);
+    api.conversation(id).then(
+      (conversation) => {
+        this.fetching.delete(id);
+        this.dispatch({ type: 'conversation', conversation });
+        // New members may be online already: ask for the current presence.
+        this.client.resync();
+      },
+      () => this.fetching.delete(id),
+    );
+  }
+
+  rememberUsers(users: User[]): void {
+    this.dispatch({ type: 'users', users });
+  }
+
+  /** Fetch the latest page of a conversation the first time it is opened. */
+  async open(id: string): Promise<void> {
+    if (!this.state.conversations[id]) this.fetchConversation(id);
+    if (this.state.loaded[id]) return;
+    const messages = await api.messages(id, { limit: PAGE });
+    this.dispatch({ type: 'page', conversation_id: id, messages, latest: true });
+  }
+
+  /** Fetch the page before the oldest message held; false when there is none. */
+  async loadOlder(id: string): Promise<boolean> {
+    const held = this.state.messages[id] ?? [];
+    const first = held[0]?.seq ?? 0;
+    if (first <= 1 || this.loadingOlder.has(id)) return false;
+    this.loadingOlder.add(id);
+    try {
+      const messages = await api.messages(id, { before_seq: first, limit: PAGE });
+      this.dispatch({ type: 'page', conversation_id: id, messages, latest: false });
+      return messages.length > 0;
+    } finally {
+      this.loadingOlder.delete(id);
+    }
+  }
+
+  send(conversation_id: string, body: string): void {
+    const client_msg_id = this.client.send(conversation_id, body);
+    this.dispatch({ type: 'outgoing', message: { client_msg_id, conversation_id, body } });
+    this.lastTyping.delete(conversation_id);
+  }
+
+  dismiss(client_msg_id: string): void {
+    this.client.discard(client_msg_id);
+    this.dispatch({ type: 'dismiss', client_msg_id });
+  }
+
+  /** Called on every keystroke; sends at most one `typing` per few seconds. */
+  typing(conversation_id: string): void {
+    const now = Date.now();
+    if (now - (this.lastTyping.get(conversation_id) ?? 0) < TYPING_EVERY_MS) return;
+    this.lastTyping.set(conversation_id, now);
+    this.client.typing(conversation_id);
+  }
+
+  /** Move the read marker to `seq` if it is ahead of it. */
+  markRead(conversation_id: string, seq: number): void {
+    const c = this.state.conversations[conversation_id];
+    if (!c || seq <= c.my_read) return;
+    this.dispatch({ type: 'read-local', conversation_id, seq });
+    this.client.read(conversation_id, seq);
+  }
+}
+
+export const SessionContext = createContext<ChatSession | null>(null);
+
+export function useSession(): ChatSession {
+  const s = useContext(SessionContext);
+  if (!s) throw new Error('no session');
+  return s;
+}
+
+/** The chat state, re-rendering on every change. */
+export function useChat(): ChatState {
+  const session = useSession();
+  const [, setTick] = useState(0);
+  useEffect(() => session.subscribe(() => setTick((t) => t + 1)), [session]);
+  return session.state;
+}

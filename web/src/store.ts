@@ -1,0 +1,289 @@
+// The chat state and its reducer: pure functions from (state, action) to state, so the
+// tests can replay frames without a browser. Messages are kept per conversation by
+// seq, never by arrival order (§5.4: a `sync` may replay older messages after live ones).
+
+import type { Conversation, Message, ServerFrame, User } from './types';
+import type { Status } from './ws';
+
+/** How long a `typing` frame shows the indicator (the protocol has no "stopped"). */
+export const TYPING_MS = 5_000;
+
+export interface ConversationState extends Conversation {
+  /** The caller's read marker: last_seq − unread when loaded, then moved by `read`. */
+  my_read: number;
+  /** sent_at of the newest message seen, for ordering the list. */
+  last_at: string;
+}
+
+export interface OutgoingMessage {
+  client_msg_id: string;
+  conversation_id: string;
+  body: string;
+  /** Set when the server refused it for good. */
+  error?: { code: string; message: string };
+}
+
+export interface ChatState {
+  me: User | null;
+  conversations: Record<string, ConversationState>;
+  /** Conversation id → messages ascending by seq, no duplicates. */
+  messages: Record<string, Message[]>;
+  /** Conversations whose latest page was fetched (others hold only live messages). */
+  loaded: Record<string, boolean>;
+  /** Conversation id → other members' read markers (known from `read` frames). */
+  readBy: Record<string, Record<string, number>>;
+  online: Record<string, boolean>;
+  /** Conversation id → user id → when the indicator expires (ms since epoch). */
+  typing: Record<string, Record<string, number>>;
+  users: Record<string, User>;
+  outgoing: OutgoingMessage[];
+  status: Status;
+  retryInMs?: number;
+}
+
+export const initialState: ChatState = {
+  me: null,
+  conversations: {},
+  messages: {},
+  loaded: {},
+  readBy: {},
+  online: {},
+  typing: {},
+  users: {},
+  outgoing: [],
+  status: 'stopped',
+};
+
+export type Action =
+  | { type: 'reset' }
+  | { type: 'me'; user: User }
+  | { type: 'users'; users: User[] }
+  | { type: 'conversations'; list: Conversation[] }
+  | { type: 'conversation'; conversation: Conversation }
+  | { type: 'page'; conversation_id: string; messages: Message[]; latest: boolean }
+  | { type: 'frame'; frame: ServerFrame; now: number }
+  | { type: 'status'; status: Status; retryInMs?: number }
+  | { type: 'outgoing'; message: OutgoingMessage }
+  | { type: 'send-failed'; client_msg_id: string; code: string; message: string }
+  | { type: 'dismiss'; client_msg_id: string }
+  | { type: 'read-local'; conversation_id: string; seq: number }
+  | { type: 'expire-typing'; now: number };
+
+/** Merge two ascending message lists into one, unique by seq (the first copy wins:
+ * a message is identical wherever it appears). */
+export function mergeMessages(a: Message[], b: Message[]): Message[] {
+  if (b.length === 0) return a;
+  if (a.length === 0) return dedupe([...b].sort((x, y) => x.seq - y.seq));
+  // Common cases first: appending newer, prepending older.
+  if (b[0].seq > a[a.length - 1].seq) return a.concat(dedupe(b));
+  const bySeq = new Map<number, Message>();
+  for (const m of a) bySeq.set(m.seq, m);
+  for (const m of b) if (!bySeq.has(m.seq)) bySeq.set(m.seq, m);
+  return [...bySeq.values()].sort((x, y) => x.seq - y.seq);
+}
+
+function dedupe(list: Message[]): Message[] {
+  return list.filter((m, i) => i === 0 || m.seq !== list[i - 1].seq);
+}
+
+function fromServer(c: Conversation, prev?: ConversationState): ConversationState {
+  const last_seq = Math.max(c.last_seq, prev?.last_seq ?? 0);
+  const my_read = Math.max(c.last_seq - c.unread, prev?.my_read ?? 0);
+  return { ...c, last_seq, my_read, unread: Math.max(0, last_seq - my_read), last_at: prev?.last_at ?? c.created_at };
+}
+
+function withSeq(c: ConversationState, last_seq: number, last_at?: string): ConversationState {
+  const seq = Math.max(c.last_seq, last_seq);
+  const at = last_at && last_at > c.last_at ? last_at : c.last_at;
+  if (seq === c.last_seq && at === c.last_at) return c;
+  return { ...c, last_seq: seq, last_at: at, unread: Math.max(0, seq - c.my_read) };
+}
+
+export function reducer(state: ChatState, action: Action): ChatState {
+  switch (action.type) {
+    case 'reset':
+      return initialState;
+    case 'me':
+      return { ...state, me: action.user, users: { ...state.users, [action.user.id]: action.user } };
+    case 'users': {
+      const users = { ...state.users };
+      for (const u of action.users) users[u.id] = u;
+      return { ...state, users };
+    }
+    case 'conversations': {
+      const conversations: Record<string, ConversationState> = {};
+      for (const c of action.list) conversations[c.id] = fromServer(c, state.conversations[c.id]);
+      // Keep ones learned live that the list did not have yet.
+      for (const [id, c] of Object.entries(state.conversations)) if (!conversations[id]) conversations[id] = c;
+      return { ...state, conversations };
+    }
+    case 'conversation': {
+      const c = action.conversation;
+      return { ...state, conversations: { ...state.conversations, [c.id]: fromServer(c, state.conversations[c.id]) } };
+    }
+    case 'page': {
+      const id = action.conversation_id;
+      const held = state.messages[id] ?? [];
+      let messages: Message[];
+      if (action.latest && !state.loaded[id]) {
+        // Live messages held before the first page may leave a gap below the page:
+        // keep only those newer than it.
+        const top = action.messages.length ? action.messages[action.messages.length - 1].seq : 0;
+        messages = mergeMessages(
+          [...action.messages].sort((x, y) => x.seq - y.seq),
+          held.filter((m) => m.seq > top),
+        );
+      } else {
+        messages = mergeMessages(held, action.messages);
+      }
+      let conversations = state.conversations;
+      const c = conversations[id];
+      const last = messages[messages.length - 1];
+      if (c && last) conversations = { ...conversations, [id]: withSeq(c, last.seq, last.sent_at) };
+      return {
+        ...state,
+        conversations,
+        messages: { ...state.messages, [id]: messages },
+        loaded: action.latest ? { ...state.loaded, [id]: true } : state.loaded,
+      };
+    }
+    case 'frame':
+      return onFrame(state, action.frame, action.now);
+    case 'status':
+      // Disconnected, presence is unknown: show nobody online until the next `synced`.
+      return {
+        ...state,
+        status: action.status,
+        retryInMs: action.retryInMs,
+        online: action.status === 'online' ? state.online : {},
+        typing: action.status === 'online' ? state.typing : {},
+      };
+    case 'outgoing':
+      return { ...state, outgoing: [...state.outgoing, action.message] };
+    case 'send-failed':
+      return {
+        ...state,
+        outgoing: state.outgoing.map((o) =>
+          o.client_msg_id === action.client_msg_id ? { ...o, error: { code: action.code, message: action.message } } : o,
+        ),
+      };
+    case 'dismiss':
+      return { ...state, outgoing: state.outgoing.filter((o) => o.client_msg_id !== action.client_msg_id) };
+    case 'read-local': {
+      const c = state.conversations[action.conversation_id];
+      if (!c || action.seq <= c.my_read) return state;
+      const my_read = Math.min(action.seq, c.last_seq);
+      return {
+        ...state,
+        conversations: {
+          ...state.conversations,
+          [c.id]: { ...c, my_read, unread: Math.max(0, c.last_seq - my_read) },
+        },
+      };
+    }
+    case 'expire-typing': {
+      let changed = false;
+      const typing: ChatState['typing'] = {};
+      for (const [cid, users] of Object.entries(state.typing)) {
+        const keep: Record<string, number> = {};
+        for (const [uid, until] of Object.entries(users)) {
+          if (until > action.now) keep[uid] = until;
+          else changed = true;
+        }
+        if (Object.keys(keep).length) typing[cid] = keep;
+      }
+      return changed ? { ...state, typing } : state;
+    }
+  }
+}
+
+function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
+  switch (frame.type) {
+    case 'ready':
+      return { ...state, me: frame.user, users: { ...state.users, [frame.user.id]: frame.user } };
+    case 'message': {
+      const m = frame.message;
+      const id = m.conversation_id;
+      const messages = { ...state.messages, [id]: mergeMessages(state.messages[id] ?? [], [m]) };
+      let conversations = state.conversations;
+      const c = conversations[id];
+      if (c) conversations = { ...conversations, [id]: withSeq(c, m.seq, m.sent_at) };
+      let outgoing = state.outgoing;
+      if (state.me && m.sender_id === state.me.id) {
+        outgoing = outgoing.filter((o) => !(o.client_msg_id === m.client_msg_id && o.conversation_id === id));
+      }
+      let typing = state.typing;
+      if (typing[id]?.[m.sender_id]) {
+        const rest = { ...typing[id] };
+        delete rest[m.sender_id];
+        typing = { ...typing, [id]: rest };
+      }
+      return { ...state, messages, conversations, outgoing, typing };
+    }
+    case 'synced': {
+      const conversations = { ...state.conversations };
+      for (const [id, seq] of Object.entries(frame.last_seq)) {
+        const c = conversations[id];
+        if (c) conversations[id] = withSeq(c, seq);
+      }
+      const online: Record<string, boolean> = {};
+      for (const u of frame.online ?? []) online[u] = true;
+      return { ...state, conversations, online };
+    }
+    case 'presence':
+      return { ...state, online: { ...state.online, [frame.user_id]: frame.online } };
+    case 'typing': {
+      if (frame.user_id === state.me?.id) return state;
+      const cur = state.typing[frame.conversation_id] ?? {};
+      return {
+        ...state,
+        typing: { ...state.typing, [frame.conversation_id]: { ...cur, [frame.user_id]: now + TYPING_MS } },
+      };
+    }
+    case 'read': {
+      const id = frame.conversation_id;
+      if (frame.user_id === state.me?.id) return reducer(state, { type: 'read-local', conversation_id: id, seq: frame.seq });
+      const cur = state.readBy[id] ?? {};
+      if ((cur[frame.user_id] ?? 0) >= frame.seq) return state;
+      return { ...state, readBy: { ...state.readBy, [id]: { ...cur, [frame.user_id]: frame.seq } } };
+    }
+    default:
+      return state;
+  }
+}
+
+/** What the next `sync` names: for a conversation whose messages are loaded, the
+ * highest seq held (the server replays everything after it); for one only listed, the
+ * last seq known, so nothing old is replayed but whatever was missed arrives. */
+export function sinceFor(state: ChatState): Record<string, number> {
+  const since: Record<string, number> = {};
+  for (const [id, c] of Object.entries(state.conversations)) {
+    const held = state.messages[id];
+    const top = held && held.length ? held[held.length - 1].seq : 0;
+    since[id] = state.loaded[id] ? top : Math.max(top, c.last_seq);
+  }
+  return since;
+}
+
+/** Conversations newest activity first. */
+export function sortedConversations(state: ChatState): ConversationState[] {
+  return Object.values(state.conversations).sort((a, b) =>
+    a.last_at === b.last_at ? a.id.localeCompare(b.id) : a.last_at < b.last_at ? 1 : -1,
+  );
+}
+
+/** Conversation ids a frame names that the state does not know (to fetch). */
+export function unknownConversations(state: ChatState, frame: ServerFrame): string[] {
+  if (frame.type === 'message')
+    return state.conversations[frame.message.conversation_id] ? [] : [frame.message.conversation_id];
+  if (frame.type === 'synced') return Object.keys(frame.last_seq).filter((id) => !state.conversations[id]);
+  return [];
+}
+
+/** Who is typing in a conversation now, by user id. */
+export function typingIn(state: ChatState, conversation_id: string, now: number): string[] {
+  return Object.entries(state.typing[conversation_id] ?? {})
+    .filter(([, until]) => until > now)
+    .map(([u]) => u)
+    .sort();
+}

@@ -1,0 +1,116 @@
+// Shapes of docs/protocol.md §4, and of the endpoints that come with later features
+// (/work/shared/protocol.md). Fields the app does not use are left out; unknown fields
+// are ignored, as the protocol asks.
+
+export interface User {
+  id: string;
+  username: string;
+}
+
+export interface Session {
+  token: string;
+  user: User;
+}
+
+export interface Conversation {
+  id: string;
+  kind: 'direct' | 'group';
+  title: string | null;
+  members: string[];
+  owner_id: string | null;
+  created_at: string;
+  last_seq: number;
+  unread: number;
+}
+
+export interface Message {
+  message_id: string;
+  client_msg_id: string;
+  conversation_id: string;
+  seq: number;
+  sender_id: string;
+  body: string;
+  sent_at: string;
+  origin: 'user' | 'script' | 'auto_reply' | string;
+}
+
+export interface AutoReply {
+  enabled: boolean;
+  text: string;
+}
+
+export type Hook = 'incoming' | 'outgoing';
+
+export interface ScriptInput {
+  name: string;
+  source: string;
+  hooks: Hook[];
+  enabled: boolean;
+}
+
+export interface Script extends ScriptInput {
+  id: string;
+}
+
+export interface ScriptTestResult {
+  actions: unknown[];
+  logs: unknown[];
+  elapsed_us: number;
+  /** Set when the script threw, hit a limit or returned something that is not an action. */
+  error?: { code: string; message: string } | null;
+}
+
+export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'timed_out';
+
+export interface Job {
+  id: string;
+  status: JobStatus | string;
+  submitted_at?: string;
+  started_at?: string | null;
+  finished_at?: string | null;
+}
+
+export interface JobResult {
+  status: JobStatus | string;
+  output: unknown;
+  error: string | null;
+  elapsed_ms: number;
+  queued_ms: number;
+}
+
+export interface ObserverStats {
+  arrival_rate: number;
+  service_rate: number;
+  mean_response_ms: number;
+  p95_response_ms: number;
+  queue_depth: number;
+  workers: number;
+  last_decision: unknown;
+}
+
+export interface ObserverConfig {
+  min_workers: number;
+  max_workers: number;
+  target_response_ms: number;
+}
+
+/** Frames the server sends (§5.3), plus `job` from the functions feature. */
+export type ServerFrame =
+  | { type: 'ready'; session_id: string; user: User }
+  | { type: 'accepted'; client_msg_id: string; message_id: string }
+  | { type: 'message'; message: Message }
+  | { type: 'synced'; last_seq: Record<string, number>; online?: string[] }
+  | { type: 'presence'; user_id: string; online: boolean }
+  | { type: 'typing'; conversation_id: string; user_id: string }
+  | { type: 'read'; conversation_id: string; user_id: string; seq: number }
+  | { type: 'pong'; nonce: unknown }
+  | { type: 'error'; code: string; message: string; client_msg_id?: string; retry_after_ms?: number }
+  | { type: 'job'; job: Job };
+
+/** Frames the client sends (§5.2). */
+export type ClientFrame =
+  | { type: 'send'; client_msg_id: string; conversation_id: string; body: string }
+  | { type: 'sync'; since: Record<string, number> }
+  | { type: 'typing'; conversation_id: string }
+  | { type: 'read'; conversation_id: string; seq: number }
+  | { type: 'ping'; nonce?: unknown };

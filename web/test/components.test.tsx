@@ -1,0 +1,143 @@
+import { render } from 'preact';
+import { act } from 'preact/test-utils';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { auth } from '../src/api';
+import { AuthScreen } from '../src/screens/Auth';
+import { Chart, pushSample, type Sample } from '../src/screens/Observer';
+
+/** Answer fetches from a table of `METHOD path` → [status, body]. */
+function mockFetch(routes: Record<string, [number, unknown]>) {
+  const calls: { method: string; path: string; body?: unknown }[] = [];
+  vi.stubGlobal('fetch', async (url: string, init: RequestInit = {}) => {
+    const method = init.method ?? 'GET';
+    const path = String(url).replace(/^\/api\/v1/, '').split('?')[0];
+    calls.push({ method, path, body: init.body ? JSON.parse(String(init.body)) : undefined });
+    const [status, body] = routes[`${method} ${path}`] ?? [404, { error: { code: 'not_found', message: 'no such endpoint' } }];
+    return new Response(body === undefined ? null : JSON.stringify(body), { status });
+  });
+  return calls;
+}
+
+const flush = async () => {
+  for (let i = 0; i < 5; i++) await act(() => new Promise((r) => setTimeout(r, 0)));
+};
+
+let root: HTMLElement;
+beforeEach(() => {
+  root = document.createElement('div');
+  document.body.append(root);
+  auth.token = null;
+});
+afterEach(() => {
+  render(null, root);
+  root.remove();
+  vi.unstubAllGlobals();
+});
+
+function fill(label: string, value: string) {
+  const input = [...root.querySelectorAll('label')].find((l) => l.textContent?.startsWith(label))?.querySelector('input');
+  if (!input) throw new Error(`no field ${label}`);
+  input.value = value;
+  input.dispatchEvent(new Event('input', { bubbles: true }));
+}
+
+async function submit() {
+  await act(() => {
+    root.querySelector('form')!.dispatchEvent(new Event('submit', { bubbles: true, cancelable: true }));
+  });
+  await flush();
+}
+
+describe('AuthScreen', () => {
+  it('shows a wrong password as such, from the 401', async () => {
+    const calls = mockFetch({ 'POST /auth/login': [401, { error: { code: 'unauthorized', message: 'invalid username or password' } }] });
+    const signedIn = vi.fn();
+    await act(() => render(<AuthScreen mode="login" notice={null} onSignedIn={signedIn} />, root));
+    await act(() => {
+      fill('Username', 'ada');
+      fill('Password', 'nope nope');
+    });
+    await submit();
+    expect(calls).toEqual([{ method: 'POST', path: '/auth/login', body: { username: 'ada', password: 'nope nope' } }]);
+    expect(root.querySelector('[role=alert]')?.textContent).toBe('Wrong username or password.');
+    expect(signedIn).not.toHaveBeenCalled();
+  });
+
+  it('says a taken username is taken, from the 409', async () => {
+    mockFetch({ 'POST /auth/register': [409, { error: { code: 'conflict', message: 'username taken' } }] });
+    await act(() => render(<AuthScreen mode="register" notice={null} onSignedIn={() => {}} />, root));
+    await act(() => {
+      fill('Username', 'ada');
+      fill('Password', 'correct horse');
+    });
+    await submit();
+    expect(root.querySelector('[role=alert]')?.textContent).toMatch(/username is taken/);
+  });
+
+  it('refuses a short password without asking the server', async () => {
+    const calls = mockFetch({});
+    await act(() => render(<AuthScreen mode="register" notice={null} onSignedIn={() => {}} />, root));
+    await act(() => {
+      fill('Username', 'ada');
+      fill('Password', 'short');
+    });
+    await submit();
+    expect(calls).toEqual([]);
+    expect(root.querySelector('[role=alert]')?.textContent).toMatch(/at least 8/);
+  });
+
+  it('hands the session over on success', async () => {
+    const session = { token: 't', user: { id: 'u', username: 'ada' } };
+    mockFetch({ 'POST /auth/register': [201, session] });
+    const signedIn = vi.fn();
+    await act(() => render(<AuthScreen mode="register" notice={null} onSignedIn={signedIn} />, root));
+    await act(() => {
+      fill('Username', 'ada');
+      fill('Password', 'correct horse');
+    });
+    await submit();
+    expect(signedIn).toHaveBeenCalledWith(session);
+  });
+});
+
+describe('Observer chart', () => {
+  const sample = (n: number): Sample => ({
+    at: n,
+    arrival_rate: n,
+    service_rate: n / 2,
+    mean_response_ms: 10,
+    p95_response_ms: 20,
+    queue_depth: 0,
+    workers: 2,
+    last_decision: null,
+  });
+
+  it('keeps the last samples only', () => {
+    let list: Sample[] = [];
+    for (let i = 0; i < 10; i++) list = pushSample(list, sample(i), 4);
+    expect(list.map((s) => s.at)).toEqual([6, 7, 8, 9]);
+  });
+
+  it('draws one line per series and describes the latest values', async () => {
+    const samples = [sample(1), sample(2), sample(4)];
+    await act(() =>
+      render(
+        <Chart
+          title="Rates"
+          unit="/s"
+          samples={samples}
+          series={[
+            { label: 'arrivals', key: 'arrival_rate', cls: 's1' },
+            { label: 'served', key: 'service_rate', cls: 's2' },
+          ]}
+        />,
+        root,
+      ),
+    );
+    expect(root.querySelectorAll('polyline')).toHaveLength(2);
+    expect(root.querySelector('svg')?.getAttribute('aria-label')).toBe('Rates: arrivals 4 /s, served 2 /s');
+    const points = root.querySelector('polyline')!.getAttribute('points')!.split(' ');
+    expect(points).toHaveLength(3);
+    expect(points.at(-1)).toBe('300.0,2.0');
+  });
+});
