@@ -155,6 +155,17 @@ pub enum Delivery {
         /// Users on this node to give it to (all their sessions).
         recipients: Vec<UserId>,
     },
+    /// A stored message some of this node's users are not given (their incoming
+    /// scripts dropped it): their sessions count its `seq` as delivered, so they do
+    /// not fetch it from the store to fill the gap it leaves.
+    Withheld {
+        /// Its conversation.
+        conversation_id: ConversationId,
+        /// Its `seq`.
+        seq: i64,
+        /// Users on this node who do not get it.
+        recipients: Vec<UserId>,
+    },
     /// A typing notice.
     Typing {
         /// Where.

@@ -46,6 +46,17 @@ fn fan_out(state: &AppState, delivery: Delivery) {
             };
             (recipients, out, None)
         }
+        Delivery::Withheld {
+            conversation_id,
+            seq,
+            recipients,
+        } => {
+            let out = Outbound::Withheld {
+                conversation_id,
+                seq,
+            };
+            (recipients, out, None)
+        }
         Delivery::Typing {
             conversation_id,
             user_id,

@@ -21,6 +21,13 @@ pub enum Outbound {
         /// The encoded frame, shared by every recipient session.
         frame: Utf8Bytes,
     },
+    /// A message the session's user is not given: its `seq` counts as written.
+    Withheld {
+        /// Its conversation.
+        conversation_id: ConversationId,
+        /// Its `seq`.
+        seq: i64,
+    },
     /// Any other frame, written as is.
     Frame(Utf8Bytes),
 }

@@ -276,24 +276,41 @@ impl Session {
                 seq,
                 frame,
             } => {
-                match self.sent.get(&conversation_id).copied() {
-                    Some(w) if seq <= w.last => return Ok(()),
-                    Some(w) if seq > w.last + 1 => {
-                        metrics::counter!("chorus_ws_gap_fills_total").increment(1);
-                        self.replay(conversation_id, w.last, seq - 1, None).await?;
-                    }
-                    _ => {}
+                if self.advance(conversation_id, seq).await? {
+                    self.socket.feed(WsMessage::Text(frame)).await?;
                 }
-                self.sent
-                    .entry(conversation_id)
-                    .and_modify(|w| w.last = seq)
-                    .or_insert(Written {
-                        first: seq,
-                        last: seq,
-                    });
-                self.socket.feed(WsMessage::Text(frame)).await
+                Ok(())
             }
+            Outbound::Withheld {
+                conversation_id,
+                seq,
+            } => self.advance(conversation_id, seq).await.map(drop),
         }
+    }
+
+    /// Counts `seq` as written in its conversation, first filling from the store any
+    /// gap before it; false if it was written already.
+    async fn advance(
+        &mut self,
+        conversation_id: ConversationId,
+        seq: i64,
+    ) -> Result<bool, axum::Error> {
+        match self.sent.get(&conversation_id).copied() {
+            Some(w) if seq <= w.last => return Ok(false),
+            Some(w) if seq > w.last + 1 => {
+                metrics::counter!("chorus_ws_gap_fills_total").increment(1);
+                self.replay(conversation_id, w.last, seq - 1, None).await?;
+            }
+            _ => {}
+        }
+        self.sent
+            .entry(conversation_id)
+            .and_modify(|w| w.last = seq)
+            .or_insert(Written {
+                first: seq,
+                last: seq,
+            });
+        Ok(true)
     }
 
     async fn on_frame(&mut self, frame: WsMessage) -> Result<Flow, axum::Error> {

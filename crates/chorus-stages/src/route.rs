@@ -32,8 +32,25 @@ impl StageWorker for RouteStage {
                         continue;
                     };
                     let members = ctx.directory.members(m.conversation_id).await?;
-                    // Members whose incoming scripts dropped it do not get it live.
-                    let recipients = members.iter().filter(|u| !m.suppress.contains(u)).collect();
+                    // Members whose incoming scripts dropped it do not get it live; their
+                    // sessions are told its `seq` so they do not fetch it to fill a gap.
+                    let (withheld, recipients): (Vec<UserId>, Vec<UserId>) =
+                        members.iter().partition(|u| m.suppress.contains(u));
+                    if !withheld.is_empty() {
+                        let (conversation_id, seq) = (message.conversation_id, message.seq);
+                        let by_node = ctx.registry.locate(&withheld).await?;
+                        for (node, recipients) in by_node {
+                            out.push(Outgoing::new(
+                                ctx.topics.deliver(&node),
+                                conversation_id.0.as_bytes().to_vec(),
+                                encode(&Delivery::Withheld {
+                                    conversation_id,
+                                    seq,
+                                    recipients,
+                                }),
+                            ));
+                        }
+                    }
                     (
                         recipients,
                         m.conversation_id.0.as_bytes().to_vec(),

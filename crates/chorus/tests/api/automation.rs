@@ -306,27 +306,51 @@ async fn incoming_scripts_drop_for_their_owner_only_reply_and_keep_state() {
     let mut bob_ws = app.ws(&bob).await;
     let mut cy_ws = app.ws(&cy).await;
 
+    // Bob has seen a message of the conversation before the dropped one, so the gap
+    // the drop leaves in his `seq`s must not be filled from the store either.
+    ada_ws.send_message(&group, "0", "before").await;
+    assert_eq!(bob_ws.messages(1).await[0]["body"], "before");
     ada_ws.send_message(&group, "1", "spam spam").await;
     ada_ws.send_message(&group, "2", "hello").await;
     ada_ws.send_message(&group, "3", "how many?").await;
-    let seen_by_cy: Vec<Value> = cy_ws.messages(4).await;
+    let seen_by_cy: Vec<Value> = cy_ws.messages(5).await;
     assert_eq!(
         seen_by_cy
             .iter()
             .map(|m| m["body"].as_str().unwrap())
             .collect::<Vec<_>>(),
-        ["spam spam", "hello", "how many?", "bob's bot counted 2"]
+        [
+            "before",
+            "spam spam",
+            "hello",
+            "how many?",
+            "bob's bot counted 3"
+        ]
     );
-    assert_eq!(seen_by_cy[3]["origin"], "script");
-    assert_eq!(seen_by_cy[3]["sender_id"], bob.id.as_str());
+    assert_eq!(seen_by_cy[4]["origin"], "script");
+    assert_eq!(seen_by_cy[4]["sender_id"], bob.id.as_str());
     let seen_by_bob: Vec<Value> = bob_ws.messages(3).await;
     assert_eq!(
         seen_by_bob
             .iter()
             .map(|m| m["body"].as_str().unwrap())
             .collect::<Vec<_>>(),
-        ["hello", "how many?", "bob's bot counted 2"],
+        ["hello", "how many?", "bob's bot counted 3"],
         "the dropped message never reached bob live"
+    );
+    let (_, history) = app
+        .get(
+            &bob.token,
+            &format!("/api/v1/conversations/{group}/messages"),
+        )
+        .await;
+    assert!(
+        history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["body"] == "spam spam"),
+        "the conversation's history keeps it: {history}"
     );
     let (_, status) = app
         .get(
@@ -334,11 +358,11 @@ async fn incoming_scripts_drop_for_their_owner_only_reply_and_keep_state() {
             &format!("/api/v1/scripts/{}", script["id"].as_str().unwrap()),
         )
         .await;
-    assert_eq!(status["runs"], 3);
+    assert_eq!(status["runs"], 4);
     assert_eq!(status["failures"], 0);
     assert_eq!(
         status["last_logs"],
-        json!([format!("message 2 from {}", ada.username)])
+        json!([format!("message 3 from {}", ada.username)])
     );
 }
 
