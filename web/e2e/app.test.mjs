@@ -7,7 +7,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { ChorusServer, launch, openUser, screenshot, signInWith } from './harness.mjs';
-import { standIns } from './stubs.mjs';
 
 const T = { timeout: 120_000 };
 const server = new ChorusServer();
@@ -285,17 +284,10 @@ describe('chorus web app', () => {
     await P.context.close();
   });
 
-  // Features that come later (auto-reply, scripts, jobs, observer): each scenario runs
-  // against the server when it has the endpoint, and is skipped, saying so, when the
-  // server answers 404; then the same scenario drives the screen against an in-browser
-  // stand-in that answers as the protocol says (stubs.mjs), so the screens are checked
-  // and photographed either way.
-  const missing = async (probe) => (await server.api('GET', probe, users.ada.token)).status === 404;
+  // Automation and functions: settings, scripts, jobs and the observer.
   const features = [
     {
       title: 'auto-reply settings persist',
-      probe: '/settings/auto-reply',
-      name: 'settings/auto-reply',
       run: async (page) => {
         await page.goto('/#/settings');
         await page.getByLabel('Reply automatically').check();
@@ -313,8 +305,6 @@ describe('chorus web app', () => {
     },
     {
       title: 'the script editor shows a compile error, and a test run its actions and logs',
-      probe: '/scripts',
-      name: 'scripts',
       run: async (page) => {
         await page.goto('/#/scripts/new');
         await page.getByLabel('Name').fill('echo bot');
@@ -339,8 +329,6 @@ describe('chorus web app', () => {
     },
     {
       title: "a job's result appears",
-      probe: '/jobs',
-      name: 'jobs',
       run: async (page) => {
         await page.goto('/#/jobs');
         await page.getByRole('button', { name: 'Submit' }).click();
@@ -354,8 +342,6 @@ describe('chorus web app', () => {
     },
     {
       title: 'the observer charts the job queue',
-      probe: '/observer',
-      name: 'observer',
       run: async (page) => {
         await page.goto('/#/observer');
         await page.locator('.chart svg').first().waitFor();
@@ -366,43 +352,8 @@ describe('chorus web app', () => {
     },
   ];
 
-  it('screens of features the server lacks say so', T, async (t) => {
-    const routes = { '/settings/auto-reply': '#/settings', '/scripts': '#/scripts', '/jobs': '#/jobs', '/observer': '#/observer' };
-    let checked = 0;
-    for (const [probe, route] of Object.entries(routes)) {
-      if (!(await missing(probe))) continue;
-      await A.page.goto(`/${route}`);
-      await A.page.getByTestId('unavailable').waitFor();
-      checked += 1;
-    }
-    if (!checked) t.skip('the server has every endpoint');
-  });
-
-  /** ada again, in a context where the missing endpoints have stand-ins. */
-  let S;
-  let stoodIn = [];
-
   for (const f of features) {
-    it(f.title, T, async (t) => {
-      if (await missing(f.probe)) {
-        t.skip(`GET /api/v1${f.probe} answered 404: the server does not have this yet (its screen is checked against a stand-in next)`);
-        return;
-      }
-      await f.run(A.page);
-    });
-
-    it(`${f.title}: the screen, against a stand-in for the endpoint`, T, async (t) => {
-      if (!S) {
-        S = await openUser(browser, server);
-        stoodIn = await standIns(S.context, server, users.ada.token);
-        await signInWith(S.page, users.ada);
-      }
-      if (!stoodIn.includes(f.name)) {
-        t.skip('the server has this endpoint: checked against it above');
-        return;
-      }
-      await f.run(S.page);
-    });
+    it(f.title, T, () => f.run(A.page));
   }
 
   it('logged nothing on the console but expected network failures', () => {
