@@ -245,6 +245,36 @@ impl Api {
         }
     }
 
+    /// Waits until the counter `name` on `/metrics` reaches `at_least` (polling: a
+    /// counter has no event to await).
+    pub async fn wait_for_counter(&self, name: &str, at_least: f64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let text = self
+                .http
+                .get(self.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let value: f64 = text
+                .lines()
+                .filter(|l| l.split([' ', '{']).next() == Some(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if value >= at_least {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never reached {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn ws(&self, user: &TestUser) -> WsClient {
         WsClient::connect(self.addr, &user.token).await
     }

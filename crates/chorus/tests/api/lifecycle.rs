@@ -127,17 +127,27 @@ async fn a_client_that_stops_reading_is_closed_not_buffered() {
     // Enough data to fill the socket buffers on both sides and then the queue. Sent
     // over HTTP: a sending WebSocket would get its own copies and stall too.
     let path = format!("/api/v1/conversations/{conv}/messages");
-    for i in 0..1500 {
-        let (status, _) = app
-            .post(
-                Some(&ada.token),
-                &path,
-                json!({ "client_msg_id": format!("k{i}"), "body": body }),
-            )
+    let send = async {
+        for i in 0..1500 {
+            let (status, _) = app
+                .post(
+                    Some(&ada.token),
+                    &path,
+                    json!({ "client_msg_id": format!("k{i}"), "body": body }),
+                )
+                .await;
+            assert_eq!(status, 202);
+        }
+    };
+    // The client reads again once the server has given up on it: its close frame is
+    // behind what the socket buffers hold, and the server waits for the client to take
+    // it only a little while.
+    let closed = async {
+        app.wait_for_counter("chorus_ws_overflow_closed_total", 1.0)
             .await;
-        assert_eq!(status, 202);
-    }
-    let closed = stalled.closed().await;
+        stalled.closed().await
+    };
+    let ((), closed) = tokio::join!(send, closed);
     assert_eq!(closed.code, 1008, "{closed:?}");
     assert!(closed.reason.contains("sync"), "{}", closed.reason);
     // The server is unharmed and nothing stored was lost: once the pipeline is through
