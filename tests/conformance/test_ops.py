@@ -1,5 +1,8 @@
 """Health, readiness and metrics endpoints."""
 
+import shutil
+import subprocess
+
 import pytest
 
 pytestmark = pytest.mark.asyncio
@@ -35,3 +38,15 @@ async def test_metrics_prometheus_text(api):
             name_and_labels, _, value = line.rpartition(" ")
             assert name_and_labels, line
             float(value.split(" ")[0])
+
+    # Prometheus's own linter: help text on every metric, counters end in `_total`,
+    # base units in names. scripts/test.sh installs it (Debian's `prometheus`).
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not on PATH: install Debian's `prometheus` package"
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=resp.text, capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, f"promtool check metrics:\n{check.stdout}{check.stderr}"
+    for name in ("chorus_ws_connections", "chorus_stage_events_total", "chorus_stage_batch_seconds_bucket",
+                 "chorus_consumer_lag", "chorus_db_query_seconds_bucket", "chorus_messages_stored_total"):
+        assert any(line.startswith(name) for line in lines), f"{name} missing from /metrics"

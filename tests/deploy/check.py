@@ -55,15 +55,9 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 
 # Names the deployment files use before the code has them: each entry says what will
 # add it. An entry the code now has is reported, so that it can be removed.
-PENDING_ENV = {
-    "CHORUS_OIDC_ISSUER": "OIDC access tokens (issue 8)",
-    "CHORUS_OIDC_AUDIENCE": "OIDC access tokens (issue 8)",
-}
+PENDING_ENV: dict[str, str] = {}
 PENDING_ROLES: dict[str, str] = {}
-PENDING_METRICS = {
-    "chorus_consumer_lag": "metrics (issue 8)",
-    "chorus_script_runs_total": "automation (issue 4)",
-}
+PENDING_METRICS: dict[str, str] = {}
 # Kubernetes versions whose schemas every object must satisfy: the oldest supported
 # (autoscaling/v2 and policy/v1 are GA well before it) and the newest bundled.
 K8S_OLDEST = "1.29"

@@ -195,6 +195,11 @@ pub struct AuthConfig {
     pub jwt_secret: Option<String>,
     /// Access token lifetime in seconds.
     pub token_ttl_secs: u64,
+    /// Also accept OIDC access tokens from this issuer (the tokens' `iss`; its
+    /// discovery document is fetched from `{issuer}/.well-known/openid-configuration`).
+    pub oidc_issuer: Option<String>,
+    /// The `aud` OIDC access tokens must carry; required with `oidc_issuer`.
+    pub oidc_audience: Option<String>,
 }
 
 /// Limits that protect the server and other users from one client.
@@ -308,6 +313,8 @@ impl Default for AuthConfig {
         Self {
             jwt_secret: None,
             token_ttl_secs: 7 * 24 * 3600,
+            oidc_issuer: None,
+            oidc_audience: None,
         }
     }
 }
@@ -417,6 +424,20 @@ impl Config {
             );
         }
         j.observer.validate()?;
+        match (&self.auth.oidc_issuer, &self.auth.oidc_audience) {
+            (None, None) => {}
+            (Some(issuer), Some(audience)) => {
+                let http = issuer.starts_with("https://") || issuer.starts_with("http://");
+                if !http || audience.is_empty() {
+                    return bad(
+                        "auth.oidc_issuer must be an http(s) URL and auth.oidc_audience not empty",
+                    );
+                }
+            }
+            // An issuer without an audience would accept the provider's tokens for
+            // any of its clients.
+            _ => return bad("auth.oidc_issuer and auth.oidc_audience go together: set both"),
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be `text` or `json`");
         }
@@ -459,6 +480,25 @@ mod tests {
             Config::from_toml("[limits]\nrate_per_sec = 0"),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn oidc_needs_an_issuer_url_and_an_audience() {
+        let ok = Config::from_toml(
+            "[auth]\noidc_issuer = \"https://sso.example.com/realms/chorus\"\noidc_audience = \"chorus\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.auth.oidc_audience.as_deref(), Some("chorus"));
+        for bad in [
+            "[auth]\noidc_issuer = \"https://sso.example.com\"\n",
+            "[auth]\noidc_audience = \"chorus\"\n",
+            "[auth]\noidc_issuer = \"sso.example.com\"\noidc_audience = \"chorus\"\n",
+        ] {
+            assert!(
+                matches!(Config::from_toml(bad), Err(ConfigError::Invalid(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

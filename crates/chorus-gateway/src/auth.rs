@@ -1,5 +1,6 @@
 //! Accounts and tokens: argon2id password hashes, HS256 JWT access tokens, and the
-//! extractor that turns a bearer token into the calling user.
+//! extractor that turns a bearer token (chorus's own, or an OIDC provider's: see
+//! [`crate::oidc`]) into the calling user.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -163,7 +164,19 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers)
             .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer` token"))?;
-        state.tokens.verify(token).map(AuthUser)
+        authenticate(state, token).await.map(AuthUser)
+    }
+}
+
+/// The user a bearer token stands for: a token of an outside provider (RS256 or ES256)
+/// when OIDC is configured, otherwise one of chorus's own (HS256). Anything else, and
+/// every token that fails its checks, is `unauthorized`.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<User, ApiError> {
+    match &state.oidc {
+        Some(oidc) if crate::oidc::is_oidc_token(token) => {
+            oidc.authenticate(&state.directory, token).await
+        }
+        _ => state.tokens.verify(token),
     }
 }
 

@@ -39,6 +39,7 @@ fn fan_out(state: &AppState, delivery: Delivery) {
             message,
             recipients,
         } => {
+            tracing::debug!(message_id = %message.message_id, conversation_id = %message.conversation_id, seq = message.seq, recipients = recipients.len(), "message delivered to local sessions");
             let out = Outbound::Message {
                 conversation_id: message.conversation_id,
                 seq: message.seq,

@@ -64,7 +64,7 @@ struct Credentials {
     password: String,
 }
 
-fn valid_username(name: &str) -> bool {
+pub(crate) fn valid_username(name: &str) -> bool {
     (3..=32).contains(&name.len())
         && name
             .bytes()

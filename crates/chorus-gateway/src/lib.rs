@@ -6,7 +6,8 @@
 //! writes to the sockets ([`ws`]). It never calls a stage: everything goes through
 //! the log, the store or the registry.
 //!
-//! Layout: [`auth`] tokens and passwords, [`error`] the error mapping, [`http`] the
+//! Layout: [`auth`] tokens and passwords, [`oidc`] tokens of an outside identity
+//! provider, [`error`] the error mapping, [`http`] the
 //! REST routes, [`jobs`] the jobs and observer routes, [`ws`] sessions, [`sessions`]
 //! local fan-out, [`ratelimit`] send limits,
 //! [`state`] what they share, [`assets`] the embedded web app.
@@ -18,6 +19,7 @@ pub mod deliver;
 pub mod error;
 pub mod http;
 pub mod jobs;
+pub mod oidc;
 pub mod ratelimit;
 pub mod send;
 pub mod sessions;

@@ -141,6 +141,7 @@ async fn prepare(
         route: route.clone(),
         suppress: Vec::new(),
     });
+    tracing::debug!(%message_id, conversation_id = %conversation, %sender, first_stage = route[0].name(), "message accepted");
     let record = Outgoing::new(
         state.topics.stage(route[0]),
         conversation.0.as_bytes().to_vec(),

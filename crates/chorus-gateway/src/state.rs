@@ -34,6 +34,8 @@ pub struct AppState {
     pub registry: Arc<dyn Registry>,
     /// Access tokens.
     pub tokens: Tokens,
+    /// OIDC access tokens, when an issuer is configured.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
     /// Local sessions.
     pub sessions: Sessions,
     /// Send rate limits.

@@ -74,7 +74,7 @@ pub async fn upgrade(
         return ApiError::unauthorized("missing token (Authorization: Bearer or ?token=)")
             .into_response();
     };
-    let user = match state.tokens.verify(&token) {
+    let user = match crate::auth::authenticate(&state, &token).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };

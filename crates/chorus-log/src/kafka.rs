@@ -321,8 +321,10 @@ impl EventLog for KafkaLog {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(backend)?;
         Ok(Box::new(KafkaConsumer {
-            consumer,
+            consumer: Arc::new(consumer),
             topics: HashMap::new(),
+            lag_checked: None,
+            lag_running: Arc::default(),
         }))
     }
 
@@ -342,10 +344,19 @@ impl EventLog for KafkaLog {
 
 /// One member of a consumer group.
 struct KafkaConsumer {
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     /// Interned topic names, so records share one allocation per topic.
     topics: HashMap<String, Arc<str>>,
+    /// When the lag was last measured.
+    lag_checked: Option<std::time::Instant>,
+    /// A measurement is in flight.
+    lag_running: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How often a consumer measures its lag (each measurement asks the broker).
+const LAG_EVERY: Duration = Duration::from_secs(5);
+/// How long one partition's watermarks may take.
+const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Copies a borrowed message into a [`Record`].
 fn own(
@@ -397,6 +408,39 @@ impl Consumer for KafkaConsumer {
             | Err(KafkaError::StoreOffset(RDKafkaErrorCode::UnknownPartition)) => Ok(()),
             Err(e) => Err(backend(e)),
         }
+    }
+
+    fn record_lag(&mut self, group: &str) {
+        if self.lag_checked.is_some_and(|t| t.elapsed() < LAG_EVERY)
+            || self
+                .lag_running
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        self.lag_checked = Some(std::time::Instant::now());
+        let (consumer, running, group) = (
+            self.consumer.clone(),
+            self.lag_running.clone(),
+            group.to_owned(),
+        );
+        // Watermarks are a request to the broker, and librdkafka's call blocks.
+        tokio::task::spawn_blocking(move || {
+            if let Ok(positions) = consumer.position() {
+                for e in positions.elements() {
+                    let Offset::Offset(pos) = e.offset() else {
+                        continue;
+                    };
+                    if let Ok((_, high)) =
+                        consumer.fetch_watermarks(e.topic(), e.partition(), LAG_TIMEOUT)
+                    {
+                        let lag = u64::try_from(high - pos).unwrap_or(0);
+                        crate::set_lag(&group, e.topic(), e.partition() as u32, lag);
+                    }
+                }
+            }
+            running.store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 }
 

@@ -137,6 +137,25 @@ pub trait Consumer: Send {
 
     /// Marks `records` (and everything before them in their partitions) processed.
     async fn commit(&mut self, records: &[Record]) -> Result<(), LogError>;
+
+    /// Reports how far behind this member is as `chorus_consumer_lag{group, topic,
+    /// partition}`: per partition it holds, the records between its next position and
+    /// the partition's end. Cheap enough to call after every batch (Kafka asks the
+    /// broker for watermarks at most every few seconds, off the caller's task).
+    fn record_lag(&mut self, group: &str) {
+        let _ = group;
+    }
+}
+
+/// Sets one partition's `chorus_consumer_lag`.
+pub fn set_lag(group: &str, topic: &str, partition: u32, lag: u64) {
+    metrics::gauge!(
+        "chorus_consumer_lag",
+        "group" => group.to_owned(),
+        "topic" => topic.to_owned(),
+        "partition" => partition.to_string(),
+    )
+    .set(lag as f64);
 }
 
 /// The highest offset per (topic, partition) in `records`: what a commit stores.

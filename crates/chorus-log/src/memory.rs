@@ -394,6 +394,20 @@ impl Consumer for MemoryConsumer {
         }
         Ok(())
     }
+
+    fn record_lag(&mut self, group: &str) {
+        let state = self.log.lock();
+        for ((topic, partition), pos) in &self.positions {
+            let end = state
+                .topics
+                .get(topic)
+                .and_then(|t| t.partitions.get(*partition as usize))
+                .map(Partition::end);
+            if let Some(end) = end {
+                crate::set_lag(group, topic, *partition, end.saturating_sub(*pos));
+            }
+        }
+    }
 }
 
 impl Drop for MemoryConsumer {

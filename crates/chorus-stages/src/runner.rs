@@ -95,10 +95,8 @@ async fn run_worker(
     shutdown: CancellationToken,
 ) -> Result<(), StageError> {
     let topic = ctx.topics.stage(stage);
-    let mut consumer = ctx
-        .log
-        .subscribe(&group(&ctx.topics, stage), &[topic])
-        .await?;
+    let group_name = group(&ctx.topics, stage);
+    let mut consumer = ctx.log.subscribe(&group_name, &[topic]).await?;
     tracing::info!(stage = stage.name(), "stage started");
     loop {
         let batch = tokio::select! {
@@ -110,7 +108,23 @@ async fn run_worker(
         let mut dead = Vec::new();
         for record in &batch {
             match decode::<StageEvent>(&record.payload) {
-                Ok(event) => readable.push((record, event)),
+                Ok(event) => {
+                    // The message id is the same in every stage (derived at the
+                    // gateway): `CHORUS_LOG=info,chorus_stages=debug` and a filter on it
+                    // follow one message through the spine.
+                    if let StageEvent::Message(m) = &event {
+                        tracing::debug!(
+                            stage = stage.name(),
+                            message_id = %m.message_id,
+                            conversation_id = %m.conversation_id,
+                            seq = m.seq,
+                            partition = record.partition,
+                            offset = record.offset,
+                            "message in stage"
+                        );
+                    }
+                    readable.push((record, event));
+                }
                 Err(e) => dead.push(dead_letter(&ctx, stage, record, &e)),
             }
         }
@@ -140,6 +154,7 @@ async fn run_worker(
         metrics::counter!("chorus_stage_events_total", "stage" => stage.name()).increment(n as u64);
         metrics::histogram!("chorus_stage_batch_seconds", "stage" => stage.name())
             .record(started.elapsed().as_secs_f64());
+        consumer.record_lag(&group_name);
     }
     tracing::info!(stage = stage.name(), "stage stopped");
     Ok(())

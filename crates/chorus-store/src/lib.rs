@@ -175,6 +175,18 @@ pub trait Store: AutomationStore + JobStore + Send + Sync + 'static {
     async fn user(&self, id: UserId) -> Result<Option<User>>;
     /// Users whose name starts with `prefix`, by name.
     async fn search_users(&self, prefix: &str, limit: i64) -> Result<Vec<User>>;
+    /// The user linked to an outside identity (an OIDC issuer and subject), if any.
+    async fn external_user(&self, issuer: &str, subject: &str) -> Result<Option<User>>;
+    /// Creates a user without a password, named `username`, and links the identity to
+    /// it, in one transaction. `Conflict("username")` when the name is taken (nothing is
+    /// created); `Conflict("identity")` when the identity is linked already (another
+    /// gateway linked it first: read it with [`Store::external_user`]).
+    async fn create_external_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+        username: &str,
+    ) -> Result<User>;
 
     /// Creates a group owned by `owner` with `owner` and `members`.
     async fn create_group(
@@ -211,6 +223,29 @@ pub trait Store: AutomationStore + JobStore + Send + Sync + 'static {
     async fn mark_read(&self, conversation: ConversationId, user: UserId, seq: i64) -> Result<i64>;
     /// `last_seq` of every conversation of `user`.
     async fn last_seqs(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>>;
+}
+
+/// Measures one database call into `chorus_db_query_seconds{op}` when dropped (so an
+/// early return or an error is measured too).
+pub(crate) struct QueryTimer {
+    op: &'static str,
+    started: std::time::Instant,
+}
+
+impl QueryTimer {
+    pub(crate) fn start(op: &'static str) -> Self {
+        Self {
+            op,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for QueryTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("chorus_db_query_seconds", "op" => self.op)
+            .record(self.started.elapsed().as_secs_f64());
+    }
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {

@@ -126,6 +126,7 @@ impl Store for PostgresStore {
     }
 
     async fn create_user(&self, username: &str, password_hash: &str) -> Result<User> {
+        let _timer = crate::QueryTimer::start("create_user");
         let user = User {
             id: UserId::new(),
             username: username.to_owned(),
@@ -149,6 +150,7 @@ impl Store for PostgresStore {
     }
 
     async fn account(&self, username: &str) -> Result<Option<Account>> {
+        let _timer = crate::QueryTimer::start("account");
         let row = sqlx::query("SELECT id, username, password_hash FROM users WHERE username = $1")
             .bind(username)
             .fetch_optional(&self.pool)
@@ -163,6 +165,7 @@ impl Store for PostgresStore {
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>> {
+        let _timer = crate::QueryTimer::start("user");
         sqlx::query("SELECT id, username FROM users WHERE id = $1")
             .bind(id.0)
             .fetch_optional(&self.pool)
@@ -170,6 +173,79 @@ impl Store for PostgresStore {
             .as_ref()
             .map(user_row)
             .transpose()
+    }
+
+    async fn external_user(&self, issuer: &str, subject: &str) -> Result<Option<User>> {
+        let _timer = crate::QueryTimer::start("external_user");
+        sqlx::query(
+            "SELECT u.id, u.username FROM identities i JOIN users u ON u.id = i.user_id \
+             WHERE i.issuer = $1 AND i.subject = $2",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(user_row)
+        .transpose()
+    }
+
+    async fn create_external_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+        username: &str,
+    ) -> Result<User> {
+        let _timer = crate::QueryTimer::start("create_external_user");
+        let user = User {
+            id: UserId::new(),
+            username: username.to_owned(),
+        };
+        let now = millis(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        let linked = sqlx::query("SELECT 1 FROM identities WHERE issuer = $1 AND subject = $2")
+            .bind(issuer)
+            .bind(subject)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if linked.is_some() {
+            return Err(StoreError::Conflict("identity"));
+        }
+        let res = sqlx::query(
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES ($1, $2, '', $3)",
+        )
+        .bind(user.id.0)
+        .bind(username)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict("username"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Another gateway linking the same identity at the same moment: the primary key
+        // makes one of them wait for the other and then fail here.
+        let res = sqlx::query(
+            "INSERT INTO identities (issuer, subject, user_id, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .bind(user.id.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict("identity"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok(user)
     }
 
     async fn search_users(&self, prefix: &str, limit: i64) -> Result<Vec<User>> {
@@ -295,6 +371,7 @@ impl Store for PostgresStore {
     }
 
     async fn conversations_of(&self, user: UserId) -> Result<Vec<(ConversationRecord, i64)>> {
+        let _timer = crate::QueryTimer::start("conversations_of");
         sqlx::query(&format!(
             "SELECT {CONVERSATION_COLUMNS}, me.read_seq \
              FROM members me JOIN conversations c ON c.id = me.conversation_id \
@@ -309,6 +386,7 @@ impl Store for PostgresStore {
     }
 
     async fn read_seq(&self, conversation: ConversationId, user: UserId) -> Result<Option<i64>> {
+        let _timer = crate::QueryTimer::start("read_seq");
         Ok(sqlx::query_scalar(
             "SELECT read_seq FROM members WHERE conversation_id = $1 AND user_id = $2",
         )
@@ -354,6 +432,7 @@ impl Store for PostgresStore {
     }
 
     async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
+        let _timer = crate::QueryTimer::start("members");
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT user_id FROM members WHERE conversation_id = $1 \
              ORDER BY joined_at, joined_order",
@@ -377,6 +456,7 @@ impl Store for PostgresStore {
     }
 
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>> {
+        let _timer = crate::QueryTimer::start("append_messages");
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -481,6 +561,7 @@ impl Store for PostgresStore {
     }
 
     async fn message(&self, id: MessageId) -> Result<Option<Message>> {
+        let _timer = crate::QueryTimer::start("message");
         sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = $1"
         ))
@@ -493,6 +574,7 @@ impl Store for PostgresStore {
     }
 
     async fn messages(&self, conversation: ConversationId, page: Page) -> Result<Vec<Message>> {
+        let _timer = crate::QueryTimer::start("messages");
         let before = page.before_seq.unwrap_or(i64::MAX);
         let rows = match page.after_seq {
             Some(after) => {
@@ -525,6 +607,7 @@ impl Store for PostgresStore {
     }
 
     async fn mark_read(&self, conversation: ConversationId, user: UserId, seq: i64) -> Result<i64> {
+        let _timer = crate::QueryTimer::start("mark_read");
         let marker: Option<i64> = sqlx::query_scalar(
             "UPDATE members SET read_seq = GREATEST(read_seq, \
                LEAST($1, (SELECT last_seq FROM conversations WHERE id = $2))) \
@@ -539,6 +622,7 @@ impl Store for PostgresStore {
     }
 
     async fn last_seqs(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>> {
+        let _timer = crate::QueryTimer::start("last_seqs");
         sqlx::query(
             "SELECT c.id, c.last_seq FROM members m JOIN conversations c \
              ON c.id = m.conversation_id WHERE m.user_id = $1",

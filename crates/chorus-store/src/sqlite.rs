@@ -183,6 +183,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_user(&self, username: &str, password_hash: &str) -> Result<User> {
+        let _timer = crate::QueryTimer::start("create_user");
         let user = User {
             id: UserId::new(),
             username: username.to_owned(),
@@ -206,6 +207,7 @@ impl Store for SqliteStore {
     }
 
     async fn account(&self, username: &str) -> Result<Option<Account>> {
+        let _timer = crate::QueryTimer::start("account");
         let row = sqlx::query("SELECT id, username, password_hash FROM users WHERE username = ?")
             .bind(username)
             .fetch_optional(&self.reader)
@@ -220,6 +222,7 @@ impl Store for SqliteStore {
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>> {
+        let _timer = crate::QueryTimer::start("user");
         sqlx::query("SELECT id, username FROM users WHERE id = ?")
             .bind(id.to_string())
             .fetch_optional(&self.reader)
@@ -227,6 +230,70 @@ impl Store for SqliteStore {
             .as_ref()
             .map(user_row)
             .transpose()
+    }
+
+    async fn external_user(&self, issuer: &str, subject: &str) -> Result<Option<User>> {
+        let _timer = crate::QueryTimer::start("external_user");
+        sqlx::query(
+            "SELECT u.id, u.username FROM identities i JOIN users u ON u.id = i.user_id \
+             WHERE i.issuer = ? AND i.subject = ?",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(user_row)
+        .transpose()
+    }
+
+    async fn create_external_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+        username: &str,
+    ) -> Result<User> {
+        let _timer = crate::QueryTimer::start("create_external_user");
+        let user = User {
+            id: UserId::new(),
+            username: username.to_owned(),
+        };
+        let now = millis(Utc::now());
+        let mut tx = self.write().await?;
+        let linked = sqlx::query("SELECT 1 FROM identities WHERE issuer = ? AND subject = ?")
+            .bind(issuer)
+            .bind(subject)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if linked.is_some() {
+            return Err(StoreError::Conflict("identity"));
+        }
+        let res = sqlx::query(
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, '', ?)",
+        )
+        .bind(user.id.to_string())
+        .bind(username)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict("username"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        sqlx::query(
+            "INSERT INTO identities (issuer, subject, user_id, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .bind(user.id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(user)
     }
 
     async fn search_users(&self, prefix: &str, limit: i64) -> Result<Vec<User>> {
@@ -346,6 +413,7 @@ impl Store for SqliteStore {
     }
 
     async fn conversations_of(&self, user: UserId) -> Result<Vec<(ConversationRecord, i64)>> {
+        let _timer = crate::QueryTimer::start("conversations_of");
         let rows = sqlx::query(
             "SELECT c.id, c.kind, c.title, c.owner_id, c.last_seq, c.created_at, m.read_seq \
              FROM members m JOIN conversations c ON c.id = m.conversation_id \
@@ -385,6 +453,7 @@ impl Store for SqliteStore {
     }
 
     async fn read_seq(&self, conversation: ConversationId, user: UserId) -> Result<Option<i64>> {
+        let _timer = crate::QueryTimer::start("read_seq");
         Ok(sqlx::query_scalar(
             "SELECT read_seq FROM members WHERE conversation_id = ? AND user_id = ?",
         )
@@ -426,6 +495,7 @@ impl Store for SqliteStore {
     }
 
     async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
+        let _timer = crate::QueryTimer::start("members");
         self.members_in(&self.reader, conversation).await
     }
 
@@ -444,6 +514,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>> {
+        let _timer = crate::QueryTimer::start("append_messages");
         let mut tx = self.write().await?;
         let mut out = Vec::with_capacity(batch.len());
         // Messages already stored, found with one query for the whole batch, and then
@@ -531,6 +602,7 @@ impl Store for SqliteStore {
     }
 
     async fn message(&self, id: MessageId) -> Result<Option<Message>> {
+        let _timer = crate::QueryTimer::start("message");
         sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ?"
         ))
@@ -543,6 +615,7 @@ impl Store for SqliteStore {
     }
 
     async fn messages(&self, conversation: ConversationId, page: Page) -> Result<Vec<Message>> {
+        let _timer = crate::QueryTimer::start("messages");
         let before = page.before_seq.unwrap_or(i64::MAX);
         let rows = match page.after_seq {
             Some(after) => {
@@ -575,6 +648,7 @@ impl Store for SqliteStore {
     }
 
     async fn mark_read(&self, conversation: ConversationId, user: UserId, seq: i64) -> Result<i64> {
+        let _timer = crate::QueryTimer::start("mark_read");
         let marker: Option<i64> = sqlx::query_scalar(
             "UPDATE members SET read_seq = MAX(read_seq, \
                MIN(?1, (SELECT last_seq FROM conversations WHERE id = ?2))) \
@@ -589,6 +663,7 @@ impl Store for SqliteStore {
     }
 
     async fn last_seqs(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>> {
+        let _timer = crate::QueryTimer::start("last_seqs");
         sqlx::query(
             "SELECT c.id, c.last_seq FROM members m JOIN conversations c \
              ON c.id = m.conversation_id WHERE m.user_id = ?",

@@ -208,6 +208,87 @@ async fn users_are_unique_and_found(db: &Fresh) {
     assert_eq!(store.user(UserId::new()).await.unwrap(), None);
 }
 
+async fn external_identities_map_to_one_user_each(db: &Fresh) {
+    let store = db.open().await;
+    let iss = "https://sso.example.com/realms/chorus";
+    assert_eq!(store.external_user(iss, "sub-1").await.unwrap(), None);
+    let ada = store
+        .create_external_user(iss, "sub-1", "ada")
+        .await
+        .unwrap();
+    assert_eq!(ada.username, "ada");
+    // Found again by issuer and subject, from another connection too.
+    assert_eq!(
+        store.external_user(iss, "sub-1").await.unwrap(),
+        Some(ada.clone())
+    );
+    let other = db.open().await;
+    assert_eq!(
+        other.external_user(iss, "sub-1").await.unwrap(),
+        Some(ada.clone())
+    );
+    assert_eq!(store.user(ada.id).await.unwrap(), Some(ada.clone()));
+    // Linked once: a second link fails and leaves no second user behind.
+    assert!(matches!(
+        store.create_external_user(iss, "sub-1", "ada-2").await,
+        Err(StoreError::Conflict("identity"))
+    ));
+    assert!(store.account("ada-2").await.unwrap().is_none());
+    // A taken name (a built-in account here) creates nothing and links nothing.
+    let bob = user(&store, "bob").await;
+    assert!(matches!(
+        store.create_external_user(iss, "sub-2", "bob").await,
+        Err(StoreError::Conflict("username"))
+    ));
+    assert_eq!(store.external_user(iss, "sub-2").await.unwrap(), None);
+    assert_eq!(store.account("bob").await.unwrap().unwrap().user, bob);
+    // The subject is only unique per issuer.
+    let ada_elsewhere = store
+        .create_external_user("https://other.example.com", "sub-1", "ada-other")
+        .await
+        .unwrap();
+    assert_ne!(ada_elsewhere.id, ada.id);
+    assert_eq!(
+        store
+            .external_user("https://other.example.com", "sub-1")
+            .await
+            .unwrap(),
+        Some(ada_elsewhere)
+    );
+    // No password opens an outside identity's account.
+    let account = store.account("ada").await.unwrap().unwrap();
+    assert_eq!(account.user, ada);
+    assert_eq!(account.password_hash, "");
+}
+
+async fn external_identity_is_linked_once_under_races(db: &Fresh) {
+    let iss = "https://sso.example.com";
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let store = db.open().await;
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_external_user(iss, "racer", &format!("racer-{i}"))
+                .await
+        }));
+    }
+    let mut created = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(user) => created.push(user),
+            Err(StoreError::Conflict("identity")) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "{created:?}");
+    let store = db.open().await;
+    assert_eq!(
+        store.external_user(iss, "racer").await.unwrap(),
+        Some(created[0].clone())
+    );
+    assert_eq!(store.search_users("racer", 10).await.unwrap(), created);
+}
+
 async fn search_is_a_literal_prefix_in_byte_order(db: &Fresh) {
     let store = db.open().await;
     for name in ["alice", "al_ice", "alxice", "al%x", "al", "Zed", "bob"] {
@@ -1182,6 +1263,8 @@ macro_rules! store_contract {
             cases! {
                 health,
                 users_are_unique_and_found,
+                external_identities_map_to_one_user_each,
+                external_identity_is_linked_once_under_races,
                 search_is_a_literal_prefix_in_byte_order,
                 direct_is_one_per_pair,
                 direct_is_created_once_under_races,

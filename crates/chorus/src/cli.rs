@@ -173,6 +173,13 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub admins: Option<Vec<String>>,
+    /// Also accept OIDC access tokens from this issuer, e.g.
+    /// https://sso.example.com/realms/chorus (needs --oidc-audience) [default: none].
+    #[arg(long, env = "CHORUS_OIDC_ISSUER", value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+    /// The `aud` OIDC access tokens must carry [default: none].
+    #[arg(long, env = "CHORUS_OIDC_AUDIENCE", value_name = "AUDIENCE")]
+    pub oidc_audience: Option<String>,
 }
 
 impl ServeArgs {
@@ -205,6 +212,12 @@ impl ServeArgs {
         }
         if let Some(db) = &self.db {
             c.db = Some(db.clone());
+        }
+        if let Some(issuer) = &self.oidc_issuer {
+            c.auth.oidc_issuer = Some(issuer.clone());
+        }
+        if let Some(audience) = &self.oidc_audience {
+            c.auth.oidc_audience = Some(audience.clone());
         }
         if let Some(secret) = &self.jwt_secret {
             c.auth.jwt_secret = Some(secret.clone());

@@ -129,6 +129,7 @@ impl Node {
             log: log.clone(),
             registry: registry.clone(),
             tokens: Tokens::new(&secret, Duration::from_secs(config.auth.token_ttl_secs)),
+            oidc: oidc(&config),
             sessions: Sessions::default(),
             limiter: RateLimiter::new(config.limits.rate_per_sec, config.limits.rate_burst),
             metrics: crate::telemetry::metrics(),
@@ -473,6 +474,19 @@ fn parse_roles(names: &[String]) -> anyhow::Result<Vec<Role>> {
             })
         })
         .collect()
+}
+
+/// The OIDC verifier, when an issuer is configured (validation made sure the audience
+/// is too).
+fn oidc(config: &Config) -> Option<Arc<chorus_gateway::oidc::Oidc>> {
+    let (issuer, audience) = (
+        config.auth.oidc_issuer.clone()?,
+        config.auth.oidc_audience.clone()?,
+    );
+    tracing::info!(%issuer, %audience, "accepting OIDC access tokens");
+    Some(Arc::new(chorus_gateway::oidc::Oidc::new(
+        chorus_gateway::oidc::OidcSettings { issuer, audience },
+    )))
 }
 
 /// The token secret: configured, or generated once and kept in the data directory.

@@ -36,7 +36,153 @@ pub fn metrics() -> PrometheusHandle {
             // Another recorder may already be installed (tests embedding chorus in
             // a larger program); the handle still renders this one's metrics.
             let _ = metrics::set_global_recorder(recorder);
+            describe();
             handle
         })
         .clone()
+}
+
+/// Every metric's help text: Prometheus (and `promtool check metrics`, run on a live
+/// node's output by the conformance suite) wants one per metric. A metric appears in
+/// `/metrics` once it has a value.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    // Gateway: connections and frames.
+    describe_gauge!(
+        "chorus_ws_connections",
+        "WebSocket sessions open on this node"
+    );
+    describe_gauge!(
+        "chorus_ws_sessions_local",
+        "Sessions in this node's local fan-out table (set on each scrape)"
+    );
+    describe_counter!(
+        "chorus_ws_connections_opened_total",
+        "WebSocket sessions opened"
+    );
+    describe_counter!(
+        "chorus_ws_frames_rejected_total",
+        "Client frames answered with an error, by code"
+    );
+    describe_counter!(
+        "chorus_ws_gap_fills_total",
+        "Sessions that filled a seq gap from the store"
+    );
+    describe_counter!(
+        "chorus_ws_overflow_closed_total",
+        "Sessions closed because their client stopped reading"
+    );
+    describe_counter!(
+        "chorus_gateway_frames_delivered_total",
+        "Message and notice frames queued to local sessions"
+    );
+    describe_counter!(
+        "chorus_messages_accepted_total",
+        "Sends accepted onto the log"
+    );
+    describe_counter!(
+        "chorus_oidc_key_fetches_total",
+        "Fetches of the OIDC provider's keys, by outcome"
+    );
+    // Stages.
+    describe_counter!("chorus_stage_events_total", "Events processed, by stage");
+    describe_histogram!(
+        "chorus_stage_batch_seconds",
+        "Time to process and commit one batch, by stage"
+    );
+    describe_gauge!(
+        "chorus_consumer_lag",
+        "Records not yet processed, by consumer group, topic and partition (as of its last batch)"
+    );
+    describe_counter!(
+        "chorus_dead_letter_total",
+        "Events sent to the dead-letter topic, by stage"
+    );
+    describe_counter!(
+        "chorus_messages_stored_total",
+        "Messages stored with a new seq"
+    );
+    describe_counter!(
+        "chorus_messages_duplicate_total",
+        "Messages found stored already (retries, redeliveries)"
+    );
+    describe_counter!(
+        "chorus_route_deliveries_total",
+        "Delivery records sent to gateway nodes"
+    );
+    describe_counter!(
+        "chorus_role_restarts_total",
+        "Role loops restarted after a failure, by role"
+    );
+    describe_counter!(
+        "chorus_kafka_producer_renewed_total",
+        "Kafka producers replaced after a fatal error"
+    );
+    describe_histogram!(
+        "chorus_db_query_seconds",
+        "Database call latency, by operation"
+    );
+    // Scripts and auto-replies.
+    describe_counter!(
+        "chorus_script_runs_total",
+        "Script runs, by hook and outcome"
+    );
+    describe_histogram!("chorus_script_run_seconds", "Script run time, by hook");
+    describe_counter!(
+        "chorus_scripts_disabled_total",
+        "Scripts disabled after failing too often"
+    );
+    describe_counter!(
+        "chorus_automation_messages_total",
+        "Messages scripts and auto-replies produced, by kind"
+    );
+    describe_counter!(
+        "chorus_automation_chain_stopped_total",
+        "Automation chains stopped at the hop limit"
+    );
+    describe_counter!(
+        "chorus_messages_blocked_total",
+        "Sends blocked by an outgoing script"
+    );
+    describe_counter!(
+        "chorus_messages_dropped_for_recipient_total",
+        "Messages an incoming script dropped for its owner"
+    );
+    // Jobs and the observer.
+    describe_counter!("chorus_jobs_submitted_total", "Jobs submitted");
+    describe_counter!("chorus_jobs_started_total", "Jobs a worker started");
+    describe_counter!("chorus_jobs_finished_total", "Jobs finished, by outcome");
+    describe_counter!(
+        "chorus_jobs_duplicate_results_total",
+        "Job results recorded after the first (ignored)"
+    );
+    describe_histogram!("chorus_job_duration_seconds", "Job run time on a worker");
+    describe_gauge!(
+        "chorus_observer_workers",
+        "Workers running, as the observer counts them"
+    );
+    describe_gauge!(
+        "chorus_observer_desired_workers",
+        "Workers the observer wants"
+    );
+    describe_gauge!(
+        "chorus_observer_arrival_rate",
+        "Jobs arriving per second (stable window)"
+    );
+    describe_gauge!(
+        "chorus_observer_service_rate",
+        "Jobs one worker finishes per second"
+    );
+    describe_gauge!(
+        "chorus_observer_p95_response_seconds",
+        "95th percentile of job response time (submission to result)"
+    );
+    describe_gauge!(
+        "chorus_observer_queue_depth",
+        "Jobs submitted and not yet finished"
+    );
+    describe_gauge!(
+        "chorus_observer_panic",
+        "1 while the observer is in panic mode"
+    );
 }

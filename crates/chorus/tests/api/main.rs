@@ -7,4 +7,5 @@ mod guarantees;
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod oidc;
 mod protocol;
