@@ -226,8 +226,8 @@ impl Autoscaler {
             (
                 window_max.max(workers),
                 format!(
-                    "panic: {:.1} jobs/s over {}s needs {want_panic} (>= {}x {workers} at the last trigger); no scaling down",
-                    panic_window.arrival_rate, config.panic_window_secs, config.panic_threshold
+                    "panic (demand reached {}x capacity): {:.1} jobs/s over {}s needs {want_panic}, {window_max} at most over the stable window; no scaling down",
+                    config.panic_threshold, panic_window.arrival_rate, config.panic_window_secs
                 ),
             )
         } else {
