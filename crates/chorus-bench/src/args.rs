@@ -23,6 +23,29 @@ impl ConversationMode {
     }
 }
 
+/// What the generator talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// A chorus server: HTTP API and the chorus WebSocket protocol.
+    Chorus,
+    /// An XMPP server over WebSocket (RFC 7395) with ejabberd's HTTP API for users and
+    /// rooms (see bench/ejabberd/setup.sh): `--url` is its HTTP listener.
+    Xmpp,
+    /// The bare relay (`chorus-relay`), the floor for comparisons.
+    Relay,
+}
+
+impl Protocol {
+    /// The protocol's name on the command line and in the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chorus => "chorus",
+            Self::Xmpp => "xmpp",
+            Self::Relay => "relay",
+        }
+    }
+}
+
 /// Flags of `chorus bench`.
 ///
 /// By default it measures message latency: every user sends, at `--rate` messages per
@@ -39,6 +62,24 @@ pub struct BenchArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub url: String,
+    /// What the server speaks: chorus, xmpp (ejabberd over WebSocket) or relay (the
+    /// bare relay). The same scenarios, counters and histograms for all three.
+    #[arg(
+        long,
+        env = "CHORUS_BENCH_PROTOCOL",
+        value_enum,
+        value_name = "PROTOCOL",
+        default_value = "chorus"
+    )]
+    pub protocol: Protocol,
+    /// XMPP domain (virtual host) of the users with `--protocol xmpp`.
+    #[arg(
+        long,
+        env = "CHORUS_BENCH_XMPP_DOMAIN",
+        value_name = "DOMAIN",
+        default_value = "localhost"
+    )]
+    pub xmpp_domain: String,
     /// Number of users, each with one WebSocket session.
     #[arg(
         long,
@@ -124,6 +165,12 @@ pub struct BenchArgs {
         default_value = "bench"
     )]
     pub user_prefix: String,
+    /// Keep the users' ids and access tokens in this file (one `USERNAME ID TOKEN` line
+    /// each) and reuse them on the next run instead of signing in again: a sign-in
+    /// costs the server a password hash, which dominates the setup of runs with
+    /// thousands of users. Delete the file when the tokens expire.
+    #[arg(long, env = "CHORUS_BENCH_TOKEN_CACHE", value_name = "FILE")]
+    pub token_cache: Option<PathBuf>,
     /// Password of every benchmark user.
     #[arg(
         long,
@@ -207,6 +254,17 @@ impl BenchArgs {
         if !(8..=1024).contains(&self.password.len()) {
             bail!("--password must be 8..=1024 bytes");
         }
+        if self.protocol != Protocol::Chorus && self.reconnect_storm {
+            bail!("--reconnect-storm needs the chorus protocol's resume (sync)");
+        }
+        if self.protocol == Protocol::Xmpp
+            && self.closed_loop
+            && self.conversation == ConversationMode::Direct
+        {
+            bail!(
+                "--closed-loop refills on the sender's own echo, which XMPP direct messages do not have: use --conversation group"
+            );
+        }
         Ok(())
     }
 
@@ -262,6 +320,8 @@ mod tests {
         assert_eq!(a.source_addrs, 1);
         assert_eq!(a.connect_concurrency, 200);
         assert_eq!(a.body_bytes, 100);
+        assert_eq!(a.protocol, Protocol::Chorus);
+        assert_eq!(a.xmpp_domain, "localhost");
         assert_eq!(a.scenario(), "open-loop");
         a.validate().unwrap();
     }
@@ -299,5 +359,28 @@ mod tests {
                 .is_err()
         );
         assert!(parse(&["--password", "short"]).validate().is_err());
+        assert!(
+            parse(&["--protocol", "xmpp", "--reconnect-storm"])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            parse(&["--protocol", "xmpp", "--closed-loop"])
+                .validate()
+                .is_err()
+        );
+        let group = [
+            "--protocol",
+            "xmpp",
+            "--closed-loop",
+            "--conversation",
+            "group",
+        ];
+        assert!(parse(&group).validate().is_ok());
+        assert!(
+            parse(&["--protocol", "relay", "--closed-loop"])
+                .validate()
+                .is_ok()
+        );
     }
 }

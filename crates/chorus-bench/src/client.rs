@@ -93,9 +93,9 @@ pub(crate) struct Client {
     pub tx: Option<mpsc::UnboundedSender<Cmd>>,
 }
 
-/// Opens a TCP connection (bound to a source address by `slot` when asked) and
-/// upgrades it to a WebSocket session with `token`.
-pub(crate) async fn connect(target: &Target, token: &str, slot: usize) -> anyhow::Result<Ws> {
+/// Opens a TCP connection to the server, bound to a source address by `slot` when
+/// asked, with `TCP_NODELAY`.
+pub(crate) async fn connect_tcp(target: &Target, slot: usize) -> anyhow::Result<TcpStream> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -107,15 +107,25 @@ pub(crate) async fn connect(target: &Target, token: &str, slot: usize) -> anyhow
             .with_context(|| format!("binding to {ip}"))?;
     }
     socket.set_nodelay(true)?;
-    let stream = socket
+    socket
         .connect(target.addr)
         .await
-        .with_context(|| format!("connecting to {}", target.addr))?;
-    let config = WebSocketConfig::default()
+        .with_context(|| format!("connecting to {}", target.addr))
+}
+
+/// The WebSocket buffers of a client.
+pub(crate) fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
-        .write_buffer_size(16 * 1024);
+        .write_buffer_size(16 * 1024)
+}
+
+/// Opens a TCP connection ([`connect_tcp`]) and upgrades it to a WebSocket session
+/// with `token`.
+pub(crate) async fn connect(target: &Target, token: &str, slot: usize) -> anyhow::Result<Ws> {
+    let stream = connect_tcp(target, slot).await?;
     let url = format!("{}{token}", target.ws_prefix);
-    let (ws, _) = client_async_with_config(url, stream, Some(config))
+    let (ws, _) = client_async_with_config(url, stream, Some(ws_config()))
         .await
         .context("WebSocket upgrade")?;
     Ok(ws)

@@ -15,16 +15,24 @@
 //!   reconnects at once, resuming with `sync`; no message may be missed.
 //!
 //! The report goes to stdout as a table and, with `--json`, to a file.
+//!
+//! `--protocol xmpp` drives ejabberd (XMPP over WebSocket, RFC 7395) and
+//! `--protocol relay` the bare relay of this crate ([`serve_relay`], the `chorus-relay`
+//! binary) through the same scenarios, for side-by-side figures.
 
 mod args;
 mod client;
 mod codec;
+mod peer;
+mod relay;
 mod report;
 mod scenarios;
 mod setup;
 mod stats;
+mod xmpp;
 
-pub use args::{BenchArgs, ConversationMode};
+pub use args::{BenchArgs, ConversationMode, Protocol};
+pub use relay::serve_relay;
 
 /// Runs the benchmark described by `args` and prints its report. Fails when the
 /// server cannot be reached or no session can be opened; missing deliveries are

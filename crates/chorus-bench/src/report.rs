@@ -73,6 +73,8 @@ pub(crate) fn rss_per_connection(before_kib: u64, after_kib: u64, connections: u
 pub(crate) struct Report {
     /// open-loop, closed-loop, idle or reconnect-storm.
     pub scenario: &'static str,
+    /// chorus, xmpp or relay.
+    pub protocol: &'static str,
     /// The server's base URL.
     pub url: String,
     /// Users signed in.
@@ -195,7 +197,11 @@ impl Report {
         let row = |o: &mut String, k: &str, v: String| {
             let _ = writeln!(o, "  {k:<18} {v}");
         };
-        let _ = writeln!(o, "chorus bench: {} against {}", self.scenario, self.url);
+        let _ = writeln!(
+            o,
+            "chorus bench: {} against {} ({})",
+            self.scenario, self.url, self.protocol
+        );
         row(
             &mut o,
             "users",
@@ -401,6 +407,7 @@ mod tests {
             "p999_ms",
             "max_ms",
             "throughput",
+            "protocol",
             "offered_rate",
             "send_rate",
             "users",

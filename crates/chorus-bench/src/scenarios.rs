@@ -1,9 +1,10 @@
 //! The run: set up users and conversations, open the sessions, drive one scenario
 //! (open loop, closed loop, idle, reconnect storm), wait for the tail and report.
 
-use crate::args::{BenchArgs, ConversationMode};
+use crate::args::{BenchArgs, ConversationMode, Protocol};
 use crate::client::{Client, Cmd, Ctx, Seat};
 use crate::codec::now_ns;
+use crate::peer::{self, Dialect, PeerClient, PeerSeat};
 use crate::report::{self, Percentiles, Report, Storm};
 use crate::setup::{self, Target};
 use crate::stats::{Counters, Sharded, Window, get};
@@ -34,7 +35,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let nofile = setup::raise_nofile();
     let target = Target::resolve(&args.url, args.source_addrs).await?;
     let http = setup::http_client(args.connect_concurrency)?;
-    setup::check_reachable(&http, &target).await?;
+    let dialect = Dialect::of(&args);
+    if dialect.is_none() {
+        setup::check_reachable(&http, &target).await?;
+    }
     let progress = Progress::new();
     // The low bits of a v7 UUID are random.
     let run_id = uuid::Uuid::now_v7().as_u128() as u32;
@@ -49,7 +53,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     progress.start("sign in", args.users as u64);
-    let (users, sign_ins) = setup::sign_in_all(&http, &target, &args, || progress.inc()).await?;
+    let (users, sign_ins) = match dialect {
+        None => setup::sign_in_all(&http, &target, &args, || progress.inc()).await?,
+        Some(_) => peer::sign_in_all(&http, &target, &args, || progress.inc()).await?,
+    };
     progress.note(&format!(
         "{} users signed in ({} registered, {} logged in) in {:.1} s",
         users.len(),
@@ -63,10 +70,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         let plan = setup::plan_conversations(users.len(), args.conversation, args.group_size);
         progress.start("conversations", plan.len() as u64);
-        let c = setup::create_conversations(&http, &target, &users, plan, &args, run_id, || {
-            progress.inc()
-        })
-        .await?;
+        let tick = || progress.inc();
+        let c = match dialect {
+            None => {
+                setup::create_conversations(&http, &target, &users, plan, &args, run_id, tick)
+                    .await?
+            }
+            Some(_) => {
+                peer::create_conversations(&http, &target, plan, &args, run_id, tick).await?
+            }
+        };
         if c.is_empty() {
             bail!("no conversation to send to: use more --users");
         }
@@ -74,7 +87,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let members: Vec<Arc<AtomicU64>> = conversations
         .iter()
-        .map(|c| Arc::new(AtomicU64::new(c.members.len() as u64)))
+        .map(|c| {
+            let n = peer::receivers(args.protocol, args.conversation, c.members.len());
+            Arc::new(AtomicU64::new(n))
+        })
         .collect();
     let mut seat_of: Vec<Option<usize>> = vec![None; users.len()];
     for (c, conversation) in conversations.iter().enumerate() {
@@ -113,17 +129,48 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let opened: Vec<Opened> = futures::stream::iter(participants)
         .map(|i| {
             let ctx = ctx.clone();
-            let token = users[i].token.clone();
+            let user = &users[i];
             let seat = seat_of[i].map(|c| Seat {
                 conversation_id: conversations[c].id.clone(),
                 members: members[c].clone(),
             });
+            let peer_seat = seat_of[i].zip(dialect.as_ref()).map(|(c, d)| {
+                let conversation = &conversations[c];
+                let direct_xmpp = args.protocol == Protocol::Xmpp
+                    && args.conversation == ConversationMode::Direct;
+                PeerSeat {
+                    dest: if direct_xmpp {
+                        let other = conversation.members.iter().find(|&&m| m != i);
+                        d.jid(&users[other.copied().unwrap_or(i)].id).into()
+                    } else {
+                        conversation.id.clone()
+                    },
+                    join: !direct_xmpp,
+                    receivers: members[c].clone(),
+                }
+            });
+            let dialect = dialect.as_ref();
             let progress = &progress;
             async move {
                 let mut attempt = 0;
                 let client = loop {
-                    match Client::connect(ctx.clone(), i as u32, token.clone(), seat.clone()).await
-                    {
+                    let result = match dialect {
+                        None => {
+                            Client::connect(ctx.clone(), i as u32, user.token.clone(), seat.clone())
+                                .await
+                                .map(|c| (c.tx.clone(), tokio::spawn(c.run())))
+                        }
+                        Some(d) => PeerClient::connect(
+                            ctx.clone(),
+                            d,
+                            i as u32,
+                            &user.id,
+                            peer_seat.clone(),
+                        )
+                        .await
+                        .map(|c| (c.tx.clone(), tokio::spawn(c.run()))),
+                    };
+                    match result {
                         Ok(c) => break Ok(c),
                         Err(e) if attempt + 1 >= CONNECT_ATTEMPTS => break Err(e),
                         Err(_) => {}
@@ -133,12 +180,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 };
                 progress.inc();
                 match client {
-                    Ok(client) => {
-                        let tx = client.tx.clone();
-                        Ok((i, tokio::spawn(client.run()), tx))
-                    }
+                    Ok((tx, handle)) => Ok((i, handle, tx)),
                     Err(e) => {
-                        if let Some(s) = seat {
+                        if let Some(s) = peer_seat {
+                            s.lose_receiver();
+                        } else if let Some(s) = seat {
                             s.members.fetch_sub(1, Relaxed);
                         }
                         Err(e.context(format!("user {i}")))
@@ -191,7 +237,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
         ticker.abort();
     } else {
-        if !args.closed_loop && args.rate / senders.len() as f64 > 100.0 {
+        if dialect.is_none() && !args.closed_loop && args.rate / senders.len() as f64 > 100.0 {
             progress.note(&format!(
                 "note: {:.0} sends/s per user is over the server's default per-user limit (100/s): expect rate_limited",
                 args.rate / senders.len() as f64
@@ -248,6 +294,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let c = &ctx.counters;
     let mut r = Report {
         scenario: args.scenario(),
+        protocol: args.protocol.as_str(),
         url: ctx.target.http_base.clone(),
         users: users.len(),
         registered: sign_ins.registered,

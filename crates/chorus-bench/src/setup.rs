@@ -7,6 +7,8 @@ use futures::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,18 +143,32 @@ pub(crate) struct SignIns {
 
 /// Registers `PREFIX-0 … PREFIX-(n-1)`, logging in those that exist (409), with at
 /// most [`SIGN_IN_CONCURRENCY`] requests at once. `tick` is called after each user.
+/// With `--token-cache`, users found in the file are not signed in again, and the file
+/// is rewritten with every user at the end.
 pub(crate) async fn sign_in_all(
     http: &reqwest::Client,
     target: &Target,
     args: &BenchArgs,
     tick: impl Fn() + Sync,
 ) -> anyhow::Result<(Vec<User>, SignIns)> {
+    let mut cached = match &args.token_cache {
+        Some(path) if path.exists() => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            parse_token_cache(&text)
+        }
+        _ => HashMap::new(),
+    };
     let results: Vec<(usize, User, bool)> = futures::stream::iter(0..args.users)
         .map(|i| {
             let username = format!("{}-{i}", args.user_prefix);
+            let known = cached.remove(&username);
             let tick = &tick;
             async move {
-                let (user, new) = sign_in(http, target, &username, &args.password).await?;
+                let (user, new) = match known {
+                    Some(user) => (user, false),
+                    None => sign_in(http, target, &username, &args.password).await?,
+                };
                 tick();
                 anyhow::Ok((i, user, new))
             }
@@ -170,7 +186,30 @@ pub(crate) async fn sign_in_all(
         }
         users[i] = Some(user);
     }
-    Ok((users.into_iter().map(Option::unwrap).collect(), counts))
+    let users: Vec<User> = users.into_iter().map(Option::unwrap).collect();
+    if let Some(path) = &args.token_cache {
+        let mut text = String::new();
+        for (i, u) in users.iter().enumerate() {
+            let _ = writeln!(text, "{}-{i} {} {}", args.user_prefix, u.id, u.token);
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok((users, counts))
+}
+
+/// The users of a token cache file, by username (malformed lines are skipped).
+fn parse_token_cache(text: &str) -> HashMap<String, User> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let (name, id, token) = (parts.next()?, parts.next()?, parts.next()?);
+            let user = User {
+                id: id.to_owned(),
+                token: token.to_owned(),
+            };
+            Some((name.to_owned(), user))
+        })
+        .collect()
 }
 
 async fn sign_in(
@@ -374,6 +413,14 @@ mod tests {
         assert!(plan_conversations(1, ConversationMode::Group, 10).is_empty());
         let all: Vec<usize> = plan_conversations(21, ConversationMode::Group, 10).concat();
         assert_eq!(all, (0..21).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn token_cache_lines() {
+        let users = parse_token_cache("b-0 id0 tok0\nbroken line\n\nb-1 id1 tok1\n");
+        assert_eq!(users.len(), 2);
+        assert_eq!(users["b-1"].id, "id1");
+        assert_eq!(users["b-0"].token, "tok0");
     }
 
     #[test]

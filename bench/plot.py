@@ -1,0 +1,129 @@
+"""Plots and tables of bench/run-all.sh's results.
+
+python bench/plot.py RESULTS_DIR PLOTS_DIR
+
+Reads RESULTS_DIR/rate-SERVER-RATE.json (chorus bench reports) and
+RESULTS_DIR/idle-SERVER-SIZE.json (run-all.sh's idle memory lines), writes
+PLOTS_DIR/latency-vs-rate.png and PLOTS_DIR/idle-rss.png, and prints the tables of
+BENCHMARKS.md (ratios against chorus) in Markdown.
+"""
+
+import glob
+import json
+import os
+import re
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SERVERS = ["chorus", "ejabberd", "relay"]
+COLORS = {"chorus": "tab:blue", "ejabberd": "tab:red", "relay": "tab:gray"}
+
+
+def load(results, kind):
+    out = {}
+    for path in glob.glob(os.path.join(results, f"{kind}-*.json")):
+        m = re.fullmatch(rf"{kind}-([a-z]+)-(\d+)\.json", os.path.basename(path))
+        if not m:
+            continue
+        with open(path) as f:
+            out.setdefault(m[1], {})[int(m[2])] = json.load(f)
+    return out
+
+
+def plot_rates(rates, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (key, label) in zip(axes, [("p50_ms", "p50"), ("p99_ms", "p99")]):
+        for server in SERVERS:
+            runs = sorted(rates.get(server, {}).items())
+            if not runs:
+                continue
+            xs = [r["send_rate"] for _, r in runs]
+            ys = [max(r[key], 0.01) for _, r in runs]
+            ax.plot(xs, ys, "o-", color=COLORS[server], label=server)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("messages sent per second (1:1, 100 pairs)")
+        ax.set_title(f"{label} send → receive latency")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.axhline(10, color="black", lw=0.6, ls="--")
+    axes[0].set_ylabel("ms (log)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_idle(idle, path):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for server in SERVERS:
+        runs = sorted(idle.get(server, {}).items())
+        if not runs:
+            continue
+        ax.plot(
+            [r["connections"] for _, r in runs],
+            [r["kib_per_connection"] for _, r in runs],
+            "o-",
+            color=COLORS[server],
+            label=server,
+        )
+    ax.axhline(6, color="black", lw=0.6, ls="--", label="target (6 KiB)")
+    ax.set_xlabel("idle WebSocket connections")
+    ax.set_ylabel("server RSS per connection, KiB")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def tables(rates, idle):
+    if idle:
+        print("| connections | " + " | ".join(f"{s} KiB/conn" for s in SERVERS) + " | ejabberd / chorus | chorus / relay |")
+        print("|---" * (len(SERVERS) + 3) + "|")
+        for size in sorted({k for v in idle.values() for k in v}):
+            row = {s: idle.get(s, {}).get(size, {}).get("kib_per_connection") for s in SERVERS}
+            cells = [f"{row[s]:.1f}" if row[s] is not None else "–" for s in SERVERS]
+            print(f"| {size} | " + " | ".join(cells) + f" | {ratio(row['ejabberd'], row['chorus'])} | {ratio(row['chorus'], row['relay'])} |")
+        print()
+    if rates:
+        print("| offered msg/s | server | sent/s | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for rate in sorted({k for v in rates.values() for k in v}):
+            for s in SERVERS:
+                r = rates.get(s, {}).get(rate)
+                if r is None:
+                    continue
+                print(
+                    f"| {rate} | {s} | {r['send_rate']:.0f} | {r['delivered']}/{r['expected']} ({r['delivered_percent']:.2f}%) "
+                    f"| {r['throughput']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['max_ms']:.1f} |"
+                )
+        print()
+        print("Highest rate with ≥ 99.9% delivered and p99 ≤ 10 ms, per server:")
+        best = {}
+        for s in SERVERS:
+            ok = [r for r in rates.get(s, {}).values() if r["delivered_percent"] >= 99.9 and r["p99_ms"] <= 10]
+            best[s] = max((r["send_rate"] for r in ok), default=0)
+            print(f"- {s}: {best[s]:.0f} msg/s")
+        print(f"- chorus / ejabberd: {ratio(best['chorus'], best['ejabberd'])}; relay / chorus: {ratio(best['relay'], best['chorus'])}")
+
+
+def main():
+    results, plots = sys.argv[1], sys.argv[2]
+    os.makedirs(plots, exist_ok=True)
+    rates, idle = load(results, "rate"), load(results, "idle")
+    if rates:
+        plot_rates(rates, os.path.join(plots, "latency-vs-rate.png"))
+    if idle:
+        plot_idle(idle, os.path.join(plots, "idle-rss.png"))
+    tables(rates, idle)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Every side-by-side figure of BENCHMARKS.md, with one command: chorus, ejabberd
+# (bench/ejabberd/setup.sh) and the bare relay (chorus-relay) on this machine.
+#
+#   bench/run-all.sh                  # everything; JSON reports under target/bench/
+#   SKIP_IDLE=1 bench/run-all.sh      # only the 1:1 rate sweep
+#   SKIP_RATE=1 bench/run-all.sh      # only idle memory
+#   SKIP_BUILD=1 bench/run-all.sh     # with the release binaries already built
+#   SERVERS="chorus relay" RATES="1000 5000" IDLE_SIZES=5000 bench/run-all.sh
+#
+# Idle memory: each server is started fresh for each size, then CLIENT_PROCS load
+# generator processes (one process may hold at most ~19.9k sockets here) open the
+# connections from 127.0.0.1..8 and hold them; the server's RSS growth divided by the
+# established connections is the cost of one idle connection. Rate sweep: 200 users in
+# 100 direct pairs, open loop, 10 s measured after 2 s warm-up, rates rising until
+# the server saturates (under 99% delivered, or p99 over a second). Then
+# bench/plot.py draws docs/bench/*.png and prints the tables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/target/bench}
+SERVERS=${SERVERS:-"chorus ejabberd relay"}
+RATES=${RATES:-"1000 2000 5000 10000 15000 20000 30000 40000"}
+IDLE_SIZES=${IDLE_SIZES:-"5000 10000 19000"}
+CLIENT_PROCS=${CLIENT_PROCS:-4}
+USERS=${USERS:-200}
+DURATION=${DURATION:-10}
+CHORUS_PORT=19603
+RELAY_PORT=19700
+EJABBERD_PORT=${EJABBERD_BENCH_PORT:-15280}
+export EJABBERD_BENCH_PORT=$EJABBERD_PORT
+BENCH=$ROOT/target/release/chorus
+RELAY=$ROOT/target/release/chorus-relay
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)"
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release --features kafka -p chorus
+  cargo build --release -p chorus-bench --bin chorus-relay
+fi
+bench/ejabberd/setup.sh install
+
+SERVER_PID=
+CHORUS_DATA=$OUT/chorus-data
+cat >"$OUT/chorus.toml" <<TOML
+[limits]
+# The sweep offers up to 200 sends/s per user; the default limit is 100/s.
+rate_per_sec = 100000
+rate_burst = 100000
+TOML
+
+url_of() {
+  case $1 in
+    chorus) echo "http://127.0.0.1:$CHORUS_PORT" ;;
+    ejabberd) echo "http://127.0.0.1:$EJABBERD_PORT" ;;
+    relay) echo "http://127.0.0.1:$RELAY_PORT" ;;
+  esac
+}
+port_of() { url_of "$1" | sed 's/.*://'; }
+protocol_of() {
+  case $1 in chorus) echo chorus ;; ejabberd) echo xmpp ;; relay) echo relay ;; esac
+}
+
+wait_port() {
+  for _ in $(seq 200); do
+    if ss -Hltn "sport = :$1" | grep -q .; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  return 1
+}
+
+start_server() {
+  case $1 in
+    chorus)
+      "$BENCH" serve --listen "127.0.0.1:$CHORUS_PORT" --data-dir "$CHORUS_DATA" \
+        --config "$OUT/chorus.toml" >"$OUT/chorus-serve.log" 2>&1 &
+      SERVER_PID=$!
+      ;;
+    relay)
+      "$RELAY" --listen "127.0.0.1:$RELAY_PORT" >"$OUT/relay.log" 2>&1 &
+      SERVER_PID=$!
+      ;;
+    ejabberd)
+      bench/ejabberd/setup.sh start >/dev/null
+      SERVER_PID=$(bench/ejabberd/setup.sh pid)
+      ;;
+  esac
+  wait_port "$(port_of "$1")"
+  if [ "$1" = chorus ]; then
+    until curl -fs -o /dev/null "$(url_of chorus)/readyz"; do sleep 0.2; done
+  fi
+}
+
+stop_server() {
+  case $1 in
+    ejabberd) bench/ejabberd/setup.sh stop ;;
+    *)
+      kill "$SERVER_PID" 2>/dev/null || true
+      wait "$SERVER_PID" 2>/dev/null || true
+      ;;
+  esac
+  SERVER_PID=
+}
+trap 'if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi; bench/ejabberd/setup.sh stop' EXIT
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
+
+# bench SERVER ARGS...: the load generator against SERVER.
+bench() {
+  local server=$1
+  shift
+  "$BENCH" bench --protocol "$(protocol_of "$server")" --url "$(url_of "$server")" "$@"
+}
+
+idle() {
+  local server=$1 size=$2 per=$(($2 / CLIENT_PROCS)) p pids=()
+  start_server "$server"
+  sleep 2
+  local before
+  before=$(rss_kib "$SERVER_PID")
+  for p in $(seq 0 $((CLIENT_PROCS - 1))); do
+    bench "$server" --idle --users "$per" --user-prefix "idle$p" --duration 60 \
+      --source-addrs 8 --connect-concurrency 100 --token-cache "$OUT/idle$p.tokens" \
+      --json "$OUT/idle-$server-$size-$p.json" >"$OUT/idle-$server-$size-$p.log" 2>&1 &
+    pids+=($!)
+  done
+  local want=$((per * CLIENT_PROCS)) n=0
+  for _ in $(seq 600); do
+    n=$(established "$(port_of "$server")")
+    [ "$n" -ge "$want" ] && break
+    sleep 0.5
+  done
+  sleep 5
+  n=$(established "$(port_of "$server")")
+  local after
+  after=$(rss_kib "$SERVER_PID")
+  # Divided by the sessions asked for: the established count also holds the HTTP
+  # keep-alive connections of the XMPP users' registration.
+  printf '{"server":"%s","connections":%d,"established":%d,"rss_before_kib":%d,"rss_after_kib":%d,"kib_per_connection":%.2f}\n' \
+    "$server" "$want" "$n" "$before" "$after" "$(echo "($after - $before) / $want" | bc -l)" \
+    | tee "$OUT/idle-$server-$size.json"
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait "${pids[@]}" 2>/dev/null || true
+  stop_server "$server"
+  sleep 3
+}
+
+if [ -z "${SKIP_IDLE:-}" ]; then
+  largest=$(echo "$IDLE_SIZES" | tr ' ' '\n' | sort -n | tail -1)
+  for server in $SERVERS; do
+    if [ "$server" = chorus ] || [ "$server" = ejabberd ]; then
+      # Users first, on a server that is then restarted: registering leaves memory
+      # with the allocator that the sessions would reuse and hide.
+      start_server "$server"
+      for p in $(seq 0 $((CLIENT_PROCS - 1))); do
+        bench "$server" --idle --users $((largest / CLIENT_PROCS)) --user-prefix "idle$p" \
+          --duration 1 --token-cache "$OUT/idle$p.tokens" >/dev/null
+      done
+      stop_server "$server"
+    fi
+    for size in $IDLE_SIZES; do idle "$server" "$size"; done
+  done
+fi
+
+# summary FILE: one line of a bench report.
+summary() {
+  python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("%.2f%% delivered, %.0f deliveries/s, p50 %s ms, p99 %s ms, generator lag p99 %s ms"
+      % (r["delivered_percent"], r["throughput"], r["p50_ms"], r["p99_ms"], r.get("generator_lag_p99_ms")))
+PY
+}
+
+# saturated FILE: under 99% delivered or p99 over a second.
+saturated() {
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r["delivered_percent"] < 99 or r["p99_ms"] > 1000 else 1)' "$1"
+}
+
+if [ -z "${SKIP_RATE:-}" ]; then
+  # All servers run at once and take each rate in turn, so that a noisy neighbour on
+  # this shared machine hurts them alike; a saturated server leaves the sweep.
+  declare -A PIDS
+  live=""
+  for server in $SERVERS; do
+    start_server "$server"
+    PIDS[$server]=$SERVER_PID
+    live="$live $server"
+  done
+  SERVER_PID=
+  for rate in $RATES; do
+    next=""
+    for server in $live; do
+      json=$OUT/rate-$server-$rate.json
+      rm -f "$json"
+      bench "$server" --users "$USERS" --rate "$rate" --duration "$DURATION" --warmup 2 \
+        --user-prefix rate --token-cache "$OUT/rate.tokens" --json "$json" \
+        >"$OUT/rate-$server-$rate.log" 2>&1 || true
+      if [ ! -f "$json" ]; then
+        echo "$server $rate msg/s: failed, see $OUT/rate-$server-$rate.log"
+        continue
+      fi
+      echo "$server $rate msg/s: $(summary "$json")"
+      if ! saturated "$json"; then next="$next $server"; fi
+    done
+    live=$next
+    [ -n "$live" ] || break
+  done
+  for server in $SERVERS; do
+    SERVER_PID=${PIDS[$server]}
+    stop_server "$server"
+  done
+fi
+
+if [ ! -x target/plot-venv/bin/python ]; then
+  python3 -m venv target/plot-venv
+  target/plot-venv/bin/pip install -q matplotlib
+fi
+target/plot-venv/bin/python bench/plot.py "$OUT" docs/bench
