@@ -1,7 +1,7 @@
 //! The gateway's delivery consumer: reads this node's delivery topic and hands each
 //! event to the local sessions of its recipients.
 
-use crate::sessions::Outbound;
+use crate::sessions::{Out, Outbound};
 use crate::state::AppState;
 use chorus_core::event::{DecodeError, Delivery, decode};
 use chorus_core::wire::ServerFrame;
@@ -40,11 +40,11 @@ fn fan_out(state: &AppState, delivery: Delivery) {
             recipients,
         } => {
             tracing::debug!(message_id = %message.message_id, conversation_id = %message.conversation_id, seq = message.seq, recipients = recipients.len(), "message delivered to local sessions");
-            let out = Outbound::Message {
+            let out = Outbound::new(Out::Message {
                 conversation_id: message.conversation_id,
                 seq: message.seq,
                 frame: ServerFrame::Message { message }.to_json().into(),
-            };
+            });
             (recipients, out, None)
         }
         Delivery::Withheld {
@@ -52,10 +52,10 @@ fn fan_out(state: &AppState, delivery: Delivery) {
             seq,
             recipients,
         } => {
-            let out = Outbound::Withheld {
+            let out = Outbound::new(Out::Withheld {
                 conversation_id,
                 seq,
-            };
+            });
             (recipients, out, None)
         }
         Delivery::Typing {
@@ -67,7 +67,7 @@ fn fan_out(state: &AppState, delivery: Delivery) {
                 conversation_id,
                 user_id,
             };
-            (recipients, Outbound::Frame(frame.to_json().into()), None)
+            (recipients, Outbound::frame(frame.to_json().into()), None)
         }
         Delivery::Read {
             conversation_id,
@@ -83,7 +83,7 @@ fn fan_out(state: &AppState, delivery: Delivery) {
             };
             (
                 recipients,
-                Outbound::Frame(frame.to_json().into()),
+                Outbound::frame(frame.to_json().into()),
                 Some(except_session),
             )
         }
@@ -93,11 +93,11 @@ fn fan_out(state: &AppState, delivery: Delivery) {
             recipients,
         } => {
             let frame = ServerFrame::Presence { user_id, online };
-            (recipients, Outbound::Frame(frame.to_json().into()), None)
+            (recipients, Outbound::frame(frame.to_json().into()), None)
         }
         Delivery::Job { job, recipients } => {
             let frame = ServerFrame::Job { job };
-            (recipients, Outbound::Frame(frame.to_json().into()), None)
+            (recipients, Outbound::frame(frame.to_json().into()), None)
         }
         Delivery::Notice {
             kind,
@@ -110,7 +110,7 @@ fn fan_out(state: &AppState, delivery: Delivery) {
                 message,
                 script_id,
             };
-            (recipients, Outbound::Frame(frame.to_json().into()), None)
+            (recipients, Outbound::frame(frame.to_json().into()), None)
         }
         Delivery::Rejected {
             user_id,
@@ -125,7 +125,7 @@ fn fan_out(state: &AppState, delivery: Delivery) {
                 client_msg_id: Some(client_msg_id),
                 retry_after_ms: None,
             };
-            let out = Outbound::Frame(frame.to_json().into());
+            let out = Outbound::frame(frame.to_json().into());
             if state.sessions.deliver_to_session(user_id, session_id, &out) {
                 metrics::counter!("chorus_gateway_frames_delivered_total").increment(1);
             }

@@ -3,22 +3,45 @@
 use axum::extract::ws::Utf8Bytes;
 use chorus_core::{ConversationId, SessionId, UserId};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const SHARDS: usize = 32;
 
-/// Something to write to one session.
+/// Something to write to one session: one shared allocation, however many sessions
+/// it goes to. A pointer wide, so that each session's queue (whose slots tokio
+/// allocates in blocks of 32 up front) costs little while the session is idle.
 #[derive(Clone, Debug)]
-pub enum Outbound {
+pub struct Outbound(Arc<Out>);
+
+impl Outbound {
+    /// Shares `out`.
+    pub fn new(out: Out) -> Self {
+        Self(Arc::new(out))
+    }
+
+    /// Any frame but a `message`, written as is.
+    pub fn frame(text: Utf8Bytes) -> Self {
+        Self::new(Out::Frame(text))
+    }
+
+    /// What to write.
+    pub fn get(&self) -> &Out {
+        &self.0
+    }
+}
+
+/// What an [`Outbound`] holds.
+#[derive(Debug)]
+pub enum Out {
     /// A `message` frame: the session checks `seq` against what it has sent.
     Message {
         /// Its conversation.
         conversation_id: ConversationId,
         /// Its `seq`.
         seq: i64,
-        /// The encoded frame, shared by every recipient session.
+        /// The encoded frame.
         frame: Utf8Bytes,
     },
     /// A message the session's user is not given: its `seq` counts as written.

@@ -15,7 +15,7 @@ use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::http::ApiQuery;
 use crate::send::{notify_route, require_member, submit_pipelined};
-use crate::sessions::{Outbound, SessionHandle};
+use crate::sessions::{Out, Outbound, SessionHandle};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -269,22 +269,22 @@ impl Session {
     }
 
     async fn on_outbound(&mut self, out: Outbound) -> Result<(), axum::Error> {
-        match out {
-            Outbound::Frame(text) => self.socket.feed(WsMessage::Text(text)).await,
-            Outbound::Message {
+        match out.get() {
+            Out::Frame(text) => self.socket.feed(WsMessage::Text(text.clone())).await,
+            Out::Message {
                 conversation_id,
                 seq,
                 frame,
             } => {
-                if self.advance(conversation_id, seq).await? {
-                    self.socket.feed(WsMessage::Text(frame)).await?;
+                if self.advance(*conversation_id, *seq).await? {
+                    self.socket.feed(WsMessage::Text(frame.clone())).await?;
                 }
                 Ok(())
             }
-            Outbound::Withheld {
+            Out::Withheld {
                 conversation_id,
                 seq,
-            } => self.advance(conversation_id, seq).await.map(drop),
+            } => self.advance(*conversation_id, *seq).await.map(drop),
         }
     }
 
