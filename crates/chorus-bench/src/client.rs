@@ -34,7 +34,7 @@ pub(crate) type Ws = WebSocketStream<TcpStream>;
 /// How long connecting plus the `ready`/`synced` handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Commands written per flush at most.
-const WRITE_BATCH: usize = 256;
+pub(crate) const WRITE_BATCH: usize = 256;
 /// Reconnect attempts before a client gives up.
 const RECONNECT_ATTEMPTS: u32 = 40;
 
@@ -498,6 +498,73 @@ struct Writer {
     ctx: Arc<Ctx>,
 }
 
+/// A connection's writer, chorus's or a peer's: where its commands come from and how
+/// one is written.
+pub(crate) trait WriteCmds {
+    /// The queue of commands.
+    fn commands(&mut self) -> &mut mpsc::UnboundedReceiver<Cmd>;
+    /// Writes one command's message (not flushed).
+    fn write_cmd(
+        &mut self,
+        sink: &mut SplitSink<Ws, Message>,
+        cmd: Cmd,
+    ) -> impl Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>> + Send;
+}
+
+/// Writes commands, up to [`WRITE_BATCH`] per flush, until `broken` or the end of the
+/// queue; a failed write or flush cancels `broken`.
+pub(crate) async fn pump<W: WriteCmds>(
+    writer: &mut W,
+    sink: &mut SplitSink<Ws, Message>,
+    broken: &CancellationToken,
+) {
+    let gone = broken.cancelled();
+    tokio::pin!(gone);
+    loop {
+        let cmd = tokio::select! {
+            biased;
+            _ = &mut gone => break,
+            cmd = writer.commands().recv() => cmd,
+        };
+        let Some(cmd) = cmd else { break };
+        let mut result = writer.write_cmd(sink, cmd).await;
+        let mut n = 1;
+        while result.is_ok() && n < WRITE_BATCH {
+            match writer.commands().try_recv() {
+                Ok(cmd) => result = writer.write_cmd(sink, cmd).await,
+                Err(_) => break,
+            }
+            n += 1;
+        }
+        let result = match result {
+            Ok(()) => tokio::select! {
+                biased;
+                _ = &mut gone => break,
+                r = sink.flush() => r,
+            },
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            broken.cancel();
+            break;
+        }
+    }
+}
+
+impl WriteCmds for Writer {
+    fn commands(&mut self) -> &mut mpsc::UnboundedReceiver<Cmd> {
+        &mut self.rx
+    }
+
+    fn write_cmd(
+        &mut self,
+        sink: &mut SplitSink<Ws, Message>,
+        cmd: Cmd,
+    ) -> impl Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>> + Send {
+        self.write(sink, cmd)
+    }
+}
+
 impl Writer {
     /// Sends again what is unconfirmed, then writes commands until `broken`; hands
     /// itself back for the next connection.
@@ -506,37 +573,7 @@ impl Writer {
             broken.cancel();
             return self;
         }
-        let gone = broken.cancelled();
-        tokio::pin!(gone);
-        loop {
-            let cmd = tokio::select! {
-                biased;
-                _ = &mut gone => break,
-                cmd = self.rx.recv() => cmd,
-            };
-            let Some(cmd) = cmd else { break };
-            let mut result = self.write(&mut sink, cmd).await;
-            let mut n = 1;
-            while result.is_ok() && n < WRITE_BATCH {
-                match self.rx.try_recv() {
-                    Ok(cmd) => result = self.write(&mut sink, cmd).await,
-                    Err(_) => break,
-                }
-                n += 1;
-            }
-            let result = match result {
-                Ok(()) => tokio::select! {
-                    biased;
-                    _ = &mut gone => break,
-                    r = sink.flush() => r,
-                },
-                Err(e) => Err(e),
-            };
-            if result.is_err() {
-                broken.cancel();
-                break;
-            }
-        }
+        pump(&mut self, &mut sink, &broken).await;
         self
     }
 

@@ -8,7 +8,7 @@
 //! an error. Latency is measured like chorus' from the send time carried in the body.
 
 use crate::args::{BenchArgs, ConversationMode, Protocol};
-use crate::client::{Cmd, Ctx, Ws, connect_tcp, ws_config};
+use crate::client::{Cmd, Ctx, WriteCmds, Ws, connect_tcp, pump, ws_config};
 use crate::codec::{BodyKey, Phase, decode_body, encode_body, encode_client_msg_id, now_ns};
 use crate::setup::{Conversation, SignIns, Target, User};
 use crate::stats::add;
@@ -31,9 +31,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long connecting plus the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Commands written per flush at most.
-const WRITE_BATCH: usize = 256;
-
 /// The XMPP domain's MUC service.
 fn muc_service(domain: &str) -> String {
     format!("conference.{domain}")
@@ -524,40 +521,24 @@ struct Writer {
     ctx: Arc<Ctx>,
 }
 
+impl WriteCmds for Writer {
+    fn commands(&mut self) -> &mut mpsc::UnboundedReceiver<Cmd> {
+        &mut self.rx
+    }
+
+    fn write_cmd(
+        &mut self,
+        sink: &mut SplitSink<Ws, Message>,
+        cmd: Cmd,
+    ) -> impl Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>> + Send {
+        self.write(sink, cmd)
+    }
+}
+
 impl Writer {
     /// Writes commands until `broken` or the end of the queue.
     async fn run(mut self, mut sink: SplitSink<Ws, Message>, broken: CancellationToken) {
-        let gone = broken.cancelled();
-        tokio::pin!(gone);
-        loop {
-            let cmd = tokio::select! {
-                biased;
-                _ = &mut gone => break,
-                cmd = self.rx.recv() => cmd,
-            };
-            let Some(cmd) = cmd else { break };
-            let mut result = self.write(&mut sink, cmd).await;
-            let mut n = 1;
-            while result.is_ok() && n < WRITE_BATCH {
-                match self.rx.try_recv() {
-                    Ok(cmd) => result = self.write(&mut sink, cmd).await,
-                    Err(_) => break,
-                }
-                n += 1;
-            }
-            let result = match result {
-                Ok(()) => tokio::select! {
-                    biased;
-                    _ = &mut gone => break,
-                    r = sink.flush() => r,
-                },
-                Err(e) => Err(e),
-            };
-            if result.is_err() {
-                broken.cancel();
-                break;
-            }
-        }
+        pump(&mut self, &mut sink, &broken).await;
     }
 
     /// Writes one command's message (not flushed).
