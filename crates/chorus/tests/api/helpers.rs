@@ -230,26 +230,18 @@ impl Api {
     /// Waits until `conversation` has stored message `seq` (polling history: the
     /// stored state has no event to await over HTTP).
     pub async fn wait_for_seq(&self, user: &TestUser, conversation: &str, seq: i64) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
         let path = format!("/api/v1/conversations/{conversation}");
-        loop {
+        poll_until(&format!("seq {seq} never stored"), || async {
             let (_, c) = self.get(&user.token, &path).await;
-            if c["last_seq"].as_i64() >= Some(seq) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "seq {seq} never stored"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            c["last_seq"].as_i64() >= Some(seq)
+        })
+        .await;
     }
 
     /// Waits until the counter `name` on `/metrics` reaches `at_least` (polling: a
     /// counter has no event to await).
     pub async fn wait_for_counter(&self, name: &str, at_least: f64) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        poll_until(&format!("{name} never reached {at_least}"), || async {
             let text = self
                 .http
                 .get(self.url("/metrics"))
@@ -264,15 +256,9 @@ impl Api {
                 .filter(|l| l.split([' ', '{']).next() == Some(name))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum();
-            if value >= at_least {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} never reached {at_least}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            value >= at_least
+        })
+        .await;
     }
 
     pub async fn ws(&self, user: &TestUser) -> WsClient {
@@ -445,5 +431,18 @@ impl WsClient {
 
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
+    }
+}
+
+/// Checks `done` every 20 ms until it holds; fails with `what` after [`PATIENCE`].
+async fn poll_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
