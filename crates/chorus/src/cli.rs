@@ -111,8 +111,8 @@ pub struct ServeArgs {
     /// Registry URL: memory:// or redis://HOST:PORT/DB [default: memory://].
     #[arg(long, env = "CHORUS_REGISTRY", value_name = "URL")]
     pub registry: Option<String>,
-    /// Roles to run, comma-separated: gateway, automate-out, store, automate-in, route
-    /// [default: all].
+    /// Roles to run, comma-separated: gateway, automate-out, store, automate-in, route,
+    /// worker, observer [default: all].
     #[arg(
         long,
         env = "CHORUS_ROLES",
