@@ -220,9 +220,12 @@ pub struct Limits {
     pub rate_burst: u32,
     /// Frames queued for one session before it counts as not reading and is closed.
     pub session_queue: usize,
-    /// WebSocket read buffer per connection, bytes (the main cost of an idle socket).
+    /// WebSocket read buffer per connection, bytes: allocated for every connection,
+    /// idle or not (the largest part of an idle session's memory). It grows to hold a
+    /// larger frame when one arrives.
     pub ws_read_buffer: usize,
-    /// WebSocket write buffer per connection, bytes.
+    /// Bytes of outgoing frames gathered before a write to the socket; the buffer is
+    /// allocated as frames are written, not up front.
     pub ws_write_buffer: usize,
     /// Seconds without any frame from a client before the server pings it; twice this
     /// without an answer closes the session.
@@ -329,7 +332,7 @@ impl Default for Limits {
             rate_per_sec: 100,
             rate_burst: 500,
             session_queue: 1024,
-            ws_read_buffer: 4 * 1024,
+            ws_read_buffer: 1024,
             ws_write_buffer: 4 * 1024,
             idle_ping_secs: 30,
         }

@@ -9,7 +9,7 @@
 //! Layout: [`auth`] tokens and passwords, [`oidc`] tokens of an outside identity
 //! provider, [`error`] the error mapping, [`http`] the
 //! REST routes, [`jobs`] the jobs and observer routes, [`ws`] sessions, [`sessions`]
-//! local fan-out, [`ratelimit`] send limits,
+//! local fan-out, [`queue`] each session's outbound queue, [`ratelimit`] send limits,
 //! [`state`] what they share, [`assets`] the embedded web app.
 
 pub mod assets;
@@ -20,6 +20,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod oidc;
+pub mod queue;
 pub mod ratelimit;
 pub mod send;
 pub mod sessions;

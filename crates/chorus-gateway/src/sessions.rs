@@ -1,17 +1,15 @@
 //! The WebSocket sessions this gateway node holds, and fan-out to them.
 
+use crate::queue::{Push, QueueSender};
 use axum::extract::ws::Utf8Bytes;
 use chorus_core::{ConversationId, SessionId, UserId};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const SHARDS: usize = 32;
 
 /// Something to write to one session: one shared allocation, however many sessions
-/// it goes to. A pointer wide, so that each session's queue (whose slots tokio
-/// allocates in blocks of 32 up front) costs little while the session is idle.
+/// it goes to, and a pointer wide in each session's queue.
 #[derive(Clone, Debug)]
 pub struct Outbound(Arc<Out>);
 
@@ -60,10 +58,22 @@ pub enum Out {
 pub struct SessionHandle {
     /// The session.
     pub id: SessionId,
-    /// Its bounded outbound queue.
-    pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled when the session must close because it does not keep up.
-    pub overflow: CancellationToken,
+    /// Its bounded outbound queue; when full, the session closes because it does not
+    /// keep up.
+    pub tx: QueueSender,
+}
+
+/// Queues `out` for one session; a full queue closes the session (it resumes with
+/// `sync` when it reconnects).
+fn push(h: &SessionHandle, out: &Outbound) -> bool {
+    match h.tx.push(out.clone()) {
+        Push::Queued => true,
+        Push::Overflowed => {
+            metrics::counter!("chorus_ws_overflow_closed_total").increment(1);
+            false
+        }
+        Push::Dropped => false,
+    }
 }
 
 /// Local sessions by user, sharded to keep connect storms and fan-out apart.
@@ -115,15 +125,8 @@ impl Sessions {
                 if Some(h.id) == except {
                     continue;
                 }
-                match h.tx.try_send(out.clone()) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        if !h.overflow.is_cancelled() {
-                            metrics::counter!("chorus_ws_overflow_closed_total").increment(1);
-                            h.overflow.cancel();
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                if push(h, out) {
+                    delivered += 1;
                 }
             }
         }
@@ -136,7 +139,7 @@ impl Sessions {
         let map = self.shard(user).read().unwrap_or_else(|e| e.into_inner());
         map.get(&user)
             .and_then(|list| list.iter().find(|h| h.id == session))
-            .is_some_and(|h| h.tx.try_send(out.clone()).is_ok())
+            .is_some_and(|h| push(h, out))
     }
 
     /// Every session held now, with its user.

@@ -14,6 +14,7 @@
 use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::http::ApiQuery;
+use crate::queue::{QueueReceiver, queue};
 use crate::send::{notify_route, require_member, submit_pipelined};
 use crate::sessions::{Out, Outbound, SessionHandle};
 use crate::state::AppState;
@@ -33,9 +34,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Close code and reason when the node shuts down.
 pub const CLOSE_GOING_AWAY: (u16, &str) = (1001, "server shutting down; reconnect and sync");
@@ -86,7 +85,8 @@ pub async fn upgrade(
         .max_frame_size(limits.max_frame_hard_bytes)
         .on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
-            tracker.track_future(async move { Session::run(state, socket, user).await })
+            let (session, rx) = Session::open(state, socket, user);
+            tracker.track_future(session.run(rx))
         })
 }
 
@@ -109,34 +109,36 @@ struct Session {
     id: SessionId,
     /// The `seq`s written per conversation: always one contiguous range.
     sent: HashMap<ConversationId, Written>,
-    /// Answers to `send`s whose records the log has not confirmed yet, in send order.
-    acks: FuturesOrdered<BoxFuture<'static, ServerFrame>>,
+    /// Answers to `send`s whose records the log has not confirmed yet, in send order
+    /// (none until the first `send`: an idle session does not pay for the set).
+    acks: Option<FuturesOrdered<BoxFuture<'static, ServerFrame>>>,
 }
 
 impl Session {
-    async fn run(state: Arc<AppState>, socket: WebSocket, user: User) {
+    /// Makes the session reachable by fan-out. Not async, and `run` takes the session
+    /// by value: an async fn keeps its arguments for its whole life, so building the
+    /// session inside it would hold the socket twice in every idle session's future.
+    fn open(state: Arc<AppState>, socket: WebSocket, user: User) -> (Self, QueueReceiver) {
         let id = SessionId::new();
-        let (tx, rx) = mpsc::channel(state.limits.session_queue);
-        let overflow = CancellationToken::new();
-        state.sessions.insert(
-            user.id,
-            SessionHandle {
-                id,
-                tx,
-                overflow: overflow.clone(),
-            },
-        );
+        let (tx, rx) = queue(state.limits.session_queue);
+        state.sessions.insert(user.id, SessionHandle { id, tx });
         metrics::gauge!("chorus_ws_connections").increment(1.0);
         metrics::counter!("chorus_ws_connections_opened_total").increment(1);
-        let mut session = Session {
-            state: state.clone(),
+        let session = Session {
+            state,
             socket,
-            user: user.clone(),
+            user,
             id,
             sent: HashMap::new(),
-            acks: FuturesOrdered::new(),
+            acks: None,
         };
-        let result = session.serve(rx, overflow).await;
+        (session, rx)
+    }
+
+    async fn run(mut self, rx: QueueReceiver) {
+        let result = self.serve(&rx).await;
+        drop(rx);
+        let (state, user, id) = (&self.state, &self.user, self.id);
         if let Err(e) = result {
             tracing::debug!(session_id = %id, error = %e, "session ended with an error");
         }
@@ -148,7 +150,7 @@ impl Session {
                     user_id: user.id,
                     online: false,
                 };
-                if let Err(e) = notify_route(&state, user.id.0.as_bytes(), &event).await {
+                if let Err(e) = notify_route(state, user.id.0.as_bytes(), &event).await {
                     tracing::warn!(user_id = %user.id, error = ?e, "presence not published");
                 }
             }
@@ -157,11 +159,7 @@ impl Session {
         }
     }
 
-    async fn serve(
-        &mut self,
-        mut rx: mpsc::Receiver<Outbound>,
-        overflow: CancellationToken,
-    ) -> Result<(), axum::Error> {
+    async fn serve(&mut self, rx: &QueueReceiver) -> Result<(), axum::Error> {
         let state = self.state.clone();
         let came_online = state
             .registry
@@ -190,13 +188,13 @@ impl Session {
             let flow = tokio::select! {
                 biased;
                 _ = state.shutdown.cancelled() => Flow::Close(Some(owned(CLOSE_GOING_AWAY))),
-                _ = overflow.cancelled() => Flow::Close(Some(owned(CLOSE_OVERFLOW))),
-                Some(answer) = self.acks.next(), if !self.acks.is_empty() => {
+                _ = rx.overflowed() => Flow::Close(Some(owned(CLOSE_OVERFLOW))),
+                Some(answer) = next_ack(&mut self.acks), if self.pipelined() > 0 => {
                     self.write(&answer).await?;
                     Flow::Continue
                 }
                 // With too many sends unconfirmed, stop reading: TCP pushes back.
-                incoming = self.socket.recv(), if self.acks.len() < MAX_PIPELINED => {
+                incoming = self.socket.recv(), if self.pipelined() < MAX_PIPELINED => {
                     last_heard = Instant::now();
                     pinged = false;
                     match incoming {
@@ -214,13 +212,10 @@ impl Session {
                         None => Flow::Close(None),
                     }
                 }
-                out = rx.recv() => match out {
-                    Some(out) => {
-                        Box::pin(self.on_outbound(out)).await?;
-                        Box::pin(self.drain(&mut rx, &overflow)).await?
-                    }
-                    None => Flow::Close(None),
-                },
+                out = rx.recv() => {
+                    Box::pin(self.on_outbound(out)).await?;
+                    Box::pin(self.drain(rx)).await?
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     if pinged {
                         Flow::Close(Some(owned(CLOSE_IDLE)))
@@ -250,21 +245,22 @@ impl Session {
         Ok(())
     }
 
+    /// Sends waiting for the log's confirmation.
+    fn pipelined(&self) -> usize {
+        self.acks.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
     /// Writes what else is queued (up to a batch) with one flush at the end.
-    async fn drain(
-        &mut self,
-        rx: &mut mpsc::Receiver<Outbound>,
-        overflow: &CancellationToken,
-    ) -> Result<Flow, axum::Error> {
+    async fn drain(&mut self, rx: &QueueReceiver) -> Result<Flow, axum::Error> {
         for _ in 0..WRITE_BATCH {
             match rx.try_recv() {
-                Ok(out) => self.on_outbound(out).await?,
-                Err(_) => break,
+                Some(out) => self.on_outbound(out).await?,
+                None => break,
             }
         }
         tokio::select! {
             r = self.socket.flush() => r.map(|_| Flow::Continue),
-            _ = overflow.cancelled() => Ok(Flow::Close(Some(owned(CLOSE_OVERFLOW)))),
+            _ = rx.overflowed() => Ok(Flow::Close(Some(owned(CLOSE_OVERFLOW)))),
         }
     }
 
@@ -374,7 +370,9 @@ impl Session {
                     }),
                     Err(e) => Box::pin(std::future::ready(e.to_frame(Some(client_msg_id)))),
                 };
-                self.acks.push_back(answer);
+                self.acks
+                    .get_or_insert_with(FuturesOrdered::new)
+                    .push_back(answer);
             }
             ClientFrame::Sync { since } => self.sync(since).await?,
             ClientFrame::Typing { conversation_id } => {
@@ -525,6 +523,16 @@ impl Session {
 
     async fn error(&mut self, e: ApiError) -> Result<(), axum::Error> {
         self.write(&e.to_frame(None)).await
+    }
+}
+
+/// The next confirmed answer, in send order; pending while there is none.
+async fn next_ack(
+    acks: &mut Option<FuturesOrdered<BoxFuture<'static, ServerFrame>>>,
+) -> Option<ServerFrame> {
+    match acks {
+        Some(acks) => acks.next().await,
+        None => None,
     }
 }
 
