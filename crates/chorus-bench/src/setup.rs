@@ -144,7 +144,8 @@ pub(crate) struct SignIns {
 /// Registers `PREFIX-0 … PREFIX-(n-1)`, logging in those that exist (409), with at
 /// most [`SIGN_IN_CONCURRENCY`] requests at once. `tick` is called after each user.
 /// With `--token-cache`, users found in the file are not signed in again, and the file
-/// is rewritten with every user at the end.
+/// is rewritten at the end with this run's users and the others it held (a run with
+/// fewer users must not make the next, larger one sign in again).
 pub(crate) async fn sign_in_all(
     http: &reqwest::Client,
     target: &Target,
@@ -188,13 +189,24 @@ pub(crate) async fn sign_in_all(
     }
     let users: Vec<User> = users.into_iter().map(Option::unwrap).collect();
     if let Some(path) = &args.token_cache {
-        let mut text = String::new();
-        for (i, u) in users.iter().enumerate() {
-            let _ = writeln!(text, "{}-{i} {} {}", args.user_prefix, u.id, u.token);
-        }
+        let text = token_cache_text(&args.user_prefix, &users, cached);
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok((users, counts))
+}
+
+/// A token cache file: this run's users, then the others the file held, by name.
+fn token_cache_text(prefix: &str, users: &[User], others: HashMap<String, User>) -> String {
+    let mut text = String::new();
+    for (i, u) in users.iter().enumerate() {
+        let _ = writeln!(text, "{prefix}-{i} {} {}", u.id, u.token);
+    }
+    let mut others: Vec<(String, User)> = others.into_iter().collect();
+    others.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, u) in others {
+        let _ = writeln!(text, "{name} {} {}", u.id, u.token);
+    }
+    text
 }
 
 /// The users of a token cache file, by username (malformed lines are skipped).
@@ -421,6 +433,16 @@ mod tests {
         assert_eq!(users.len(), 2);
         assert_eq!(users["b-1"].id, "id1");
         assert_eq!(users["b-0"].token, "tok0");
+    }
+
+    #[test]
+    fn a_smaller_run_keeps_the_other_cached_users() {
+        let mut cached = parse_token_cache("b-0 id0 tok0\nb-1 id1 tok1\nb-2 id2 tok2\n");
+        let used = cached.remove("b-0").unwrap();
+        let text = token_cache_text("b", &[used], cached);
+        assert_eq!(text, "b-0 id0 tok0\nb-1 id1 tok1\nb-2 id2 tok2\n");
+        let again = parse_token_cache(&text);
+        assert_eq!(again.len(), 3);
     }
 
     #[test]

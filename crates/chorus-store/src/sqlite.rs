@@ -25,6 +25,8 @@ mod jobs;
 
 /// Message ids looked up per query (SQLite allows 32766 parameters).
 const EXISTING_CHUNK: usize = 500;
+/// Messages inserted per statement (8 parameters each).
+const INSERT_CHUNK: usize = 500;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -515,6 +517,12 @@ impl Store for SqliteStore {
 
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>> {
         let _timer = crate::QueryTimer::start("append_messages");
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A fixed number of statements per batch, whatever its size: each statement is
+        // a round trip to sqlx's SQLite thread, and the writer is the one resource
+        // every message waits for.
         let mut tx = self.write().await?;
         let mut out = Vec::with_capacity(batch.len());
         // Messages already stored, found with one query for the whole batch, and then
@@ -535,49 +543,44 @@ impl Store for SqliteStore {
                 stored.insert(message.message_id, message);
             }
         }
-        let mut next_seq: HashMap<ConversationId, Option<i64>> = HashMap::new();
+        // The counters of the batch's conversations, with one query.
+        let mut conversations: Vec<String> = batch
+            .iter()
+            .map(|m| m.conversation_id.to_string())
+            .collect();
+        conversations.sort_unstable();
+        conversations.dedup();
+        let mut last_seq: HashMap<ConversationId, i64> = HashMap::new();
+        for chunk in conversations.chunks(EXISTING_CHUNK) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql =
+                format!("SELECT id, last_seq FROM conversations WHERE id IN ({placeholders})");
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let id = parse_id(row.try_get::<&str, _>("id")?)?;
+                last_seq.insert(id, row.try_get("last_seq")?);
+            }
+        }
+        let mut advanced: HashMap<ConversationId, i64> = HashMap::new();
         for m in batch {
             if let Some(existing) = stored.get(&m.message_id) {
                 out.push(Appended::Existing(existing.clone()));
                 continue;
             }
-            let seq = match next_seq.get(&m.conversation_id) {
-                Some(s) => *s,
-                None => {
-                    let last: Option<i64> =
-                        sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?")
-                            .bind(m.conversation_id.to_string())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    next_seq.insert(m.conversation_id, last);
-                    last
-                }
-            };
-            let Some(last) = seq else {
+            let Some(last) = last_seq.get_mut(&m.conversation_id) else {
                 out.push(Appended::NoConversation);
                 continue;
             };
-            let seq = last + 1;
-            next_seq.insert(m.conversation_id, Some(seq));
-            sqlx::query(
-                "INSERT INTO messages (message_id, client_msg_id, conversation_id, seq, \
-                 sender_id, body, sent_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(m.message_id.to_string())
-            .bind(&m.client_msg_id)
-            .bind(m.conversation_id.to_string())
-            .bind(seq)
-            .bind(m.sender_id.to_string())
-            .bind(&m.body)
-            .bind(millis(m.sent_at))
-            .bind(m.origin.as_str())
-            .execute(&mut *tx)
-            .await?;
+            *last += 1;
+            advanced.insert(m.conversation_id, *last);
             let message = Message {
                 message_id: m.message_id,
                 client_msg_id: m.client_msg_id.clone(),
                 conversation_id: m.conversation_id,
-                seq,
+                seq: *last,
                 sender_id: m.sender_id,
                 body: m.body.clone(),
                 sent_at: from_millis(millis(m.sent_at))?,
@@ -586,16 +589,40 @@ impl Store for SqliteStore {
             stored.insert(m.message_id, message.clone());
             out.push(Appended::New(message));
         }
-        // One counter update per conversation per batch, in the same transaction.
-        for (conversation, last) in next_seq {
-            if let Some(last) = last {
-                sqlx::query("UPDATE conversations SET last_seq = ? WHERE id = ? AND last_seq < ?")
-                    .bind(last)
-                    .bind(conversation.to_string())
-                    .bind(last)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+        let new: Vec<&Message> = out
+            .iter()
+            .filter_map(|a| match a {
+                Appended::New(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        for chunk in new.chunks(INSERT_CHUNK) {
+            let mut insert =
+                sqlx::QueryBuilder::new(format!("INSERT INTO messages ({MESSAGE_COLUMNS}) "));
+            insert.push_values(chunk, |mut row, m| {
+                row.push_bind(m.message_id.to_string())
+                    .push_bind(&m.client_msg_id)
+                    .push_bind(m.conversation_id.to_string())
+                    .push_bind(m.seq)
+                    .push_bind(m.sender_id.to_string())
+                    .push_bind(&m.body)
+                    .push_bind(millis(m.sent_at))
+                    .push_bind(m.origin.as_str());
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        // One counter update for all the batch's conversations, in the same transaction.
+        let advanced: Vec<(ConversationId, i64)> = advanced.into_iter().collect();
+        for chunk in advanced.chunks(EXISTING_CHUNK) {
+            let mut update = sqlx::QueryBuilder::new("WITH v(id, last) AS (");
+            update.push_values(chunk, |mut row, (id, last)| {
+                row.push_bind(id.to_string()).push_bind(*last);
+            });
+            update.push(
+                ") UPDATE conversations SET last_seq = v.last FROM v \
+                 WHERE conversations.id = v.id AND conversations.last_seq < v.last",
+            );
+            update.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(out)

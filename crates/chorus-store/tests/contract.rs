@@ -542,6 +542,47 @@ async fn append_numbers_each_conversation_from_one(db: &Fresh) {
     assert!(store.append_messages(&[]).await.unwrap().is_empty());
 }
 
+/// A batch larger than one statement takes (500 messages): every message is stored
+/// once, in order, and the counters continue from where the batch left them.
+async fn append_a_batch_larger_than_a_statement(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users(&store).await;
+    let (one, _) = store.direct(a, b).await.unwrap();
+    let two = store.create_group(a, "g", &[b]).await.unwrap();
+    let batch: Vec<NewMessage> = (0..1201)
+        .map(|i| {
+            let conversation = if i % 3 == 0 { two.id } else { one.id };
+            new_message(conversation, a, &format!("big-{i}"))
+        })
+        .collect();
+    let out = store.append_messages(&batch).await.unwrap();
+    assert_eq!(out.len(), 1201);
+    let (mut in_one, mut in_two) = (0, 0);
+    for (sent, answer) in batch.iter().zip(&out) {
+        let stored = new(answer);
+        assert_eq!(stored.message_id, sent.message_id);
+        let count = if sent.conversation_id == two.id {
+            &mut in_two
+        } else {
+            &mut in_one
+        };
+        *count += 1;
+        assert_eq!(stored.seq, *count, "numbered in batch order");
+    }
+    assert_eq!((in_one, in_two), (800, 401));
+    let all = page(&store, one.id, None, None, 1000).await;
+    assert_eq!(all, (1..=800).collect::<Vec<i64>>());
+    assert_eq!(
+        store.conversation(two.id).await.unwrap().unwrap().last_seq,
+        401
+    );
+    let next = store
+        .append_messages(&[new_message(one.id, b, "after")])
+        .await
+        .unwrap();
+    assert_eq!(new(&next[0]).seq, 801);
+}
+
 async fn append_stores_each_message_once(db: &Fresh) {
     let store = db.open().await;
     let [a, b] = users(&store).await;
@@ -1273,6 +1314,7 @@ macro_rules! store_contract {
                 contacts_share_a_conversation,
                 append_numbers_each_conversation_from_one,
                 append_stores_each_message_once,
+                append_a_batch_larger_than_a_statement,
                 append_to_an_unknown_conversation_stores_nothing,
                 concurrent_appenders_keep_seq_contiguous,
                 history_pages,
