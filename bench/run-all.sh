@@ -107,11 +107,12 @@ trap 'if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi; 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 
-# bench SERVER ARGS...: the load generator against SERVER.
+# bench SERVER ARGS...: the load generator against SERVER. It replaces the shell it
+# runs in, so that a background `bench ... &` gives the generator's own pid to kill.
 bench() {
   local server=$1
   shift
-  "$BENCH" bench --protocol "$(protocol_of "$server")" --url "$(url_of "$server")" "$@"
+  exec "$BENCH" bench --protocol "$(protocol_of "$server")" --url "$(url_of "$server")" "$@"
 }
 
 idle() {
@@ -155,8 +156,8 @@ if [ -z "${SKIP_IDLE:-}" ]; then
       # with the allocator that the sessions would reuse and hide.
       start_server "$server"
       for p in $(seq 0 $((CLIENT_PROCS - 1))); do
-        bench "$server" --idle --users $((largest / CLIENT_PROCS)) --user-prefix "idle$p" \
-          --duration 1 --token-cache "$OUT/idle$p.tokens" >/dev/null
+        (bench "$server" --idle --users $((largest / CLIENT_PROCS)) --user-prefix "idle$p" \
+          --duration 1 --token-cache "$OUT/idle$p.tokens" >/dev/null)
       done
       stop_server "$server"
     fi
@@ -195,9 +196,9 @@ if [ -z "${SKIP_RATE:-}" ]; then
     for server in $live; do
       json=$OUT/rate-$server-$rate.json
       rm -f "$json"
-      bench "$server" --users "$USERS" --rate "$rate" --duration "$DURATION" --warmup 2 \
+      (bench "$server" --users "$USERS" --rate "$rate" --duration "$DURATION" --warmup 2 \
         --user-prefix rate --token-cache "$OUT/rate.tokens" --json "$json" \
-        >"$OUT/rate-$server-$rate.log" 2>&1 || true
+        >"$OUT/rate-$server-$rate.log" 2>&1) || true
       if [ ! -f "$json" ]; then
         echo "$server $rate msg/s: failed, see $OUT/rate-$server-$rate.log"
         continue
