@@ -23,10 +23,9 @@ use std::time::Duration;
 mod automation;
 mod jobs;
 
-/// Message ids looked up per query (SQLite allows 32766 parameters).
-const EXISTING_CHUNK: usize = 500;
-/// Messages inserted per statement (8 parameters each).
-const INSERT_CHUNK: usize = 500;
+/// Messages looked up or inserted per statement: 8 parameters a message to insert,
+/// well under the 32766 parameters SQLite allows in one trip.
+const CHUNK: usize = 500;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -67,7 +66,13 @@ impl SqliteStore {
         // the background, in PASSIVE mode, which never blocks the writer.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", "0")
+                    .pragma("cache_size", WRITER_CACHE_KIB)
+                    .pragma("temp_store", "memory"),
+            )
             .await?;
         MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
@@ -87,6 +92,11 @@ impl SqliteStore {
         })
     }
 }
+
+/// The writer's page cache, in KiB (SQLite's negative `cache_size`): the indexes a
+/// message insert touches stay in memory instead of being read back from the file
+/// (the default is 2 MiB).
+const WRITER_CACHE_KIB: &str = "-65536";
 
 /// How often the write-ahead log is copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -137,6 +147,14 @@ const MESSAGE_COLUMNS: &str =
     "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin";
 
 const CONVERSATION_COLUMNS: &str = "id, kind, title, owner_id, last_seq, created_at";
+
+/// `?, ?, …` with `values` bound.
+fn push_list<'a>(query: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>, values: &'a [String]) {
+    let mut list = query.separated(", ");
+    for v in values {
+        list.push_bind(v);
+    }
+}
 
 fn conversation_row(row: &SqliteRow, members: Vec<UserId>) -> Result<ConversationRecord> {
     let kind: &str = row.try_get("kind")?;
@@ -520,50 +538,50 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        // A fixed number of statements per batch, whatever its size: each statement is
-        // a round trip to sqlx's SQLite thread, and the writer is the one resource
-        // every message waits for.
+        // Four round trips to sqlx's SQLite thread for a batch of up to 500 messages
+        // (begin, read, write, commit), whatever it holds: each trip costs more than
+        // the statements it carries, and the writer is what every message waits for.
         let mut tx = self.write().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        // Messages already stored, found with one query for the whole batch, and then
-        // those stored by this batch, so a duplicate inside the batch is found too.
-        let mut stored: HashMap<MessageId, Message> = HashMap::new();
         let ids: Vec<String> = batch.iter().map(|m| m.message_id.to_string()).collect();
-        for chunk in ids.chunks(EXISTING_CHUNK) {
-            let placeholders = vec!["?"; chunk.len()].join(", ");
-            let sql = format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id IN ({placeholders})"
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                let message = message_row(&row)?;
-                stored.insert(message.message_id, message);
-            }
-        }
-        // The counters of the batch's conversations, with one query.
         let mut conversations: Vec<String> = batch
             .iter()
             .map(|m| m.conversation_id.to_string())
             .collect();
         conversations.sort_unstable();
         conversations.dedup();
+        // Messages already stored and the counters of the batch's conversations, both
+        // in one trip per chunk: the rows of the two statements differ in width.
+        let mut stored: HashMap<MessageId, Message> = HashMap::new();
         let mut last_seq: HashMap<ConversationId, i64> = HashMap::new();
-        for chunk in conversations.chunks(EXISTING_CHUNK) {
-            let placeholders = vec!["?"; chunk.len()].join(", ");
-            let sql =
-                format!("SELECT id, last_seq FROM conversations WHERE id IN ({placeholders})");
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id);
+        let id_chunks: Vec<&[String]> = ids.chunks(CHUNK).collect();
+        let conversation_chunks: Vec<&[String]> = conversations.chunks(CHUNK).collect();
+        for i in 0..id_chunks.len().max(conversation_chunks.len()) {
+            let mut read = sqlx::QueryBuilder::new("");
+            if let Some(chunk) = id_chunks.get(i) {
+                read.push(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id IN ("
+                ));
+                push_list(&mut read, chunk);
+                read.push("); ");
             }
-            for row in query.fetch_all(&mut *tx).await? {
-                let id = parse_id(row.try_get::<&str, _>("id")?)?;
-                last_seq.insert(id, row.try_get("last_seq")?);
+            if let Some(chunk) = conversation_chunks.get(i) {
+                read.push("SELECT id, last_seq FROM conversations WHERE id IN (");
+                push_list(&mut read, chunk);
+                read.push(");");
+            }
+            for row in read.build().fetch_all(&mut *tx).await? {
+                if row.len() == 2 {
+                    let id = parse_id(row.try_get::<&str, _>("id")?)?;
+                    last_seq.insert(id, row.try_get("last_seq")?);
+                } else {
+                    let message = message_row(&row)?;
+                    stored.insert(message.message_id, message);
+                }
             }
         }
+        // Numbered in batch order; a message stored before, or earlier in this batch,
+        // is not stored again.
+        let mut out = Vec::with_capacity(batch.len());
         let mut advanced: HashMap<ConversationId, i64> = HashMap::new();
         for m in batch {
             if let Some(existing) = stored.get(&m.message_id) {
@@ -589,6 +607,7 @@ impl Store for SqliteStore {
             stored.insert(m.message_id, message.clone());
             out.push(Appended::New(message));
         }
+        // The new messages and the conversations' counters, in one trip per chunk.
         let new: Vec<&Message> = out
             .iter()
             .filter_map(|a| match a {
@@ -596,33 +615,39 @@ impl Store for SqliteStore {
                 _ => None,
             })
             .collect();
-        for chunk in new.chunks(INSERT_CHUNK) {
-            let mut insert =
-                sqlx::QueryBuilder::new(format!("INSERT INTO messages ({MESSAGE_COLUMNS}) "));
-            insert.push_values(chunk, |mut row, m| {
-                row.push_bind(m.message_id.to_string())
-                    .push_bind(&m.client_msg_id)
-                    .push_bind(m.conversation_id.to_string())
-                    .push_bind(m.seq)
-                    .push_bind(m.sender_id.to_string())
-                    .push_bind(&m.body)
-                    .push_bind(millis(m.sent_at))
-                    .push_bind(m.origin.as_str());
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        // One counter update for all the batch's conversations, in the same transaction.
-        let advanced: Vec<(ConversationId, i64)> = advanced.into_iter().collect();
-        for chunk in advanced.chunks(EXISTING_CHUNK) {
-            let mut update = sqlx::QueryBuilder::new("WITH v(id, last) AS (");
-            update.push_values(chunk, |mut row, (id, last)| {
-                row.push_bind(id.to_string()).push_bind(*last);
-            });
-            update.push(
-                ") UPDATE conversations SET last_seq = v.last FROM v \
-                 WHERE conversations.id = v.id AND conversations.last_seq < v.last",
-            );
-            update.build().execute(&mut *tx).await?;
+        let advanced: Vec<(String, i64)> = advanced
+            .into_iter()
+            .map(|(id, last)| (id.to_string(), last))
+            .collect();
+        let new_chunks: Vec<&[&Message]> = new.chunks(CHUNK).collect();
+        let advanced_chunks: Vec<&[(String, i64)]> = advanced.chunks(CHUNK).collect();
+        for i in 0..new_chunks.len().max(advanced_chunks.len()) {
+            let mut write = sqlx::QueryBuilder::new("");
+            if let Some(chunk) = new_chunks.get(i) {
+                write.push(format!("INSERT INTO messages ({MESSAGE_COLUMNS}) "));
+                write.push_values(chunk.iter(), |mut row, m| {
+                    row.push_bind(m.message_id.to_string())
+                        .push_bind(&m.client_msg_id)
+                        .push_bind(m.conversation_id.to_string())
+                        .push_bind(m.seq)
+                        .push_bind(m.sender_id.to_string())
+                        .push_bind(&m.body)
+                        .push_bind(millis(m.sent_at))
+                        .push_bind(m.origin.as_str());
+                });
+                write.push("; ");
+            }
+            if let Some(chunk) = advanced_chunks.get(i) {
+                write.push("WITH v(id, last) AS (");
+                write.push_values(chunk.iter(), |mut row, (id, last)| {
+                    row.push_bind(id).push_bind(*last);
+                });
+                write.push(
+                    ") UPDATE conversations SET last_seq = v.last FROM v \
+                     WHERE conversations.id = v.id AND conversations.last_seq < v.last;",
+                );
+            }
+            write.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(out)
