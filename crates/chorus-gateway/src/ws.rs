@@ -526,7 +526,8 @@ impl Session {
     }
 }
 
-/// The next confirmed answer, in send order; pending while there is none.
+/// The next confirmed answer, in send order; `None` when no send is pending (the
+/// session polls it only while some are).
 async fn next_ack(
     acks: &mut Option<FuturesOrdered<BoxFuture<'static, ServerFrame>>>,
 ) -> Option<ServerFrame> {

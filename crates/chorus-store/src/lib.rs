@@ -150,6 +150,16 @@ pub enum Appended {
     NoConversation,
 }
 
+impl Appended {
+    /// The message, if this batch stored it.
+    pub fn as_new(&self) -> Option<&Message> {
+        match self {
+            Self::New(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
 /// Which page of history to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Page {

@@ -518,13 +518,7 @@ impl Store for PostgresStore {
             out.push(Appended::New(message));
         }
 
-        let new: Vec<&Message> = out
-            .iter()
-            .filter_map(|a| match a {
-                Appended::New(m) => Some(m),
-                _ => None,
-            })
-            .collect();
+        let new: Vec<&Message> = out.iter().filter_map(Appended::as_new).collect();
         if !new.is_empty() {
             // One statement for the whole batch: arrays of columns, zipped by UNNEST.
             sqlx::query(

@@ -608,13 +608,7 @@ impl Store for SqliteStore {
             out.push(Appended::New(message));
         }
         // The new messages and the conversations' counters, in one trip per chunk.
-        let new: Vec<&Message> = out
-            .iter()
-            .filter_map(|a| match a {
-                Appended::New(m) => Some(m),
-                _ => None,
-            })
-            .collect();
+        let new: Vec<&Message> = out.iter().filter_map(Appended::as_new).collect();
         let advanced: Vec<(String, i64)> = advanced
             .into_iter()
             .map(|(id, last)| (id.to_string(), last))
