@@ -231,6 +231,47 @@ const MESSAGE_COLUMNS: &str =
 
 const CONVERSATION_COLUMNS: &str = "id, kind, title, owner_id, last_seq, created_at";
 
+/// What opens the writer's transactions: it holds the write lock from its start. A
+/// deferred one (`BEGIN`) that reads before it writes fails with `SQLITE_BUSY`, without
+/// waiting, when another connection to the file (another store, another process) wrote
+/// in between; `BEGIN IMMEDIATE` waits for the lock instead (up to the busy timeout).
+const BEGIN: &str = "BEGIN IMMEDIATE; ";
+
+/// The writer's connection with a transaction opened in SQL (`BEGIN`). Unless
+/// [`WriteTx::committed`] is called, dropping it closes the connection instead of
+/// returning it to the pool, which rolls the transaction back: a connection left in a
+/// transaction would fail every later `BEGIN`.
+struct WriteTx {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    open: bool,
+}
+
+impl WriteTx {
+    async fn acquire(pool: &SqlitePool) -> Result<Self> {
+        Ok(Self {
+            conn: pool.acquire().await?,
+            open: true,
+        })
+    }
+
+    fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.conn
+    }
+
+    /// The transaction was committed: the connection goes back to the pool.
+    fn committed(mut self) {
+        self.open = false;
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// `?, ?, …` with `values` bound.
 fn push_list<'a>(query: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>, values: &'a [String]) {
     let mut list = query.separated(", ");
@@ -254,12 +295,12 @@ fn conversation_row(row: &SqliteRow, members: Vec<UserId>) -> Result<Conversatio
 }
 
 impl SqliteStore {
-    /// A write transaction that holds the write lock from its start. A deferred one
-    /// (`BEGIN`) that reads before it writes fails with `SQLITE_BUSY`, without waiting,
-    /// when another connection to the file (another store, another process) wrote in
-    /// between; `BEGIN IMMEDIATE` waits for the lock instead (up to the busy timeout).
+    /// A write transaction that holds the write lock from its start (see [`BEGIN`]).
     async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self
+            .writer
+            .begin_with(BEGIN.trim_end_matches([';', ' ']))
+            .await?)
     }
 
     async fn members_in<'e, E>(&self, exec: E, conversation: ConversationId) -> Result<Vec<UserId>>
@@ -621,10 +662,13 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        // Four round trips to sqlx's SQLite thread for a batch of up to 500 messages
-        // (begin, read, write, commit), whatever it holds: each trip costs more than
-        // the statements it carries, and the writer is what every message waits for.
-        let mut tx = self.write().await?;
+        // Two round trips to sqlx's SQLite thread for a batch of up to 500 messages
+        // (begin and read; write and commit), whatever it holds: each trip costs more
+        // than the statements it carries, and the writer is what every message waits
+        // for. The transaction is opened and committed in SQL, so sqlx does not know
+        // about it: `WriteTx` closes the connection (SQLite rolls back) if this stops
+        // before the commit, on an error or when the caller drops the future.
+        let mut tx = WriteTx::acquire(&self.writer).await?;
         let ids: Vec<String> = batch.iter().map(|m| m.message_id.to_string()).collect();
         let mut conversations: Vec<String> = batch
             .iter()
@@ -639,7 +683,7 @@ impl Store for SqliteStore {
         let id_chunks: Vec<&[String]> = ids.chunks(CHUNK).collect();
         let conversation_chunks: Vec<&[String]> = conversations.chunks(CHUNK).collect();
         for i in 0..id_chunks.len().max(conversation_chunks.len()) {
-            let mut read = sqlx::QueryBuilder::new("");
+            let mut read = sqlx::QueryBuilder::new(if i == 0 { BEGIN } else { "" });
             if let Some(chunk) = id_chunks.get(i) {
                 read.push(format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id IN ("
@@ -652,7 +696,7 @@ impl Store for SqliteStore {
                 push_list(&mut read, chunk);
                 read.push(");");
             }
-            for row in read.build().fetch_all(&mut *tx).await? {
+            for row in read.build().fetch_all(tx.conn()).await? {
                 if row.len() == 2 {
                     let id = parse_id(row.try_get::<&str, _>("id")?)?;
                     last_seq.insert(id, row.try_get("last_seq")?);
@@ -698,7 +742,11 @@ impl Store for SqliteStore {
             .collect();
         let new_chunks: Vec<&[&Message]> = new.chunks(CHUNK).collect();
         let advanced_chunks: Vec<&[(String, i64)]> = advanced.chunks(CHUNK).collect();
-        for i in 0..new_chunks.len().max(advanced_chunks.len()) {
+        let writes = new_chunks.len().max(advanced_chunks.len());
+        if writes == 0 {
+            sqlx::query("COMMIT").execute(tx.conn()).await?;
+        }
+        for i in 0..writes {
             let mut write = sqlx::QueryBuilder::new("");
             if let Some(chunk) = new_chunks.get(i) {
                 write.push(format!("INSERT INTO messages ({MESSAGE_COLUMNS}) "));
@@ -724,9 +772,12 @@ impl Store for SqliteStore {
                      WHERE conversations.id = v.id AND conversations.last_seq < v.last;",
                 );
             }
-            write.build().execute(&mut *tx).await?;
+            if i + 1 == writes {
+                write.push(" COMMIT;");
+            }
+            write.build().execute(tx.conn()).await?;
         }
-        tx.commit().await?;
+        tx.committed();
         Ok(out)
     }
 
@@ -827,5 +878,29 @@ async fn insert_member(
             Err(StoreError::NotFound("user"))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_dropped_before_its_commit_leaves_no_open_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let mut tx = WriteTx::acquire(&store.writer).await.unwrap();
+        sqlx::query(BEGIN).execute(tx.conn()).await.unwrap();
+        sqlx::query("UPDATE conversations SET last_seq = 1")
+            .execute(tx.conn())
+            .await
+            .unwrap();
+        drop(tx);
+        // The pool's only writer connection opens a transaction again.
+        let mut tx = WriteTx::acquire(&store.writer).await.unwrap();
+        sqlx::query(BEGIN).execute(tx.conn()).await.unwrap();
+        sqlx::query("COMMIT").execute(tx.conn()).await.unwrap();
+        tx.committed();
+        assert!(store.create_user("after", "x").await.is_ok());
     }
 }
