@@ -2,10 +2,10 @@
 
 python bench/plot.py RESULTS_DIR PLOTS_DIR
 
-Reads RESULTS_DIR/rate-SERVER-RATE.json (chorus bench reports) and
-RESULTS_DIR/idle-SERVER-SIZE.json (run-all.sh's idle memory lines), writes
-PLOTS_DIR/latency-vs-rate.png and PLOTS_DIR/idle-rss.png, and prints the tables of
-BENCHMARKS.md (ratios against chorus) in Markdown.
+Reads RESULTS_DIR/rate-SERVER-RATE.json and RESULTS_DIR/groupSIZE-SERVER-DELIVERIES.json
+(chorus bench reports) and RESULTS_DIR/idle-SERVER-SIZE.json (run-all.sh's idle memory
+lines), writes PLOTS_DIR/latency-vs-rate.png, PLOTS_DIR/group-fanout.png and
+PLOTS_DIR/idle-rss.png, and prints the tables of BENCHMARKS.md in Markdown.
 """
 
 import glob
@@ -114,6 +114,52 @@ def tables(rates, idle):
         print(f"- chorus / ejabberd: {ratio(best['chorus'], best['ejabberd'])}; relay / chorus: {ratio(best['relay'], best['chorus'])}")
 
 
+def load_groups(results):
+    """{group size: {server: {offered deliveries/s: report}}}"""
+    names = (os.path.basename(p) for p in glob.glob(os.path.join(results, "group*-*.json")))
+    sizes = {int(m[1]) for m in (re.fullmatch(r"group(\d+)-.*", n) for n in names) if m}
+    return {size: load(results, f"group{size}") for size in sorted(sizes)}
+
+
+def plot_groups(groups, path):
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), sharey=True, squeeze=False)
+    for ax, (size, runs) in zip(axes[0], groups.items()):
+        for server in SERVERS:
+            points = sorted(runs.get(server, {}).items())
+            if not points:
+                continue
+            xs = [r["throughput"] for _, r in points]
+            ys = [max(r["p99_ms"], 0.01) for _, r in points]
+            ax.plot(xs, ys, "o-", color=COLORS[server], label=server)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("deliveries per second")
+        ax.set_title(f"p99 send → receive, groups of {size}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.axhline(10, color="black", lw=0.6, ls="--")
+    axes[0][0].set_ylabel("ms (log)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def group_tables(groups):
+    for size, runs in groups.items():
+        print(f"Groups of {size}:")
+        print("| offered deliveries/s | server | msg/s | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | generator lag p99 ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for point in sorted({k for v in runs.values() for k in v}):
+            for s in SERVERS:
+                r = runs.get(s, {}).get(point)
+                if r is None:
+                    continue
+                print(
+                    f"| {point} | {s} | {r['send_rate']:.0f} | {r['delivered_percent']:.2f}% | {r['throughput']:.0f} "
+                    f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['generator_lag_p99_ms']:.1f} |"
+                )
+        print()
+
+
 def main():
     results, plots = sys.argv[1], sys.argv[2]
     os.makedirs(plots, exist_ok=True)
@@ -123,6 +169,10 @@ def main():
     if idle:
         plot_idle(idle, os.path.join(plots, "idle-rss.png"))
     tables(rates, idle)
+    groups = load_groups(results)
+    if groups:
+        plot_groups(groups, os.path.join(plots, "group-fanout.png"))
+        group_tables(groups)
 
 
 if __name__ == "__main__":

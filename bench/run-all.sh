@@ -5,6 +5,7 @@
 #   bench/run-all.sh                  # everything; JSON reports under target/bench/
 #   SKIP_IDLE=1 bench/run-all.sh      # only the 1:1 rate sweep
 #   SKIP_RATE=1 bench/run-all.sh      # only idle memory
+#   SKIP_GROUP=1 bench/run-all.sh     # without the group fan-out sweep
 #   SKIP_BUILD=1 bench/run-all.sh     # with the release binaries already built
 #   SERVERS="chorus relay" RATES="1000 5000" IDLE_SIZES=5000 bench/run-all.sh
 #
@@ -13,8 +14,10 @@
 # connections from 127.0.0.1..8 and hold them; the server's RSS growth divided by the
 # established connections is the cost of one idle connection. Rate sweep: 200 users in
 # 100 direct pairs, open loop, 10 s measured after 2 s warm-up, rates rising until
-# the server saturates (under 99% delivered, or p99 over a second). Then
-# bench/plot.py draws docs/bench/*.png and prints the tables.
+# the server saturates (under 99% delivered, or p99 over a second). Group fan-out:
+# GROUP_USERS users in groups of each GROUP_SIZES (MUC rooms on ejabberd), open loop,
+# messages per second chosen for each of GROUP_DELIVERIES deliveries per second, the
+# same stopping rule. Then bench/plot.py draws docs/bench/*.png and prints the tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -22,6 +25,9 @@ OUT=${OUT:-$ROOT/target/bench}
 SERVERS=${SERVERS:-"chorus ejabberd relay"}
 RATES=${RATES:-"1000 2000 5000 10000 15000 20000 30000 40000"}
 IDLE_SIZES=${IDLE_SIZES:-"5000 10000 19000"}
+GROUP_SIZES=${GROUP_SIZES:-"100 1000"}
+GROUP_DELIVERIES=${GROUP_DELIVERIES:-"50000 100000 200000 500000"}
+GROUP_USERS=${GROUP_USERS:-1000}
 CLIENT_PROCS=${CLIENT_PROCS:-4}
 USERS=${USERS:-200}
 DURATION=${DURATION:-10}
@@ -211,6 +217,43 @@ if [ -z "${SKIP_RATE:-}" ]; then
   done
   for server in $SERVERS; do
     SERVER_PID=${PIDS[$server]}
+    stop_server "$server"
+  done
+fi
+
+if [ -z "${SKIP_GROUP:-}" ]; then
+  # As the rate sweep: every server up at once, each point in turn. A message to a
+  # group of N is N deliveries (an XMPP room, like chorus, echoes it to its sender).
+  declare -A GPIDS
+  for server in $SERVERS; do
+    start_server "$server"
+    GPIDS[$server]=$SERVER_PID
+  done
+  SERVER_PID=
+  for size in $GROUP_SIZES; do
+    live=$SERVERS
+    for deliveries in $GROUP_DELIVERIES; do
+      next=""
+      for server in $live; do
+        json=$OUT/group$size-$server-$deliveries.json
+        rm -f "$json"
+        (bench "$server" --users "$GROUP_USERS" --conversation group --group-size "$size" \
+          --rate $((deliveries / size)) --duration "$DURATION" --warmup 2 \
+          --user-prefix group --token-cache "$OUT/group.tokens" --json "$json" \
+          >"$OUT/group$size-$server-$deliveries.log" 2>&1) || true
+        if [ ! -f "$json" ]; then
+          echo "$server groups of $size, $deliveries deliveries/s: failed, see $OUT/group$size-$server-$deliveries.log"
+          continue
+        fi
+        echo "$server groups of $size, $deliveries deliveries/s: $(summary "$json")"
+        if ! saturated "$json"; then next="$next $server"; fi
+      done
+      live=$next
+      [ -n "$live" ] || break
+    done
+  done
+  for server in $SERVERS; do
+    SERVER_PID=${GPIDS[$server]}
     stop_server "$server"
   done
 fi
