@@ -171,6 +171,12 @@ pub struct Page {
     pub limit: i64,
 }
 
+/// The largest group whose members see each other's presence. Presence to every
+/// member of a big group costs members² frames each time they all reconnect (a node
+/// restart): a group of 1000 sent a million frames, which held the group's messages
+/// up for seconds.
+pub const PRESENCE_MAX_GROUP: i64 = 100;
+
 /// Durable state; see the crate docs for the contract.
 #[async_trait]
 pub trait Store: AutomationStore + JobStore + Send + Sync + 'static {
@@ -219,7 +225,8 @@ pub trait Store: AutomationStore + JobStore + Send + Sync + 'static {
     async fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<()>;
     /// Member ids in joining order.
     async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>>;
-    /// Users sharing at least one conversation with `user` (not `user`).
+    /// Users who see `user`'s presence: those sharing a direct conversation or a group
+    /// of at most [`PRESENCE_MAX_GROUP`] members with `user` (not `user`).
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>>;
 
     /// Stores messages, one transaction; see the crate docs.

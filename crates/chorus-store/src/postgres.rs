@@ -446,10 +446,13 @@ impl Store for PostgresStore {
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT DISTINCT o.user_id FROM members m \
+             JOIN conversations c ON c.id = m.conversation_id \
              JOIN members o ON o.conversation_id = m.conversation_id \
-             WHERE m.user_id = $1 AND o.user_id <> $1",
+             WHERE m.user_id = $1 AND o.user_id <> $1 AND (c.kind = 'direct' \
+               OR (SELECT count(*) FROM members n WHERE n.conversation_id = c.id) <= $2)",
         )
         .bind(user.0)
+        .bind(crate::PRESENCE_MAX_GROUP)
         .fetch_all(&self.pool)
         .await?;
         Ok(ids.into_iter().map(UserId).collect())

@@ -12,7 +12,8 @@ use chorus_core::{ConversationId, JobId, MessageId, ScriptId, UserId};
 use chorus_store::postgres::PostgresStore;
 use chorus_store::sqlite::SqliteStore;
 use chorus_store::{
-    Appended, Directory, FinishedJob, NewMessage, Page, ScriptRuns, Store, StoreError,
+    Appended, Directory, FinishedJob, NewMessage, PRESENCE_MAX_GROUP, Page, ScriptRuns, Store,
+    StoreError,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{Connection, Executor, PgConnection};
@@ -476,6 +477,30 @@ async fn contacts_share_a_conversation(db: &Fresh) {
         sorted(vec![a, c, d])
     );
     assert!(store.contacts(loner).await.unwrap().is_empty());
+
+    // Members of a group larger than PRESENCE_MAX_GROUP are not contacts through it.
+    let mut crowd = Vec::new();
+    for i in 0..PRESENCE_MAX_GROUP {
+        crowd.push(
+            store
+                .create_user(&format!("crowd{i}"), "h")
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    store.create_group(loner, "big", &crowd).await.unwrap();
+    assert!(store.contacts(loner).await.unwrap().is_empty());
+    assert!(!store.contacts(crowd[0]).await.unwrap().contains(&loner));
+    store
+        .create_group(d, "at the limit", &crowd[1..])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.contacts(d).await.unwrap().len(),
+        3 + crowd.len() - 1,
+        "a, b, c, and the others of a group of exactly PRESENCE_MAX_GROUP"
+    );
 }
 
 async fn append_numbers_each_conversation_from_one(db: &Fresh) {
