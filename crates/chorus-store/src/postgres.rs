@@ -445,11 +445,11 @@ impl Store for PostgresStore {
 
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
         let ids: Vec<Uuid> = sqlx::query_scalar(
+            // A direct conversation has two members: the size bound covers it.
             "SELECT DISTINCT o.user_id FROM members m \
-             JOIN conversations c ON c.id = m.conversation_id \
              JOIN members o ON o.conversation_id = m.conversation_id \
-             WHERE m.user_id = $1 AND o.user_id <> $1 AND (c.kind = 'direct' \
-               OR (SELECT count(*) FROM members n WHERE n.conversation_id = c.id) <= $2)",
+             WHERE m.user_id = $1 AND o.user_id <> $1 \
+             AND (SELECT count(*) FROM members n WHERE n.conversation_id = m.conversation_id) <= $2",
         )
         .bind(user.0)
         .bind(crate::PRESENCE_MAX_GROUP)
