@@ -235,7 +235,7 @@ const CONVERSATION_COLUMNS: &str = "id, kind, title, owner_id, last_seq, created
 /// deferred one (`BEGIN`) that reads before it writes fails with `SQLITE_BUSY`, without
 /// waiting, when another connection to the file (another store, another process) wrote
 /// in between; `BEGIN IMMEDIATE` waits for the lock instead (up to the busy timeout).
-const BEGIN: &str = "BEGIN IMMEDIATE; ";
+const BEGIN: &str = "BEGIN IMMEDIATE";
 
 /// The writer's connection with a transaction opened in SQL (`BEGIN`). Unless
 /// [`WriteTx::committed`] is called, dropping it closes the connection instead of
@@ -297,10 +297,7 @@ fn conversation_row(row: &SqliteRow, members: Vec<UserId>) -> Result<Conversatio
 impl SqliteStore {
     /// A write transaction that holds the write lock from its start (see [`BEGIN`]).
     async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self
-            .writer
-            .begin_with(BEGIN.trim_end_matches([';', ' ']))
-            .await?)
+        Ok(self.writer.begin_with(BEGIN).await?)
     }
 
     async fn members_in<'e, E>(&self, exec: E, conversation: ConversationId) -> Result<Vec<UserId>>
@@ -686,7 +683,10 @@ impl Store for SqliteStore {
         let id_chunks: Vec<&[String]> = ids.chunks(CHUNK).collect();
         let conversation_chunks: Vec<&[String]> = conversations.chunks(CHUNK).collect();
         for i in 0..id_chunks.len().max(conversation_chunks.len()) {
-            let mut read = sqlx::QueryBuilder::new(if i == 0 { BEGIN } else { "" });
+            let mut read = sqlx::QueryBuilder::new("");
+            if i == 0 {
+                read.push(BEGIN).push("; ");
+            }
             if let Some(chunk) = id_chunks.get(i) {
                 read.push(format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id IN ("
