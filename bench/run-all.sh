@@ -186,76 +186,79 @@ saturated() {
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r["delivered_percent"] < 99 or r["p99_ms"] > 1000 else 1)' "$1"
 }
 
-if [ -z "${SKIP_RATE:-}" ]; then
-  # All servers run at once and take each rate in turn, so that a noisy neighbour on
-  # this shared machine hurts them alike; a saturated server leaves the sweep.
-  declare -A PIDS
-  live=""
+# The sweeps run every server at once and take each point in turn, so that a noisy
+# neighbour on this shared machine hurts them alike; a server that fails or saturates
+# leaves the sweep.
+declare -A UP
+start_all() {
   for server in $SERVERS; do
     start_server "$server"
-    PIDS[$server]=$SERVER_PID
-    live="$live $server"
+    UP[$server]=$SERVER_PID
   done
   SERVER_PID=
+}
+stop_all() {
+  for server in $SERVERS; do
+    SERVER_PID=${UP[$server]}
+    stop_server "$server"
+  done
+}
+
+# point SERVER NAME LABEL ARGS...: one generator run with ARGS, its report in
+# $OUT/NAME.json and its output in $OUT/NAME.log; true if SERVER stays in the sweep.
+point() {
+  local server=$1 name=$2 label=$3
+  shift 3
+  local json=$OUT/$name.json
+  rm -f "$json"
+  (bench "$server" "$@" --json "$json" >"$OUT/$name.log" 2>&1) || true
+  if [ ! -f "$json" ]; then
+    echo "$server $label: failed, see $OUT/$name.log"
+    return 1
+  fi
+  echo "$server $label: $(summary "$json")"
+  ! saturated "$json"
+}
+
+if [ -z "${SKIP_RATE:-}" ]; then
+  start_all
+  live=$SERVERS
   for rate in $RATES; do
     next=""
     for server in $live; do
-      json=$OUT/rate-$server-$rate.json
-      rm -f "$json"
-      (bench "$server" --users "$USERS" --rate "$rate" --duration "$DURATION" --warmup 2 \
-        --user-prefix rate --token-cache "$OUT/rate.tokens" --json "$json" \
-        >"$OUT/rate-$server-$rate.log" 2>&1) || true
-      if [ ! -f "$json" ]; then
-        echo "$server $rate msg/s: failed, see $OUT/rate-$server-$rate.log"
-        continue
+      if point "$server" "rate-$server-$rate" "$rate msg/s" --users "$USERS" --rate "$rate" \
+        --duration "$DURATION" --warmup 2 --user-prefix rate --token-cache "$OUT/rate.tokens"; then
+        next="$next $server"
       fi
-      echo "$server $rate msg/s: $(summary "$json")"
-      if ! saturated "$json"; then next="$next $server"; fi
     done
     live=$next
     [ -n "$live" ] || break
   done
-  for server in $SERVERS; do
-    SERVER_PID=${PIDS[$server]}
-    stop_server "$server"
-  done
+  stop_all
 fi
 
 if [ -z "${SKIP_GROUP:-}" ]; then
-  # As the rate sweep: every server up at once, each point in turn. A message to a
-  # group of N is N deliveries (an XMPP room, like chorus, echoes it to its sender).
-  declare -A GPIDS
-  for server in $SERVERS; do
-    start_server "$server"
-    GPIDS[$server]=$SERVER_PID
-  done
-  SERVER_PID=
+  # A message to a group of N is N deliveries (an XMPP room, like chorus, echoes it to
+  # its sender).
+  start_all
   for size in $GROUP_SIZES; do
     live=$SERVERS
     for deliveries in $GROUP_DELIVERIES; do
       next=""
       for server in $live; do
-        json=$OUT/group$size-$server-$deliveries.json
-        rm -f "$json"
-        (bench "$server" --users "$GROUP_USERS" --conversation group --group-size "$size" \
-          --rate $((deliveries / size)) --duration "$DURATION" --warmup 2 \
-          --user-prefix group --token-cache "$OUT/group.tokens" --json "$json" \
-          >"$OUT/group$size-$server-$deliveries.log" 2>&1) || true
-        if [ ! -f "$json" ]; then
-          echo "$server groups of $size, $deliveries deliveries/s: failed, see $OUT/group$size-$server-$deliveries.log"
-          continue
+        if point "$server" "group$size-$server-$deliveries" \
+          "groups of $size, $deliveries deliveries/s" --users "$GROUP_USERS" \
+          --conversation group --group-size "$size" --rate $((deliveries / size)) \
+          --duration "$DURATION" --warmup 2 --user-prefix group \
+          --token-cache "$OUT/group.tokens"; then
+          next="$next $server"
         fi
-        echo "$server groups of $size, $deliveries deliveries/s: $(summary "$json")"
-        if ! saturated "$json"; then next="$next $server"; fi
       done
       live=$next
       [ -n "$live" ] || break
     done
   done
-  for server in $SERVERS; do
-    SERVER_PID=${GPIDS[$server]}
-    stop_server "$server"
-  done
+  stop_all
 fi
 
 if [ ! -x target/plot-venv/bin/python ]; then
