@@ -34,26 +34,44 @@ def load(results, kind):
     return out
 
 
-def plot_rates(rates, path):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, (key, label) in zip(axes, [("p50_ms", "p50"), ("p99_ms", "p99")]):
-        for server in SERVERS:
-            runs = sorted(rates.get(server, {}).items())
-            if not runs:
-                continue
-            xs = [r["send_rate"] for _, r in runs]
-            ys = [max(r[key], 0.01) for _, r in runs]
-            ax.plot(xs, ys, "o-", color=COLORS[server], label=server)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("messages sent per second (1:1, 100 pairs)")
-        ax.set_title(f"{label} send → receive latency")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.axhline(10, color="black", lw=0.6, ls="--")
+def draw(ax, runs, x, y, xlabel, title):
+    """One panel: report field y against field x, a line per server, both axes log."""
+    for server in SERVERS:
+        points = sorted(runs.get(server, {}).items())
+        if not points:
+            continue
+        xs = [r[x] for _, r in points]
+        ys = [max(r[y], 0.01) for _, r in points]
+        ax.plot(xs, ys, "o-", color=COLORS[server], label=server)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.axhline(10, color="black", lw=0.6, ls="--")
+
+
+def save(fig, axes, path):
     axes[0].set_ylabel("ms (log)")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def rows(runs):
+    """(point, server, report) by point, then in SERVERS order."""
+    for point in sorted({k for v in runs.values() for k in v}):
+        for server in SERVERS:
+            r = runs.get(server, {}).get(point)
+            if r is not None:
+                yield point, server, r
+
+
+def plot_rates(rates, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (key, label) in zip(axes, [("p50_ms", "p50"), ("p99_ms", "p99")]):
+        draw(ax, rates, "send_rate", key, "messages sent per second (1:1, 100 pairs)", f"{label} send → receive latency")
+    save(fig, axes, path)
 
 
 def plot_idle(idle, path):
@@ -95,15 +113,11 @@ def tables(rates, idle):
     if rates:
         print("| offered msg/s | server | sent/s | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for rate in sorted({k for v in rates.values() for k in v}):
-            for s in SERVERS:
-                r = rates.get(s, {}).get(rate)
-                if r is None:
-                    continue
-                print(
-                    f"| {rate} | {s} | {r['send_rate']:.0f} | {r['delivered']}/{r['expected']} ({r['delivered_percent']:.2f}%) "
-                    f"| {r['throughput']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['max_ms']:.1f} |"
-                )
+        for rate, s, r in rows(rates):
+            print(
+                f"| {rate} | {s} | {r['send_rate']:.0f} | {r['delivered']}/{r['expected']} ({r['delivered_percent']:.2f}%) "
+                f"| {r['throughput']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['max_ms']:.1f} |"
+            )
         print()
         print("Highest rate with ≥ 99.9% delivered and p99 ≤ 10 ms, per server:")
         best = {}
@@ -124,23 +138,8 @@ def load_groups(results):
 def plot_groups(groups, path):
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), sharey=True, squeeze=False)
     for ax, (size, runs) in zip(axes[0], groups.items()):
-        for server in SERVERS:
-            points = sorted(runs.get(server, {}).items())
-            if not points:
-                continue
-            xs = [r["throughput"] for _, r in points]
-            ys = [max(r["p99_ms"], 0.01) for _, r in points]
-            ax.plot(xs, ys, "o-", color=COLORS[server], label=server)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("deliveries per second")
-        ax.set_title(f"p99 send → receive, groups of {size}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.axhline(10, color="black", lw=0.6, ls="--")
-    axes[0][0].set_ylabel("ms (log)")
-    axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        draw(ax, runs, "throughput", "p99_ms", "deliveries per second", f"p99 send → receive, groups of {size}")
+    save(fig, axes[0], path)
 
 
 def group_tables(groups):
@@ -148,15 +147,11 @@ def group_tables(groups):
         print(f"Groups of {size}:")
         print("| offered deliveries/s | server | msg/s | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | generator lag p99 ms |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for point in sorted({k for v in runs.values() for k in v}):
-            for s in SERVERS:
-                r = runs.get(s, {}).get(point)
-                if r is None:
-                    continue
-                print(
-                    f"| {point} | {s} | {r['send_rate']:.0f} | {r['delivered_percent']:.2f}% | {r['throughput']:.0f} "
-                    f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['generator_lag_p99_ms']:.1f} |"
-                )
+        for point, s, r in rows(runs):
+            print(
+                f"| {point} | {s} | {r['send_rate']:.0f} | {r['delivered_percent']:.2f}% | {r['throughput']:.0f} "
+                f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['generator_lag_p99_ms']:.1f} |"
+            )
         print()
 
 
