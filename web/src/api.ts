@@ -96,6 +96,9 @@ const q = (params: Record<string, string | number | undefined>) => {
   return text ? `?${text}` : '';
 };
 
+/** One path segment: an id can never reach another endpoint (`../`, `?`, `#`). */
+export const seg = (id: string): string => encodeURIComponent(id);
+
 export const api = {
   register: (username: string, password: string) =>
     request<Session>('POST', '/auth/register', { username, password }),
@@ -107,33 +110,33 @@ export const api = {
 
   conversations: () =>
     request<{ conversations: Conversation[] }>('GET', '/conversations').then((r) => r.conversations),
-  conversation: (id: string) => request<Conversation>('GET', `/conversations/${id}`),
+  conversation: (id: string) => request<Conversation>('GET', `/conversations/${seg(id)}`),
   createDirect: (userId: string) =>
     request<Conversation>('POST', '/conversations', { kind: 'direct', members: [userId] }),
   createGroup: (title: string, members: string[]) =>
     request<Conversation>('POST', '/conversations', { kind: 'group', title, members }),
   messages: (id: string, page: { before_seq?: number; after_seq?: number; limit?: number }) =>
-    request<{ messages: Message[] }>('GET', `/conversations/${id}/messages${q(page)}`).then((r) => r.messages),
+    request<{ messages: Message[] }>('GET', `/conversations/${seg(id)}/messages${q(page)}`).then((r) => r.messages),
   postMessage: (id: string, client_msg_id: string, body: string) =>
-    request<{ message_id: string }>('POST', `/conversations/${id}/messages`, { client_msg_id, body }),
+    request<{ message_id: string }>('POST', `/conversations/${seg(id)}/messages`, { client_msg_id, body }),
 
   autoReply: () => request<AutoReply>('GET', '/settings/auto-reply'),
   setAutoReply: (v: AutoReply) => request<AutoReply>('PUT', '/settings/auto-reply', v),
 
   scripts: () => request<unknown>('GET', '/scripts').then((r) => listOf<Script>(r, 'scripts')),
-  script: (id: string) => request<Script>('GET', `/scripts/${id}`),
+  script: (id: string) => request<Script>('GET', `/scripts/${seg(id)}`),
   createScript: (s: ScriptInput) => request<Script>('POST', '/scripts', s),
-  updateScript: (id: string, s: ScriptInput) => request<Script>('PUT', `/scripts/${id}`, s),
-  deleteScript: (id: string) => request<void>('DELETE', `/scripts/${id}`),
+  updateScript: (id: string, s: ScriptInput) => request<Script>('PUT', `/scripts/${seg(id)}`, s),
+  deleteScript: (id: string) => request<void>('DELETE', `/scripts/${seg(id)}`),
   testScript: (id: string, hook: string, message: { body: string }) =>
-    request<ScriptTestResult>('POST', `/scripts/${id}/test`, { hook, message }),
+    request<ScriptTestResult>('POST', `/scripts/${seg(id)}/test`, { hook, message }),
 
   jobs: () => request<unknown>('GET', '/jobs').then((r) => listOf<Job>(r, 'jobs')),
-  job: (id: string) => request<Job>('GET', `/jobs/${id}`),
-  jobResult: (id: string) => request<JobResult>('GET', `/jobs/${id}/result`),
+  job: (id: string) => request<Job>('GET', `/jobs/${seg(id)}`),
+  jobResult: (id: string) => request<JobResult>('GET', `/jobs/${seg(id)}/result`),
   submitJob: (script: string, input: unknown) =>
     request<{ job_id: string }>('POST', '/jobs', { source: { script }, input }),
-  deleteJob: (id: string) => request<void>('DELETE', `/jobs/${id}`),
+  deleteJob: (id: string) => request<void>('DELETE', `/jobs/${seg(id)}`),
 
   observer: () => request<ObserverStats>('GET', '/observer'),
   setObserverConfig: (c: ObserverConfig) => request<unknown>('PUT', '/observer/config', c),

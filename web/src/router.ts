@@ -17,9 +17,26 @@ export type Route =
   | { name: 'observer' }
   | { name: 'not-found'; path: string };
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Whether `id` has the shape of a chorus id: only those reach API paths. */
+export function isId(id: string): boolean {
+  return UUID.test(id);
+}
+
+function decode(part: string): string | null {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return null;
+  }
+}
+
 export function parseRoute(hash: string): Route {
   const path = hash.replace(/^#/, '').replace(/\/+$/, '') || '/';
-  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  const decoded = path.split('/').filter(Boolean).map(decode);
+  if (decoded.some((part) => part === null)) return { name: 'not-found', path };
+  const parts = decoded as string[];
   const [a, b] = parts;
   if (parts.length === 0) return { name: 'chats' };
   if (parts.length === 1) {
@@ -40,7 +57,9 @@ export function parseRoute(hash: string): Route {
         return { name: 'observer' };
     }
   }
-  if (parts.length === 2) {
+  // An id from the address bar goes into API paths: anything but an id's shape is
+  // a page that does not exist, never a path of some other endpoint.
+  if (parts.length === 2 && (isId(b) || (a === 'scripts' && b === 'new'))) {
     if (a === 'c') return { name: 'conversation', id: b };
     if (a === 'scripts') return { name: 'script', id: b };
     if (a === 'jobs') return { name: 'job', id: b };

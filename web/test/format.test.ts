@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ApiError } from '../src/api';
+import { ApiError, seg } from '../src/api';
 import {
   authErrorMessage,
   compileErrorPosition,
@@ -13,7 +13,9 @@ import {
   uuid,
   validateCredentials,
 } from '../src/format';
-import { parseRoute, href } from '../src/router';
+import { parseRoute, href, isId } from '../src/router';
+
+const ID = '0191d3a2-7b1c-7c3e-9a4b-5f6e7d8c9b0a';
 
 const utc = { locale: 'en-GB', timeZone: 'UTC' };
 
@@ -104,13 +106,29 @@ describe('routes', () => {
   it('parses and prints hash routes', () => {
     expect(parseRoute('')).toEqual({ name: 'chats' });
     expect(parseRoute('#/')).toEqual({ name: 'chats' });
-    expect(parseRoute('#/c/abc')).toEqual({ name: 'conversation', id: 'abc' });
+    expect(parseRoute(`#/c/${ID}`)).toEqual({ name: 'conversation', id: ID });
     expect(parseRoute('#/scripts/new')).toEqual({ name: 'script', id: 'new' });
-    expect(parseRoute('#/jobs/j1/')).toEqual({ name: 'job', id: 'j1' });
+    expect(parseRoute(`#/jobs/${ID}/`)).toEqual({ name: 'job', id: ID });
     expect(parseRoute('#/settings')).toEqual({ name: 'settings' });
     expect(parseRoute('#/nope/x/y')).toEqual({ name: 'not-found', path: '/nope/x/y' });
-    for (const r of [{ name: 'conversation', id: 'x' }, { name: 'observer' }, { name: 'chats' }] as const) {
+    for (const r of [{ name: 'conversation', id: ID }, { name: 'observer' }, { name: 'chats' }] as const) {
       expect(parseRoute(href(r))).toEqual(r);
     }
+  });
+
+  it('takes only ids from the address bar, so none can reach another endpoint', () => {
+    // "Delete" on this job page would have removed a member of a group.
+    const traversal = `#/jobs/..%2Fconversations%2F${ID}%2Fmembers%2F${ID}`;
+    expect(parseRoute(traversal)).toEqual({ name: 'not-found', path: traversal.slice(1) });
+    for (const hash of ['#/c/abc', '#/jobs/j1', '#/scripts/..', '#/c/%E0%A4%A', `#/c/${ID}%3Fx`]) {
+      expect(parseRoute(hash).name, hash).toBe('not-found');
+    }
+    expect(isId(ID)).toBe(true);
+    expect(isId(`${ID}/..`)).toBe(false);
+  });
+
+  it('encodes ids as one path segment', () => {
+    expect(seg('../conversations/x')).toBe('..%2Fconversations%2Fx');
+    expect(seg(ID)).toBe(ID);
   });
 });

@@ -65,6 +65,8 @@ pub struct Config {
     pub limits: Limits,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Who sees whose presence.
+    pub presence: PresenceConfig,
     /// Users' scripts and auto-replies (`[automation]`).
     pub automation: AutomationConfig,
     /// Jobs, workers and the observer (`[jobs]`).
@@ -87,6 +89,8 @@ pub struct JobsConfig {
     pub max_source_bytes: usize,
     /// Largest JSON `main` may return, bytes.
     pub max_output_bytes: usize,
+    /// Jobs one user may have stored (queued, running or finished, until erased).
+    pub max_stored_per_user: usize,
     /// Workers a node with the worker role starts with (the observer changes the
     /// number in embedded mode).
     pub workers: u32,
@@ -136,6 +140,7 @@ impl Default for JobsConfig {
             max_memory_bytes: 256 * 1024 * 1024,
             max_source_bytes: 128 * 1024,
             max_output_bytes: 1024 * 1024,
+            max_stored_per_user: 10_000,
             workers: 1,
             git_schemes: vec!["https".into()],
             git_max_bytes: 64 * 1024 * 1024,
@@ -230,6 +235,28 @@ pub struct Limits {
     /// Seconds without any frame from a client before the server pings it; twice this
     /// without an answer closes the session.
     pub idle_ping_secs: u64,
+    /// HTTP connections held at once (WebSocket sessions included); 0: as many as the
+    /// open-files limit allows, less a reserve for the node's own needs.
+    pub max_connections: usize,
+    /// HTTP connections held at once from one client address; 0: no limit (behind a
+    /// reverse proxy, every client has the proxy's address).
+    pub max_connections_per_address: usize,
+    /// Seconds a client has to send the head of a request, idle keep-alive
+    /// connections included.
+    pub header_timeout_secs: u64,
+    /// WebSocket sessions one user may hold at once.
+    pub max_sessions_per_user: usize,
+    /// Sustained `typing` and `read` frames per second per user.
+    pub notice_rate_per_sec: u32,
+    /// Burst of `typing` and `read` frames per user above the sustained rate.
+    pub notice_burst: u32,
+    /// Members of a group.
+    pub max_group_members: usize,
+    /// Groups one user may own.
+    pub max_groups_per_user: usize,
+    /// Seconds a node trusts its cached copy of a conversation's members: the longest
+    /// a removed member keeps access on a node that missed the change's notice.
+    pub membership_cache_secs: u64,
 }
 
 /// Limits of users' scripts and auto-replies.
@@ -250,6 +277,10 @@ pub struct AutomationConfig {
     pub max_scripts_per_user: usize,
     /// Automation steps in a chain (a reply to a reply to …) before it stops.
     pub max_hops: u32,
+    /// Messages automation may send because of one message a person sent, over the
+    /// whole chain (replies, forwards and auto-replies of every member, and what
+    /// those cause in turn).
+    pub fanout_budget: u32,
     /// At most one auto-reply per sender and conversation in this window, seconds.
     pub auto_reply_window_secs: u64,
     /// Failed runs in a row after which a script is disabled.
@@ -260,6 +291,25 @@ pub struct AutomationConfig {
     pub kv_max_value_bytes: usize,
     /// Threads running scripts (0: one per core).
     pub threads: usize,
+}
+
+/// Who sees whose presence (`[presence]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Whether a direct conversation makes its two members contacts (each sees when
+    /// the other is online). Anyone may open a direct conversation with anyone, so
+    /// with open registration this shows every user's presence to strangers; without
+    /// it, presence is shared through groups only.
+    pub through_direct: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            through_direct: true,
+        }
+    }
 }
 
 /// Graceful shutdown settings.
@@ -286,6 +336,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
+            presence: PresenceConfig::default(),
             automation: AutomationConfig::default(),
             jobs: JobsConfig::default(),
         }
@@ -302,6 +353,7 @@ impl Default for AutomationConfig {
             max_source_bytes: 64 * 1024,
             max_scripts_per_user: 20,
             max_hops: 3,
+            fanout_budget: 20,
             auto_reply_window_secs: 3600,
             disable_after_failures: 10,
             kv_max_keys: 256,
@@ -335,6 +387,15 @@ impl Default for Limits {
             ws_read_buffer: 1024,
             ws_write_buffer: 4 * 1024,
             idle_ping_secs: 30,
+            max_connections: 0,
+            max_connections_per_address: 1000,
+            header_timeout_secs: 10,
+            max_sessions_per_user: 32,
+            notice_rate_per_sec: 10,
+            notice_burst: 50,
+            max_group_members: 1000,
+            max_groups_per_user: 1000,
+            membership_cache_secs: 30,
         }
     }
 }
@@ -400,6 +461,20 @@ impl Config {
         if l.session_queue == 0 || l.ws_read_buffer < 256 || l.ws_write_buffer < 256 {
             return bad("limits.session_queue must be positive, WebSocket buffers >= 256 bytes");
         }
+        let positive = [
+            l.header_timeout_secs,
+            l.max_sessions_per_user as u64,
+            u64::from(l.notice_rate_per_sec),
+            u64::from(l.notice_burst),
+            l.max_group_members as u64,
+            l.max_groups_per_user as u64,
+            l.membership_cache_secs,
+        ];
+        if positive.contains(&0) {
+            return bad(
+                "limits.header_timeout_secs, max_sessions_per_user, notice_rate_per_sec, notice_burst, max_group_members, max_groups_per_user and membership_cache_secs must be positive",
+            );
+        }
         let a = &self.automation;
         if a.memory_bytes < 256 * 1024 || a.max_memory_bytes < a.memory_bytes {
             return bad(
@@ -421,9 +496,13 @@ impl Config {
         if j.cpu_ms == 0 || j.max_cpu_ms < j.cpu_ms {
             return bad("jobs.cpu_ms must be positive and <= jobs.max_cpu_ms");
         }
-        if j.git_timeout_secs == 0 || j.git_max_bytes == 0 || j.max_output_bytes == 0 {
+        if j.git_timeout_secs == 0
+            || j.git_max_bytes == 0
+            || j.max_output_bytes == 0
+            || j.max_stored_per_user == 0
+        {
             return bad(
-                "jobs.git_timeout_secs, git_max_bytes and max_output_bytes must be positive",
+                "jobs.git_timeout_secs, git_max_bytes, max_output_bytes and max_stored_per_user must be positive",
             );
         }
         j.observer.validate()?;

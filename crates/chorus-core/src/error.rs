@@ -24,6 +24,9 @@ pub enum ErrorCode {
     TooLarge,
     /// Over the rate limit; comes with `retry_after_ms`.
     RateLimited,
+    /// A count the server bounds is reached (sessions per user, members of a group,
+    /// groups or stored jobs per user): nothing more until something goes.
+    LimitReached,
     /// A WebSocket frame whose `type` the server does not know.
     UnknownType,
     /// An outgoing script blocked the message.
@@ -45,6 +48,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::TooLarge => "too_large",
             Self::RateLimited => "rate_limited",
+            Self::LimitReached => "limit_reached",
             Self::UnknownType => "unknown_type",
             Self::Blocked => "blocked",
             Self::Unavailable => "unavailable",
@@ -57,7 +61,7 @@ impl ErrorCode {
         match self {
             Self::BadRequest | Self::UnknownType => 400,
             Self::Unauthorized => 401,
-            Self::Forbidden | Self::Blocked => 403,
+            Self::Forbidden | Self::Blocked | Self::LimitReached => 403,
             Self::NotFound => 404,
             Self::Conflict => 409,
             Self::TooLarge => 413,
@@ -88,6 +92,7 @@ mod tests {
             ErrorCode::Conflict,
             ErrorCode::TooLarge,
             ErrorCode::RateLimited,
+            ErrorCode::LimitReached,
             ErrorCode::UnknownType,
             ErrorCode::Blocked,
             ErrorCode::Unavailable,

@@ -86,6 +86,12 @@ pub struct MessageEvent {
     /// Recipients whose incoming scripts dropped it: not delivered to them live.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suppress: Vec<UserId>,
+    /// How many messages automation may still send because of this one, counting
+    /// every later generation: what it sends splits the rest among them. `None` for a
+    /// message a person sent, which starts with the configured
+    /// `automation.fanout_budget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<u32>,
 }
 
 impl MessageEvent {

@@ -7,11 +7,13 @@
 //! - [`wire`]: the WebSocket frames, client to server and server to client.
 //! - [`event`]: the envelopes that travel on the event log between roles.
 //! - [`topics`]: the names of the log's topics.
+//! - [`ratelimit`]: token buckets by key, behind every rate limit.
 
 pub mod error;
 pub mod event;
 pub mod ids;
 pub mod model;
+pub mod ratelimit;
 pub mod topics;
 pub mod wire;
 

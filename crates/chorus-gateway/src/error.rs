@@ -71,6 +71,11 @@ impl ApiError {
         }
     }
 
+    /// `limit_reached`: a bounded count is full.
+    pub fn limit_reached(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::LimitReached, message)
+    }
+
     /// `internal`, logging the cause (which the client does not see).
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");

@@ -170,9 +170,6 @@ struct NewConversation {
     title: Option<String>,
 }
 
-/// Largest group a single request may create.
-const MAX_GROUP_ON_CREATE: usize = 1000;
-
 async fn require_users(state: &AppState, ids: &[UserId]) -> Result<(), ApiError> {
     for id in ids {
         if state.directory.store().user(*id).await?.is_none() {
@@ -219,9 +216,20 @@ async fn create_conversation(
                     "a group needs a title of 1 to 200 characters",
                 ));
             }
-            if req.members.len() > MAX_GROUP_ON_CREATE {
-                return Err(ApiError::bad_request(format!(
-                    "at most {MAX_GROUP_ON_CREATE} members at creation"
+            let max = state.limits.max_group_members;
+            let mut members = req.members.clone();
+            members.retain(|m| *m != me.id);
+            members.sort_unstable();
+            members.dedup();
+            if members.len() + 1 > max {
+                return Err(ApiError::limit_reached(format!(
+                    "a group has at most {max} members, its owner included"
+                )));
+            }
+            let owned = store.groups_owned(me.id).await?;
+            if owned >= state.limits.max_groups_per_user as i64 {
+                return Err(ApiError::limit_reached(format!(
+                    "you own {owned} groups, the most one user may; leave one first (it passes to its longest-standing member)"
                 )));
             }
             require_users(&state, &req.members).await?;
@@ -294,6 +302,12 @@ async fn add_member(
     if record.owner_id != Some(me.id) {
         return Err(ApiError::forbidden("only the group's owner adds members"));
     }
+    let max = state.limits.max_group_members;
+    if record.members.len() >= max && !record.members.contains(&req.user_id) {
+        return Err(ApiError::limit_reached(format!(
+            "a group has at most {max} members, its owner included"
+        )));
+    }
     require_users(&state, &[req.user_id]).await?;
     state.directory.store().add_member(id, req.user_id).await?;
     members_changed(&state, id).await;
@@ -328,7 +342,9 @@ async fn remove_member(
 }
 
 /// Drops cached membership here at once and, through the control topic, on every
-/// other node.
+/// other node. The notice is retried in the background for a while if the log refuses
+/// it; should it never get through, other nodes' cached members expire after
+/// `limits.membership_cache_secs` all the same.
 async fn members_changed(state: &AppState, conversation: ConversationId) {
     state.directory.invalidate(conversation);
     let notice = Control::MembersChanged {
@@ -339,11 +355,30 @@ async fn members_changed(state: &AppState, conversation: ConversationId) {
         conversation.0.as_bytes().to_vec(),
         encode(&notice),
     );
-    if let Err(e) = state.log.publish(vec![record]).await {
-        // The change is stored; other nodes' caches catch up when their entries are
-        // next invalidated or the node restarts. Worth a warning, not a failed request.
-        tracing::warn!(conversation_id = %conversation, error = %e, "membership notice not published");
-    }
+    let Err(e) = state.log.publish(vec![record.clone()]).await else {
+        return;
+    };
+    tracing::warn!(conversation_id = %conversation, error = %e, "membership notice not published; retrying");
+    let log = state.log.clone();
+    let ttl = std::time::Duration::from_secs(state.limits.membership_cache_secs);
+    tokio::spawn(async move {
+        let mut backoff = std::time::Duration::from_millis(100);
+        let mut waited = std::time::Duration::ZERO;
+        // Past the cache's lifetime, every node has read the members again anyway.
+        while waited < ttl {
+            tokio::time::sleep(backoff).await;
+            waited += backoff;
+            match log.publish(vec![record.clone()]).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(conversation_id = %conversation, error = %e, "membership notice still not published")
+                }
+            }
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+        }
+        metrics::counter!("chorus_membership_notices_lost_total").increment(1);
+        tracing::warn!(conversation_id = %conversation, "membership notice given up: other nodes catch up when their cache expires");
+    });
 }
 
 #[derive(Deserialize)]

@@ -151,6 +151,12 @@ async fn submit(
         finished_at: None,
     };
     let store = state.directory.store();
+    let stored = store.jobs_count(me.id).await?;
+    if stored >= config.max_stored_per_user as i64 {
+        return Err(ApiError::limit_reached(format!(
+            "you have {stored} jobs stored, the most one user may; erase some first"
+        )));
+    }
     store.create_job(me.id, &job).await?;
     let request = JobRequest {
         job_id: job.id,

@@ -9,7 +9,7 @@
 //! Layout: [`auth`] tokens and passwords, [`oidc`] tokens of an outside identity
 //! provider, [`error`] the error mapping, [`http`] the
 //! REST routes, [`jobs`] the jobs and observer routes, [`ws`] sessions, [`sessions`]
-//! local fan-out, [`queue`] each session's outbound queue, [`ratelimit`] send limits,
+//! local fan-out, [`queue`] each session's outbound queue,
 //! [`state`] what they share, [`assets`] the embedded web app.
 
 pub mod assets;
@@ -21,7 +21,6 @@ pub mod http;
 pub mod jobs;
 pub mod oidc;
 pub mod queue;
-pub mod ratelimit;
 pub mod send;
 pub mod sessions;
 pub mod state;
@@ -53,8 +52,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn(close_if_body_unread))
         .layer(DefaultBodyLimit::max(state.limits.max_http_body_bytes))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The span of a request: its method and path, never its query, which may carry a
+/// token (`/api/v1/ws?token=…`: browsers cannot set headers on a WebSocket upgrade).
+fn request_span(request: &Request) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        version = ?request.version(),
+    )
 }
 
 /// Only `/healthz`, `/readyz` and `/metrics`: what a node without the gateway role
@@ -133,4 +143,47 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn request_logs_name_the_path_but_never_the_query_and_its_token() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let request = Request::builder()
+                .uri("/api/v1/ws?token=eyJsecret.payload.signature")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let _entered = request_span(&request).entered();
+            tracing::debug!("finished processing request");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("path=/api/v1/ws"), "{text}");
+        assert!(!text.contains("eyJsecret"), "{text}");
+        assert!(!text.contains("token"), "{text}");
+    }
 }

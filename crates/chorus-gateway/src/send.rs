@@ -123,7 +123,7 @@ async fn prepare(
     let members = require_member(state, conversation, sender).await?;
     state
         .limiter
-        .check(sender)
+        .check(&sender)
         .map_err(ApiError::rate_limited)?;
     let message_id = MessageId::derive(sender, conversation, &client_msg_id);
     let route = state.engine.route_for(sender, &members);
@@ -140,6 +140,7 @@ async fn prepare(
         hops: 0,
         route: route.clone(),
         suppress: Vec::new(),
+        budget: None,
     });
     tracing::debug!(%message_id, conversation_id = %conversation, %sender, first_stage = route[0].name(), "message accepted");
     let record = Outgoing::new(

@@ -94,10 +94,22 @@ impl Sessions {
         &self.shards[(user.0.as_u128() % SHARDS as u128) as usize]
     }
 
-    /// Adds a session of `user`.
-    pub fn insert(&self, user: UserId, handle: SessionHandle) {
+    /// Adds a session of `user` unless the user holds `max` already here; returns
+    /// whether it was added.
+    pub fn insert(&self, user: UserId, handle: SessionHandle, max: usize) -> bool {
         let mut map = self.shard(user).write().unwrap_or_else(|e| e.into_inner());
-        map.entry(user).or_default().push(handle);
+        let list = map.entry(user).or_default();
+        if list.len() >= max {
+            return false;
+        }
+        list.push(handle);
+        true
+    }
+
+    /// Sessions of `user` held here.
+    pub fn of(&self, user: UserId) -> usize {
+        let map = self.shard(user).read().unwrap_or_else(|e| e.into_inner());
+        map.get(&user).map_or(0, Vec::len)
     }
 
     /// Removes a session of `user`.

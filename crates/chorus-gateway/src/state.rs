@@ -1,11 +1,11 @@
 //! What every handler and session shares.
 
 use crate::auth::Tokens;
-use crate::ratelimit::RateLimiter;
 use crate::sessions::Sessions;
 use chorus_config::Limits;
-use chorus_core::NodeId;
+use chorus_core::ratelimit::RateLimiter;
 use chorus_core::topics::Topics;
+use chorus_core::{NodeId, UserId};
 use chorus_log::EventLog;
 use chorus_registry::Registry;
 use chorus_store::Directory;
@@ -24,6 +24,8 @@ pub struct AppState {
     pub partitions: u32,
     /// Client limits.
     pub limits: Limits,
+    /// Whether direct conversations make contacts (`presence.through_direct`).
+    pub presence_through_direct: bool,
     /// Users' scripts: the sandbox, limits and state.
     pub engine: chorus_automation::Engine,
     /// Database with the membership cache.
@@ -38,8 +40,11 @@ pub struct AppState {
     pub oidc: Option<Arc<crate::oidc::Oidc>>,
     /// Local sessions.
     pub sessions: Sessions,
-    /// Send rate limits.
-    pub limiter: RateLimiter,
+    /// Send rate limits, per user; shared with the automation stages of this process,
+    /// so that what a user's scripts send counts against the same rate.
+    pub limiter: Arc<RateLimiter<UserId>>,
+    /// `typing` and `read` frame limits, per user.
+    pub notices: RateLimiter<UserId>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Cancelled when the node shuts down: sessions close with "going away".

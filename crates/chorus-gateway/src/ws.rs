@@ -27,7 +27,7 @@ use chorus_core::model::{Message, User};
 use chorus_core::wire::{ClientFrame, ServerFrame};
 use chorus_core::{ConversationId, ErrorCode, SessionId};
 use chorus_store::Page;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -44,6 +44,8 @@ pub const CLOSE_OVERFLOW: (u16, &str) = (1008, "too many unread frames; reconnec
 pub const CLOSE_IDLE: (u16, &str) = (1001, "no answer to ping");
 /// Close code for frames over the hard limit (the socket cannot go on).
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a session refused by a limit.
+const CLOSE_POLICY: u16 = 1008;
 
 /// Frames drained from the queue per flush.
 const WRITE_BATCH: usize = 64;
@@ -78,6 +80,9 @@ pub async fn upgrade(
         Err(e) => return e.into_response(),
     };
     let limits = &state.limits;
+    if state.sessions.of(user.id) >= limits.max_sessions_per_user {
+        return too_many_sessions(limits.max_sessions_per_user).into_response();
+    }
     ws.read_buffer_size(limits.ws_read_buffer)
         .write_buffer_size(limits.ws_write_buffer)
         .max_write_buffer_size(limits.ws_write_buffer.max(limits.max_frame_hard_bytes) * 2)
@@ -85,9 +90,27 @@ pub async fn upgrade(
         .max_frame_size(limits.max_frame_hard_bytes)
         .on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
-            let (session, rx) = Session::open(state, socket, user);
-            tracker.track_future(session.run(rx))
+            let max = state.limits.max_sessions_per_user;
+            match Session::open(state, socket, user) {
+                Ok((session, rx)) => tracker.track_future(session.run(rx)).boxed(),
+                // Others of the user's sessions opened meanwhile, past the check above.
+                Err(mut socket) => async move {
+                    let _ = socket
+                        .send(WsMessage::Close(Some(CloseFrame {
+                            code: CLOSE_POLICY,
+                            reason: Utf8Bytes::from(too_many_sessions(max).message),
+                        })))
+                        .await;
+                }
+                .boxed(),
+            }
         })
+}
+
+fn too_many_sessions(max: usize) -> ApiError {
+    ApiError::limit_reached(format!(
+        "at most {max} sessions per user at once; close one first"
+    ))
 }
 
 /// A contiguous range of `seq`s written to the client in one conversation.
@@ -118,10 +141,21 @@ impl Session {
     /// Makes the session reachable by fan-out. Not async, and `run` takes the session
     /// by value: an async fn keeps its arguments for its whole life, so building the
     /// session inside it would hold the socket twice in every idle session's future.
-    fn open(state: Arc<AppState>, socket: WebSocket, user: User) -> (Self, QueueReceiver) {
+    /// Gives the socket back when the user holds as many sessions as they may.
+    fn open(
+        state: Arc<AppState>,
+        socket: WebSocket,
+        user: User,
+    ) -> Result<(Self, QueueReceiver), Box<WebSocket>> {
         let id = SessionId::new();
         let (tx, rx) = queue(state.limits.session_queue);
-        state.sessions.insert(user.id, SessionHandle { id, tx });
+        let max = state.limits.max_sessions_per_user;
+        if !state
+            .sessions
+            .insert(user.id, SessionHandle { id, tx }, max)
+        {
+            return Err(Box::new(socket));
+        }
         metrics::gauge!("chorus_ws_connections").increment(1.0);
         metrics::counter!("chorus_ws_connections_opened_total").increment(1);
         let session = Session {
@@ -132,7 +166,7 @@ impl Session {
             sent: HashMap::new(),
             acks: None,
         };
-        (session, rx)
+        Ok((session, rx))
     }
 
     async fn run(mut self, rx: QueueReceiver) {
@@ -375,6 +409,13 @@ impl Session {
                     .push_back(answer);
             }
             ClientFrame::Sync { since } => self.sync(since).await?,
+            ClientFrame::Typing { .. } | ClientFrame::Read { .. }
+                if let Err(wait) = self.state.notices.check(&self.user.id) =>
+            {
+                metrics::counter!("chorus_ws_frames_rejected_total", "code" => "rate_limited")
+                    .increment(1);
+                self.error(ApiError::rate_limited(wait)).await?;
+            }
             ClientFrame::Typing { conversation_id } => {
                 match require_member(&self.state, conversation_id, self.user.id).await {
                     Ok(_) => {
@@ -465,7 +506,10 @@ impl Session {
             };
             self.sent.insert(conversation, written);
         }
-        let contacts = store.contacts(self.user.id).await.unwrap_or_default();
+        let contacts = store
+            .contacts(self.user.id, self.state.presence_through_direct)
+            .await
+            .unwrap_or_default();
         let online = self
             .state
             .registry

@@ -5,7 +5,7 @@
 //! Failures are fail-open: the message is delivered as it was.
 
 use crate::runner::{StageContext, StageError, StageWorker, forward};
-use crate::scripts::{Names, NotSent, RunBook, Sends};
+use crate::scripts::{Names, RunBook, Sends, Wanted};
 use async_trait::async_trait;
 use chorus_automation::{Action, parse_actions};
 use chorus_core::UserId;
@@ -99,31 +99,47 @@ impl StageWorker for AutomateIn {
             }
         }
         let mut sends = Sends::new(ctx);
-        for o in &owners {
-            let StageEvent::Message(m) = &mut events[o.event] else {
+        for group in owners.chunk_by(|a, b| a.event == b.event) {
+            let StageEvent::Message(m) = &mut events[group[0].event] else {
                 continue;
             };
-            if o.dropped {
+            for o in group.iter().filter(|o| o.dropped) {
                 metrics::counter!("chorus_messages_dropped_for_recipient_total").increment(1);
                 m.suppress.push(o.user);
             }
-            for (n, (script, action)) in o.sends.iter().enumerate() {
-                let (conversation, body) = match action {
-                    Action::Reply(body) => (m.conversation_id, body.clone()),
-                    Action::Forward(to) => (*to, m.body.clone()),
-                    Action::Rewrite(_) | Action::Drop(_) => continue,
-                };
-                let tag = format!("script:{}:{}:{n}", script.id, m.message_id);
-                if let Err(NotSent::Invalid(why)) = sends
-                    .send(o.user, conversation, body, Origin::Script, m, tag)
-                    .await?
+            let mut wanted = Vec::new();
+            let mut by = Vec::new();
+            for o in group {
+                for (n, (script, action)) in o.sends.iter().enumerate() {
+                    let (conversation, body) = match action {
+                        Action::Reply(body) => (m.conversation_id, body.clone()),
+                        Action::Forward(to) => (*to, m.body.clone()),
+                        Action::Rewrite(_) | Action::Drop(_) => continue,
+                    };
+                    wanted.push(Wanted {
+                        owner: o.user,
+                        conversation,
+                        body,
+                        origin: Origin::Script,
+                        tag: format!("script:{}:{}:{n}", script.id, m.message_id),
+                    });
+                    by.push(Some(script.clone()));
+                }
+                if let Some(text) = &o.auto_reply
+                    && claim_auto_reply(ctx, o.user, m).await?
                 {
-                    book.bad_action(script, Hook::Incoming, why);
+                    wanted.push(Wanted {
+                        owner: o.user,
+                        conversation: m.conversation_id,
+                        body: text.clone(),
+                        origin: Origin::AutoReply,
+                        tag: format!("auto:{}", m.message_id),
+                    });
+                    by.push(None);
                 }
             }
-            if let Some(text) = &o.auto_reply {
-                auto_reply(ctx, &mut sends, o.user, text, m).await?;
-            }
+            let results = sends.send_all(m, wanted, false).await?;
+            book.sent(Hook::Incoming, by, results);
         }
         let mut out: Vec<Outgoing> = events
             .into_iter()
@@ -135,19 +151,18 @@ impl StageWorker for AutomateIn {
     }
 }
 
-/// Answers `m` for `owner` with `text`, unless it came from automation, the owner
-/// dropped it, or the owner answered this sender here within the window.
-async fn auto_reply(
+/// Whether `owner`'s auto-reply answers `m`: not when it came from automation, the
+/// owner dropped it, or the owner answered this sender here within the window (a
+/// claim, recorded in the store).
+async fn claim_auto_reply(
     ctx: &StageContext,
-    sends: &mut Sends<'_>,
     owner: UserId,
-    text: &str,
     m: &MessageEvent,
-) -> Result<(), StageError> {
+) -> Result<bool, StageError> {
     if m.origin != Origin::User || m.suppress.contains(&owner) {
-        return Ok(());
+        return Ok(false);
     }
-    let claimed = ctx
+    Ok(ctx
         .directory
         .store()
         .claim_auto_reply(
@@ -158,23 +173,5 @@ async fn auto_reply(
             chrono::Utc::now(),
             ctx.engine.auto_reply_window(),
         )
-        .await?;
-    if !claimed {
-        return Ok(());
-    }
-    let tag = format!("auto:{}", m.message_id);
-    if let Err(NotSent::Invalid(why)) = sends
-        .send(
-            owner,
-            m.conversation_id,
-            text.to_owned(),
-            Origin::AutoReply,
-            m,
-            tag,
-        )
-        .await?
-    {
-        tracing::debug!(%owner, why, "auto-reply not sent");
-    }
-    Ok(())
+        .await?)
 }

@@ -5,7 +5,7 @@
 //! fail-closed, which blocks the message.
 
 use crate::runner::{StageContext, StageError, StageWorker, forward};
-use crate::scripts::{Names, NotSent, RunBook, Sends, to_nodes};
+use crate::scripts::{Names, RunBook, Sends, Wanted, to_nodes};
 use async_trait::async_trait;
 use chorus_automation::{Action, parse_actions};
 use chorus_core::ErrorCode;
@@ -139,20 +139,26 @@ impl StageWorker for AutomateOut {
                 );
                 continue;
             }
+            let mut wanted = Vec::new();
+            let mut by = Vec::new();
             for (n, (script, action)) in f.sends.iter().enumerate() {
                 let (conversation, body) = match action {
                     Action::Reply(body) => (f.m.conversation_id, body.clone()),
                     Action::Forward(to) => (*to, f.m.body.clone()),
                     Action::Rewrite(_) | Action::Drop(_) => continue,
                 };
-                let tag = format!("script:{}:{}:{n}", script.id, f.m.message_id);
-                if let Err(NotSent::Invalid(why)) = sends
-                    .send(f.m.sender_id, conversation, body, Origin::Script, &f.m, tag)
-                    .await?
-                {
-                    book.bad_action(script, Hook::Outgoing, why);
-                }
+                wanted.push(Wanted {
+                    owner: f.m.sender_id,
+                    conversation,
+                    body,
+                    origin: Origin::Script,
+                    tag: format!("script:{}:{}:{n}", script.id, f.m.message_id),
+                });
+                by.push(Some(script.clone()));
             }
+            // The message itself goes on to the recipients' automation: it keeps a share.
+            let results = sends.send_all(&mut f.m, wanted, true).await?;
+            book.sent(Hook::Outgoing, by, results);
             out.extend(forward(ctx, Stage::AutomateOut, StageEvent::Message(f.m)));
         }
         out.extend(sends.out);

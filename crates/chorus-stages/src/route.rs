@@ -97,7 +97,11 @@ impl StageWorker for RouteStage {
                     )
                 }
                 StageEvent::Presence { user_id, online } => {
-                    let contacts = ctx.directory.store().contacts(user_id).await?;
+                    let contacts = ctx
+                        .directory
+                        .store()
+                        .contacts(user_id, ctx.presence_through_direct)
+                        .await?;
                     (
                         contacts,
                         user_id.0.as_bytes().to_vec(),

@@ -1,7 +1,9 @@
 //! The loop every stage shares: fetch a batch, decode, process, publish, commit.
 
 use async_trait::async_trait;
+use chorus_core::UserId;
 use chorus_core::event::{StageEvent, decode, encode};
+use chorus_core::ratelimit::RateLimiter;
 use chorus_core::topics::{Stage, Topics};
 use chorus_log::{EventLog, LogError, Outgoing, Record};
 use chorus_registry::{Registry, RegistryError};
@@ -28,6 +30,11 @@ pub struct StageContext {
     pub engine: chorus_automation::Engine,
     /// Largest message body, bytes (for what automation sends).
     pub max_body_bytes: usize,
+    /// Send rate limits, per user: what users' scripts send counts against their
+    /// owners' rate (the gateway of the same process shares it).
+    pub limiter: Arc<RateLimiter<UserId>>,
+    /// Whether direct conversations make contacts (`presence.through_direct`).
+    pub presence_through_direct: bool,
 }
 
 /// Why a stage stopped.
@@ -283,6 +290,7 @@ mod tests {
             hops: 0,
             route: vec![Stage::Store],
             suppress: Vec::new(),
+            budget: None,
         }))
     }
 
@@ -318,6 +326,8 @@ mod tests {
             registry: Arc::new(chorus_registry::memory::MemoryRegistry::new()),
             topics,
             max_body_bytes: 1024,
+            limiter: Arc::new(RateLimiter::new(100, 100)),
+            presence_through_direct: true,
         };
         let stop = CancellationToken::new();
         let running = tokio::spawn(run_worker(Stage::Store, Box::new(Picky), ctx, stop.clone()));

@@ -7,7 +7,7 @@ use chorus_core::event::{Control, Delivery, MessageEvent, StageEvent, encode};
 use chorus_core::model::{Hook, Origin, Script, ScriptError};
 use chorus_core::{ConversationId, MessageId, ScriptId, UserId};
 use chorus_log::Outgoing;
-use chorus_store::ScriptRuns;
+use chorus_store::{Members, ScriptRuns};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -106,6 +106,41 @@ impl RunBook {
             r.last_error = Some(error.clone());
         }
         error
+    }
+
+    /// Adds a line of chorus's own, once, to the logs the owner sees of `script`'s last
+    /// run in this batch (what a limit did to what it asked for).
+    fn notice(&mut self, script: &Script, line: &str) {
+        if let Some((_, r)) = self.runs.get_mut(&script.id)
+            && !r.last_logs.iter().any(|l| l == line)
+        {
+            r.last_logs.push(line.to_owned());
+        }
+    }
+
+    /// Notes what became of the messages scripts asked to send (`by`: the script that
+    /// asked, `None` for an auto-reply): an impossible one is its script's failure, one
+    /// a limit stopped is a line in its logs.
+    pub fn sent(
+        &mut self,
+        hook: Hook,
+        by: Vec<Option<Arc<Script>>>,
+        results: Vec<Result<(), NotSent>>,
+    ) {
+        for (script, result) in by.into_iter().zip(results) {
+            let Err(why) = result else { continue };
+            match (script, why) {
+                (Some(script), NotSent::Invalid(message)) => {
+                    self.bad_action(&script, hook, message);
+                }
+                (Some(script), why) => {
+                    if let Some(line) = why.limit_notice() {
+                        self.notice(&script, line);
+                    }
+                }
+                (None, why) => tracing::debug!(?why, "auto-reply not sent"),
+            }
+        }
     }
 
     fn record(&mut self, script: &Script, logs: Vec<String>, error: Option<ScriptError>) {
@@ -209,12 +244,48 @@ pub async fn to_nodes(
         .collect())
 }
 
+/// A message automation wants to send as `owner`.
+pub struct Wanted {
+    /// On whose behalf.
+    pub owner: UserId,
+    /// Where.
+    pub conversation: ConversationId,
+    /// The text.
+    pub body: String,
+    /// `script` or `auto_reply`.
+    pub origin: Origin,
+    /// Makes the derived id: a replayed batch sends the same message, stored once.
+    pub tag: String,
+}
+
 /// Why automation did not send a message.
+#[derive(Debug, PartialEq, Eq)]
 pub enum NotSent {
     /// The chain of automated messages reached its hop limit.
     ChainEnds,
+    /// The triggering message's fan-out budget is spent.
+    OverBudget,
+    /// The owner is over their send rate.
+    RateLimited,
     /// The script asked for something impossible (counts as its failure).
     Invalid(String),
+}
+
+impl NotSent {
+    /// What the owner reads in their script's logs about a message not sent for a
+    /// limit (`None` for the chain's end, which is nobody's fault, and for failures,
+    /// which are reported as such).
+    pub fn limit_notice(&self) -> Option<&'static str> {
+        match self {
+            Self::OverBudget => Some(
+                "chorus: a message was not sent: the message that caused it may cause no more (automation.fanout_budget)",
+            ),
+            Self::RateLimited => {
+                Some("chorus: a message was not sent: you are over your send rate")
+            }
+            Self::ChainEnds | Self::Invalid(_) => None,
+        }
+    }
 }
 
 /// Builds the messages automation sends on behalf of owners.
@@ -233,62 +304,117 @@ impl<'a> Sends<'a> {
         }
     }
 
-    /// Sends `body` as `owner` to `conversation`, caused by `trigger`; `tag` makes the
-    /// derived id (a replayed batch sends the same message, which is stored once).
-    /// Returns why not, when the message cannot be sent.
-    pub async fn send(
+    /// Sends what automation wants to send because of `trigger`, in order, and says
+    /// for each whether it was sent.
+    ///
+    /// Two bounds keep one message from turning into many: the chain's depth
+    /// (`max_hops`) and the trigger's fan-out budget, which counts every later
+    /// generation. At most `budget` messages are sent; what is left of the budget is
+    /// split evenly among them, so nothing one person's message causes, however many
+    /// scripts answer each other, exceeds the budget in total. When the trigger itself
+    /// `goes_on` to more automation (from `automate-out` to `automate-in`), it keeps a
+    /// share like each message sent. Each message also takes a token from its owner's
+    /// send rate.
+    pub async fn send_all(
         &mut self,
-        owner: UserId,
-        conversation: ConversationId,
-        body: String,
-        origin: Origin,
-        trigger: &MessageEvent,
-        tag: String,
-    ) -> Result<Result<(), NotSent>, StageError> {
+        trigger: &mut MessageEvent,
+        wanted: Vec<Wanted>,
+        goes_on: bool,
+    ) -> Result<Vec<Result<(), NotSent>>, StageError> {
+        let config = self.ctx.engine.config();
         let hops = trigger.hops + 1;
-        if hops > self.ctx.engine.config().max_hops {
-            // Two bots answering each other: neither is at fault, the chain just ends.
-            metrics::counter!("chorus_automation_chain_stopped_total").increment(1);
-            tracing::debug!(%owner, %conversation, hops, "automation chain stopped");
-            return Ok(Err(NotSent::ChainEnds));
+        let budget = trigger.budget.unwrap_or(config.fanout_budget);
+        let mut results = Vec::with_capacity(wanted.len());
+        let mut ready: Vec<MessageEvent> = Vec::new();
+        for w in wanted {
+            let verdict = if hops > config.max_hops {
+                // Two bots answering each other: neither is at fault, the chain ends.
+                metrics::counter!("chorus_automation_chain_stopped_total").increment(1);
+                tracing::debug!(owner = %w.owner, conversation = %w.conversation, hops, "automation chain stopped");
+                Err(NotSent::ChainEnds)
+            } else {
+                match self.members(&w).await? {
+                    Err(why) => Err(why),
+                    Ok(_) if ready.len() >= budget as usize => {
+                        refused("budget");
+                        Err(NotSent::OverBudget)
+                    }
+                    Ok(_) if self.ctx.limiter.check(&w.owner).is_err() => {
+                        refused("rate_limited");
+                        Err(NotSent::RateLimited)
+                    }
+                    Ok(members) => {
+                        ready.push(self.event(w, &members, hops));
+                        Ok(())
+                    }
+                }
+            };
+            results.push(verdict);
         }
-        if body.is_empty() || body.len() > self.ctx.max_body_bytes || body.contains('\0') {
+        if ready.is_empty() {
+            return Ok(results);
+        }
+        let sent = ready.len() as u32;
+        let parts = sent + u32::from(goes_on);
+        let share = (budget - sent) / parts;
+        if goes_on {
+            trigger.budget = Some(budget - sent - share * sent);
+        }
+        for mut event in ready {
+            event.budget = Some(share);
+            metrics::counter!("chorus_automation_messages_total", "origin" => event.origin.as_str())
+                .increment(1);
+            self.out.push(Outgoing::new(
+                self.ctx.topics.stage(event.route[0]),
+                event.conversation_id.0.as_bytes().to_vec(),
+                encode(&StageEvent::Message(event)),
+            ));
+        }
+        Ok(results)
+    }
+
+    /// The members of `w`'s conversation, if `w` can be stored at all: a storable
+    /// body, an owner who is a member.
+    async fn members(&self, w: &Wanted) -> Result<Result<Arc<Members>, NotSent>, StageError> {
+        let max = self.ctx.max_body_bytes;
+        if w.body.is_empty() || w.body.len() > max || w.body.contains('\0') {
             return Ok(Err(NotSent::Invalid(format!(
-                "not sent: a message is 1 to {} bytes without NUL",
-                self.ctx.max_body_bytes
+                "not sent: a message is 1 to {max} bytes without NUL"
             ))));
         }
-        let members = self.ctx.directory.members(conversation).await?;
-        if !members.contains(owner) {
+        let members = self.ctx.directory.members(w.conversation).await?;
+        if !members.contains(w.owner) {
             return Ok(Err(NotSent::Invalid(format!(
-                "not sent: you are not a member of conversation {conversation}"
+                "not sent: you are not a member of conversation {}",
+                w.conversation
             ))));
         }
-        let route = self.ctx.engine.route_for(owner, &members);
-        let message_id = MessageId::derive(owner, conversation, &tag);
-        let event = MessageEvent {
-            message_id,
-            client_msg_id: tag,
-            conversation_id: conversation,
-            sender_id: owner,
+        Ok(Ok(members))
+    }
+
+    /// The event of a message automation sends, `hops` steps from a person's message;
+    /// its budget is set once every message of the batch is known.
+    fn event(&self, w: Wanted, members: &Members, hops: u32) -> MessageEvent {
+        MessageEvent {
+            message_id: MessageId::derive(w.owner, w.conversation, &w.tag),
+            client_msg_id: w.tag,
+            conversation_id: w.conversation,
+            sender_id: w.owner,
             session_id: None,
-            body,
+            body: w.body,
             seq: None,
             sent_at: now_millis(),
-            origin,
+            origin: w.origin,
             hops,
-            route: route.clone(),
+            route: self.ctx.engine.route_for(w.owner, members),
             suppress: Vec::new(),
-        };
-        metrics::counter!("chorus_automation_messages_total", "origin" => origin.as_str())
-            .increment(1);
-        self.out.push(Outgoing::new(
-            self.ctx.topics.stage(route[0]),
-            conversation.0.as_bytes().to_vec(),
-            encode(&StageEvent::Message(event)),
-        ));
-        Ok(Ok(()))
+            budget: None,
+        }
     }
+}
+
+fn refused(reason: &'static str) {
+    metrics::counter!("chorus_automation_refused_total", "reason" => reason).increment(1);
 }
 
 /// Now, at the millisecond precision the store keeps.

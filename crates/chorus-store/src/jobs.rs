@@ -49,6 +49,8 @@ pub trait JobStore: Send + Sync {
     async fn job(&self, id: JobId) -> Result<Option<StoredJob>>;
     /// The jobs of `owner`, newest first, at most `limit`.
     async fn jobs_of(&self, owner: UserId, limit: i64) -> Result<Vec<Job>>;
+    /// How many jobs `owner` has stored, finished or not.
+    async fn jobs_count(&self, owner: UserId) -> Result<i64>;
     /// Marks a job running since `at`; the job now, or `None` if it is finished or gone.
     async fn start_job(&self, id: JobId, at: DateTime<Utc>) -> Result<Option<StoredJob>>;
     /// Records how a job ended; the job now, or `None` when it already had a result

@@ -211,6 +211,8 @@ pub trait Store: AutomationStore + JobStore + Send + Sync + 'static {
         title: &str,
         members: &[UserId],
     ) -> Result<ConversationRecord>;
+    /// How many groups `user` owns.
+    async fn groups_owned(&self, user: UserId) -> Result<i64>;
     /// The direct conversation of `a` and `b`, created if missing (then `true`).
     async fn direct(&self, a: UserId, b: UserId) -> Result<(ConversationRecord, bool)>;
     /// A conversation by id.
@@ -225,9 +227,10 @@ pub trait Store: AutomationStore + JobStore + Send + Sync + 'static {
     async fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<()>;
     /// Member ids in joining order.
     async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>>;
-    /// Users who see `user`'s presence: those sharing a direct conversation or a group
-    /// of at most [`PRESENCE_MAX_GROUP`] members with `user` (not `user`).
-    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>>;
+    /// Users who see `user`'s presence: those sharing a group of at most
+    /// [`PRESENCE_MAX_GROUP`] members with `user` or, `through_direct`, a direct
+    /// conversation (not `user`).
+    async fn contacts(&self, user: UserId, through_direct: bool) -> Result<Vec<UserId>>;
 
     /// Stores messages, one transaction; see the crate docs.
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>>;

@@ -385,6 +385,15 @@ impl Store for PostgresStore {
         .collect()
     }
 
+    async fn groups_owned(&self, user: UserId) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM conversations WHERE owner_id = $1 AND kind = 'group'",
+        )
+        .bind(user.0)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn read_seq(&self, conversation: ConversationId, user: UserId) -> Result<Option<i64>> {
         let _timer = crate::QueryTimer::start("read_seq");
         Ok(sqlx::query_scalar(
@@ -443,18 +452,25 @@ impl Store for PostgresStore {
         Ok(ids.into_iter().map(UserId).collect())
     }
 
-    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            // A direct conversation has two members: the size bound covers it.
-            "SELECT DISTINCT o.user_id FROM members m \
+    async fn contacts(&self, user: UserId, through_direct: bool) -> Result<Vec<UserId>> {
+        // A direct conversation has two members: the size bound covers it, and only
+        // leaving direct conversations out needs their kind.
+        let groups_only = if through_direct {
+            ""
+        } else {
+            "JOIN conversations c ON c.id = m.conversation_id AND c.kind = 'group' "
+        };
+        let sql = format!(
+            "SELECT DISTINCT o.user_id FROM members m {groups_only}\
              JOIN members o ON o.conversation_id = m.conversation_id \
              WHERE m.user_id = $1 AND o.user_id <> $1 \
-             AND (SELECT count(*) FROM members n WHERE n.conversation_id = m.conversation_id) <= $2",
-        )
-        .bind(user.0)
-        .bind(crate::PRESENCE_MAX_GROUP)
-        .fetch_all(&self.pool)
-        .await?;
+             AND (SELECT count(*) FROM members n WHERE n.conversation_id = m.conversation_id) <= $2"
+        );
+        let ids: Vec<Uuid> = sqlx::query_scalar(&sql)
+            .bind(user.0)
+            .bind(crate::PRESENCE_MAX_GROUP)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(ids.into_iter().map(UserId).collect())
     }
 

@@ -29,6 +29,44 @@ const CHUNK: usize = 500;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Makes the database and its log readable and writable by this user only: created
+/// with mode 0600 before SQLite opens it (SQLite gives the `-wal` and `-shm` files the
+/// mode of the database file), and tightened to 0600 if an earlier version left them
+/// open to others. Messages and password hashes are in there.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+            return Ok(());
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let Ok(meta) = std::fs::metadata(&file) else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+                tracing::info!(file = %Path::new(&file).display(), "made private (mode 0600)");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// A SQLite database file.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -56,6 +94,7 @@ impl SqliteStore {
     }
 
     async fn connect(options: SqliteConnectOptions) -> Result<Self> {
+        private_files(options.get_filename()).map_err(sqlx::Error::Io)?;
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -593,6 +632,15 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn groups_owned(&self, user: UserId) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM conversations WHERE owner_id = ? AND kind = 'group'",
+        )
+        .bind(user.to_string())
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
     async fn read_seq(&self, conversation: ConversationId, user: UserId) -> Result<Option<i64>> {
         let _timer = crate::QueryTimer::start("read_seq");
         Ok(sqlx::query_scalar(
@@ -640,21 +688,28 @@ impl Store for SqliteStore {
         self.members_in(&self.reader, conversation).await
     }
 
-    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
-        sqlx::query(
-            // A direct conversation has two members: the size bound covers it.
-            "SELECT DISTINCT o.user_id FROM members m \
+    async fn contacts(&self, user: UserId, through_direct: bool) -> Result<Vec<UserId>> {
+        // A direct conversation has two members: the size bound covers it, and only
+        // leaving direct conversations out needs their kind.
+        let groups_only = if through_direct {
+            ""
+        } else {
+            "JOIN conversations c ON c.id = m.conversation_id AND c.kind = 'group' "
+        };
+        let sql = format!(
+            "SELECT DISTINCT o.user_id FROM members m {groups_only}\
              JOIN members o ON o.conversation_id = m.conversation_id \
              WHERE m.user_id = ?1 AND o.user_id <> ?1 \
-             AND (SELECT count(*) FROM members n WHERE n.conversation_id = m.conversation_id) <= ?2",
-        )
-        .bind(user.to_string())
-        .bind(crate::PRESENCE_MAX_GROUP)
-        .fetch_all(&self.reader)
-        .await?
-        .iter()
-        .map(|r| parse_id(r.try_get::<&str, _>(0)?))
-        .collect()
+             AND (SELECT count(*) FROM members n WHERE n.conversation_id = m.conversation_id) <= ?2"
+        );
+        sqlx::query(&sql)
+            .bind(user.to_string())
+            .bind(crate::PRESENCE_MAX_GROUP)
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|r| parse_id(r.try_get::<&str, _>(0)?))
+            .collect()
     }
 
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>> {

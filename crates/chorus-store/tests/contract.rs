@@ -469,14 +469,14 @@ async fn contacts_share_a_conversation(db: &Fresh) {
     store.direct(a, b).await.unwrap();
     store.create_group(a, "g", &[b, c, d]).await.unwrap();
     assert_eq!(
-        sorted(store.contacts(a).await.unwrap()),
+        sorted(store.contacts(a, true).await.unwrap()),
         sorted(vec![b, c, d])
     );
     assert_eq!(
-        sorted(store.contacts(b).await.unwrap()),
+        sorted(store.contacts(b, true).await.unwrap()),
         sorted(vec![a, c, d])
     );
-    assert!(store.contacts(loner).await.unwrap().is_empty());
+    assert!(store.contacts(loner, true).await.unwrap().is_empty());
 
     // Members of a group larger than PRESENCE_MAX_GROUP are not contacts through it.
     let mut crowd = Vec::new();
@@ -490,17 +490,42 @@ async fn contacts_share_a_conversation(db: &Fresh) {
         );
     }
     store.create_group(loner, "big", &crowd).await.unwrap();
-    assert!(store.contacts(loner).await.unwrap().is_empty());
-    assert!(!store.contacts(crowd[0]).await.unwrap().contains(&loner));
+    assert!(store.contacts(loner, true).await.unwrap().is_empty());
+    assert!(
+        !store
+            .contacts(crowd[0], true)
+            .await
+            .unwrap()
+            .contains(&loner)
+    );
     store
         .create_group(d, "at the limit", &crowd[1..])
         .await
         .unwrap();
     assert_eq!(
-        store.contacts(d).await.unwrap().len(),
+        store.contacts(d, true).await.unwrap().len(),
         3 + crowd.len() - 1,
         "a, b, c, and the others of a group of exactly PRESENCE_MAX_GROUP"
     );
+}
+
+async fn contacts_may_leave_direct_conversations_out(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c, stranger] = users(&store).await;
+    store.direct(stranger, a).await.unwrap();
+    store.create_group(a, "g", &[b]).await.unwrap();
+    // A two-member group is still a group.
+    store.create_group(c, "pair", &[a]).await.unwrap();
+    assert_eq!(
+        sorted(store.contacts(a, true).await.unwrap()),
+        sorted(vec![b, c, stranger])
+    );
+    assert_eq!(
+        sorted(store.contacts(a, false).await.unwrap()),
+        sorted(vec![b, c]),
+        "whoever opens a direct conversation does not see presence through it"
+    );
+    assert!(store.contacts(stranger, false).await.unwrap().is_empty());
 }
 
 async fn append_numbers_each_conversation_from_one(db: &Fresh) {
@@ -845,6 +870,47 @@ async fn directory_caches_members_until_invalidated(db: &Fresh) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+async fn groups_are_counted_by_owner(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c] = users(&store).await;
+    store.create_group(a, "one", &[b]).await.unwrap();
+    store.create_group(a, "two", &[c]).await.unwrap();
+    store.create_group(b, "three", &[a]).await.unwrap();
+    store.direct(a, c).await.unwrap();
+    assert_eq!(
+        store.groups_owned(a).await.unwrap(),
+        2,
+        "direct ones are not owned"
+    );
+    assert_eq!(store.groups_owned(b).await.unwrap(), 1);
+    assert_eq!(store.groups_owned(c).await.unwrap(), 0);
+}
+
+async fn directory_entries_expire_so_a_missed_notice_is_wrong_for_a_while_only(db: &Fresh) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    let store = db.open().await;
+    let [a, b, _] = users(&store).await;
+    let g = store.create_group(a, "g", &[b]).await.unwrap();
+    let start = Instant::now();
+    let elapsed_ms = Arc::new(AtomicU64::new(0));
+    let clock = {
+        let elapsed_ms = elapsed_ms.clone();
+        Arc::new(move || start + Duration::from_millis(elapsed_ms.load(Ordering::SeqCst)))
+    };
+    let directory = Directory::with_ttl(store.clone(), Duration::from_secs(30), clock);
+    assert!(directory.members(g.id).await.unwrap().contains(b));
+    // b is removed on another node, whose notice this node never gets.
+    store.remove_member(g.id, b).await.unwrap();
+    elapsed_ms.store(29_999, Ordering::SeqCst);
+    assert!(directory.members(g.id).await.unwrap().contains(b), "cached");
+    elapsed_ms.store(30_000, Ordering::SeqCst);
+    assert!(
+        !directory.members(g.id).await.unwrap().contains(b),
+        "expired: read again"
     );
 }
 
@@ -1203,6 +1269,8 @@ async fn jobs_round_trip_and_belong_to_their_owner(db: &Fresh) {
     assert_eq!(got.job, inline);
     let mine = store.jobs_of(a, 100).await.unwrap();
     assert_eq!(mine, vec![git.clone(), inline.clone()], "newest first");
+    assert_eq!(store.jobs_count(a).await.unwrap(), 2);
+    assert_eq!(store.jobs_count(b).await.unwrap(), 1);
     assert_eq!(store.jobs_of(a, 1).await.unwrap(), vec![git.clone()]);
     assert!(store.job(JobId::new()).await.unwrap().is_none());
     assert!(
@@ -1214,6 +1282,7 @@ async fn jobs_round_trip_and_belong_to_their_owner(db: &Fresh) {
     assert!(!store.delete_job(git.id).await.unwrap());
     assert!(store.job(git.id).await.unwrap().is_none());
     assert_eq!(store.jobs_of(a, 100).await.unwrap(), vec![inline]);
+    assert_eq!(store.jobs_count(a).await.unwrap(), 1);
 }
 
 async fn the_first_recorded_job_result_wins(db: &Fresh) {
@@ -1337,6 +1406,7 @@ macro_rules! store_contract {
                 groups_keep_joining_order_and_hand_over_ownership,
                 conversations_of_lists_members_and_read_markers,
                 contacts_share_a_conversation,
+                contacts_may_leave_direct_conversations_out,
                 append_numbers_each_conversation_from_one,
                 append_stores_each_message_once,
                 append_a_batch_larger_than_a_statement,
@@ -1346,6 +1416,8 @@ macro_rules! store_contract {
                 read_marker_moves_forward_and_stops_at_last_seq,
                 last_seqs_cover_every_conversation_of_a_user,
                 directory_caches_members_until_invalidated,
+                directory_entries_expire_so_a_missed_notice_is_wrong_for_a_while_only,
+                groups_are_counted_by_owner,
                 scripts_round_trip_and_belong_to_their_owner,
                 script_runs_count_and_disable_after_failures_in_a_row,
                 script_state_is_bounded_per_script,

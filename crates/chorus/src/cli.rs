@@ -147,6 +147,14 @@ pub struct ServeArgs {
     /// Largest WebSocket frame in bytes [default: 65536].
     #[arg(long, env = "CHORUS_MAX_FRAME_BYTES", value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// HTTP connections held at once; 0: as many as the open-files limit allows
+    /// [default: 0].
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// HTTP connections held at once from one client address; 0: no limit (behind a
+    /// reverse proxy) [default: 1000].
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
     /// Key that decrypts jobs' credentials: 32 bytes as base64 or 64 hex digits
     /// [default: none; jobs with credentials fail].
     #[arg(
@@ -204,6 +212,8 @@ impl ServeArgs {
             rate_per_sec => c.limits.rate_per_sec,
             rate_burst => c.limits.rate_burst,
             max_frame_bytes => c.limits.max_frame_bytes,
+            max_connections => c.limits.max_connections,
+            max_connections_per_address => c.limits.max_connections_per_address,
             jobs_git_schemes => c.jobs.git_schemes,
             admins => c.jobs.admins,
         }

@@ -9,9 +9,11 @@
 //!   variable.
 //! - [`backends`]: resolves `memory://`, `sqlite://`, … URLs to the backends compiled in.
 //! - [`node`]: builds the roles a node runs and runs them until shutdown.
+//! - [`serve`]: the HTTP server, with limits on connections and slow clients.
 //! - [`telemetry`]: logs and metrics setup.
 
 pub mod backends;
 pub mod cli;
 pub mod node;
+pub mod serve;
 pub mod telemetry;

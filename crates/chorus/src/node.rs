@@ -7,14 +7,14 @@
 //! what the log holds, and only then stop.
 
 use crate::backends;
+use crate::serve::ConnectionLimits;
 use anyhow::{Context, bail};
-use axum::serve::ListenerExt;
 use chorus_config::Config;
 use chorus_core::NodeId;
 use chorus_core::event::{Control, decode};
+use chorus_core::ratelimit::RateLimiter;
 use chorus_core::topics::{Stage, Topics};
 use chorus_gateway::auth::Tokens;
-use chorus_gateway::ratelimit::RateLimiter;
 use chorus_gateway::sessions::Sessions;
 use chorus_gateway::state::AppState;
 use chorus_jobs::JobsContext;
@@ -85,7 +85,7 @@ impl Node {
                 config.node_id
             );
         }
-        std::fs::create_dir_all(&config.data_dir)
+        private_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let store = backends::store(&config.db_url()).await?;
         let log = backends::event_log(&config.log).await?;
@@ -99,7 +99,11 @@ impl Node {
         log.create_topic(&topics.control(), 1).await?;
         create_job_topics(log.as_ref(), &topics, config.partitions).await?;
         let secret = jwt_secret(&config)?;
-        let directory = Directory::new(store);
+        let directory = Directory::with_ttl(
+            store,
+            Duration::from_secs(config.limits.membership_cache_secs),
+            Arc::new(std::time::Instant::now),
+        );
         directory
             .automations()
             .load()
@@ -119,11 +123,16 @@ impl Node {
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let jobs = jobs_context(&config, &node, &log, &directory, &registry, &topics)?;
+        let limiter = Arc::new(RateLimiter::new(
+            config.limits.rate_per_sec,
+            config.limits.rate_burst,
+        ));
         let state = Arc::new(AppState {
             node,
             topics: topics.clone(),
             partitions: config.partitions,
             limits: config.limits.clone(),
+            presence_through_direct: config.presence.through_direct,
             engine: engine.clone(),
             directory: directory.clone(),
             log: log.clone(),
@@ -131,7 +140,11 @@ impl Node {
             tokens: Tokens::new(&secret, Duration::from_secs(config.auth.token_ttl_secs)),
             oidc: oidc(&config),
             sessions: Sessions::default(),
-            limiter: RateLimiter::new(config.limits.rate_per_sec, config.limits.rate_burst),
+            limiter: limiter.clone(),
+            notices: RateLimiter::new(
+                config.limits.notice_rate_per_sec,
+                config.limits.notice_burst,
+            ),
             metrics: crate::telemetry::metrics(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -145,6 +158,8 @@ impl Node {
             topics,
             engine,
             max_body_bytes: config.limits.max_body_bytes,
+            limiter,
+            presence_through_direct: config.presence.through_direct,
         };
         Ok(Node {
             config,
@@ -243,20 +258,21 @@ impl Node {
         } else {
             chorus_gateway::ops_router(state.clone())
         };
-        let stop_http = shutdown.clone();
-        let http = tokio::spawn(async move {
-            // Frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm
-            // and delayed ACKs held many of them back ~40 ms (p99 47 ms -> 13 ms at
-            // 2000 msg/s once set).
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop_http.cancelled_owned())
-                .await
-        });
+        let limits = &config.limits;
+        let connections = ConnectionLimits {
+            total: match limits.max_connections {
+                0 => crate::serve::automatic_total(),
+                n => n,
+            },
+            per_address: limits.max_connections_per_address,
+            header_timeout: Duration::from_secs(limits.header_timeout_secs),
+        };
+        let http = tokio::spawn(crate::serve::serve(
+            listener,
+            app,
+            connections,
+            shutdown.clone(),
+        ));
         tracing::info!(%addr, node = %state.node, ?roles, "listening");
         shutdown.cancelled().await;
         tracing::info!("shutting down: draining sessions and stages");
@@ -507,6 +523,27 @@ fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_secret(&path),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Creates the data directory for this user only (mode 0700): it holds the database,
+/// the token secret and jobs' code. An existing directory is left as it is (it may be
+/// shared on purpose; the files chorus creates in it are private either way), with a
+/// warning if others may enter it.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        if std::fs::metadata(dir)?.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), "the data directory is open to other users; chorus's files in it are private (0600), but consider chmod 700");
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
 }
 
 fn write_secret(path: &Path) -> anyhow::Result<Vec<u8>> {

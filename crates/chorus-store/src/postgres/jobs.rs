@@ -73,6 +73,15 @@ impl JobStore for PostgresStore {
         .collect()
     }
 
+    async fn jobs_count(&self, owner: UserId) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE owner_id = $1")
+                .bind(owner.0)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn start_job(&self, id: JobId, at: DateTime<Utc>) -> Result<Option<StoredJob>> {
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = $1, started_at = $2 \

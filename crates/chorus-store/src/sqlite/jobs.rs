@@ -73,6 +73,15 @@ impl JobStore for SqliteStore {
         .collect()
     }
 
+    async fn jobs_count(&self, owner: UserId) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE owner_id = ?")
+                .bind(owner.to_string())
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+
     async fn start_job(&self, id: JobId, at: DateTime<Utc>) -> Result<Option<StoredJob>> {
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = ?, started_at = ? \

@@ -704,3 +704,88 @@ async fn a_thousand_users_with_scripts_at_once() {
     let replies = (BOTS / 100) as i64;
     assert_eq!(runs, 2 * BOTS as i64 + replies * (BOTS as i64 - 1));
 }
+
+/// Two users whose incoming scripts each answer every message with ten replies: without
+/// a bound on breadth, one message became 1 + 10 + 100 + 1000 stored messages within
+/// `max_hops`. The trigger's fan-out budget (20) lets bob's bot send its ten replies,
+/// each with one message of budget left, so ada's bot answers each once, and there
+/// it ends: 21 messages.
+#[tokio::test]
+async fn scripts_answering_each_other_tenfold_stay_within_the_fanout_budget() {
+    let app = TestApp::spawn().await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let chat = app.direct(&ada, &bob).await;
+    for user in [&ada, &bob] {
+        app.script(
+            user,
+            &["incoming"],
+            "export function onIncoming(msg) {
+               if (msg.body === 'marker') return;
+               return Array.from({ length: 10 }, (_, i) => ({ reply: msg.body + '.' + i }));
+             }",
+        )
+        .await;
+    }
+    let mut ada_ws = app.ws(&ada).await;
+    ada_ws.send_message(&chat, "1", "go").await;
+    let got = ada_ws.messages(21).await;
+    let generation = |m: &Value| m["body"].as_str().unwrap().matches('.').count();
+    let counts = got.iter().fold([0; 3], |mut counts, m| {
+        counts[generation(m)] += 1;
+        counts
+    });
+    assert_eq!(
+        counts,
+        [1, 10, 10],
+        "the message, bob's ten, one answer to each"
+    );
+    assert_eq!(
+        settle(&mut ada_ws, &chat, "2").await,
+        22,
+        "nothing after the twenty-first"
+    );
+    let (_, scripts) = app.get(&ada.token, "/api/v1/scripts").await;
+    let logs = &scripts["scripts"][0]["last_logs"];
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("automation.fanout_budget")),
+        "the owner learns why: {logs}"
+    );
+}
+
+#[tokio::test]
+async fn what_scripts_send_counts_against_their_owners_send_rate() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.rate_per_sec = 1;
+        c.limits.rate_burst = 5;
+        c.automation.fanout_budget = 100;
+    })
+    .await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let chat = app.direct(&ada, &bob).await;
+    app.script(
+        &bob,
+        &["incoming"],
+        "export function onIncoming(msg) {
+           if (msg.body === 'go') return Array.from({ length: 10 }, (_, i) => ({ reply: 'r' + i }));
+         }",
+    )
+    .await;
+    let mut ada_ws = app.ws(&ada).await;
+    ada_ws.send_message(&chat, "1", "go").await;
+    let got = ada_ws.messages(6).await;
+    assert!(got[1..].iter().all(|m| m["sender_id"] == bob.id.as_str()));
+    // Ten asked for, five in bob's burst: the rest waited on nothing and were refused.
+    assert_eq!(settle(&mut ada_ws, &chat, "2").await, 7);
+    let (_, scripts) = app.get(&bob.token, "/api/v1/scripts").await;
+    let logs = &scripts["scripts"][0]["last_logs"];
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("over your send rate")),
+        "{logs}"
+    );
+}

@@ -435,7 +435,7 @@ impl WsClient {
 }
 
 /// Checks `done` every 20 ms until it holds; fails with `what` after [`PATIENCE`].
-async fn poll_until<F, Fut>(what: &str, mut done: F)
+pub async fn poll_until<F, Fut>(what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -9,3 +9,4 @@ mod jobs;
 mod lifecycle;
 mod oidc;
 mod protocol;
+mod security;
