@@ -3,7 +3,9 @@
 //! A limiter refills `rate` tokens a second into a bucket of `burst` per key; each
 //! action takes one. Buckets live in a few mutex-guarded shards, so callers on many
 //! threads rarely meet; a bucket idle long enough to be full again is forgotten when
-//! its shard grows large, which bounds memory whatever the keys.
+//! its shard grows large, which bounds memory whatever the keys. A sweep runs when a
+//! shard has doubled since the last one, so its cost is spread over the inserts that
+//! made it necessary, however many keys are active.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -13,7 +15,7 @@ use std::time::Instant;
 
 const SHARDS: usize = 16;
 
-/// Buckets a shard holds before it forgets the full ones.
+/// Buckets a shard holds before its first sweep for full ones.
 const SHARD_KEYS: usize = 10_000;
 
 struct Bucket {
@@ -21,12 +23,27 @@ struct Bucket {
     last: Instant,
 }
 
+struct Shard<K> {
+    buckets: HashMap<K, Bucket>,
+    /// Size at which the next sweep runs.
+    sweep_at: usize,
+}
+
+impl<K> Default for Shard<K> {
+    fn default() -> Self {
+        Self {
+            buckets: HashMap::new(),
+            sweep_at: SHARD_KEYS,
+        }
+    }
+}
+
 /// Allows `rate` actions per second per key, with bursts of up to `burst`.
 pub struct RateLimiter<K> {
     rate: f64,
     burst: f64,
     hasher: RandomState,
-    shards: Vec<Mutex<HashMap<K, Bucket>>>,
+    shards: Vec<Mutex<Shard<K>>>,
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
@@ -54,12 +71,15 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// [`RateLimiter::check`] at a given moment (for tests with a clock of their own).
     pub fn check_at(&self, key: &K, now: Instant) -> Result<(), u64> {
         let shard = (self.hasher.hash_one(key) % SHARDS as u64) as usize;
-        let mut map = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > SHARD_KEYS {
+        let mut shard = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        if shard.buckets.len() >= shard.sweep_at {
             let full_after = self.burst / self.rate;
-            map.retain(|_, b| now.duration_since(b.last).as_secs_f64() < full_after);
+            shard
+                .buckets
+                .retain(|_, b| now.saturating_duration_since(b.last).as_secs_f64() < full_after);
+            shard.sweep_at = (shard.buckets.len() * 2).max(SHARD_KEYS);
         }
-        let bucket = map.entry(key.clone()).or_insert(Bucket {
+        let bucket = shard.buckets.entry(key.clone()).or_insert(Bucket {
             tokens: self.burst,
             last: now,
         });
@@ -121,17 +141,23 @@ mod tests {
     #[test]
     fn full_buckets_are_forgotten_when_a_shard_grows() {
         let limiter = RateLimiter::new(1000, 1);
+        let old = SHARD_KEYS * SHARDS * 2;
         let t0 = Instant::now();
-        for key in 0..SHARD_KEYS * SHARDS * 2 {
+        for key in 0..old {
             limiter.check_at(&key, t0).unwrap();
         }
-        // A second later every bucket is full again: each shard touched now forgets
-        // them all and keeps only the newcomers.
+        // A second later every one of those buckets is full again: the next sweep of
+        // each shard, due once it has doubled, forgets them and keeps the newcomers.
         let later = t0 + Duration::from_secs(1);
-        for key in 0..1000 {
-            limiter.check_at(&(usize::MAX - key), later).unwrap();
+        let new = old * 2;
+        for key in old..old + new {
+            limiter.check_at(&key, later).unwrap();
         }
-        let total: usize = limiter.shards.iter().map(|s| s.lock().unwrap().len()).sum();
-        assert_eq!(total, 1000);
+        let total: usize = limiter
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().buckets.len())
+            .sum();
+        assert_eq!(total, new);
     }
 }
