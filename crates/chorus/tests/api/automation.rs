@@ -777,8 +777,8 @@ async fn what_scripts_send_counts_against_their_owners_send_rate() {
     ada_ws.send_message(&chat, "1", "go").await;
     let got = ada_ws.messages(6).await;
     assert!(got[1..].iter().all(|m| m["sender_id"] == bob.id.as_str()));
-    // Ten asked for, five in bob's burst: the rest waited on nothing and were refused.
-    assert_eq!(settle(&mut ada_ws, &chat, "2").await, 7);
+    // The run's counts are stored before its replies go out, and before the marker
+    // below runs the script again (with nothing to say).
     let (_, scripts) = app.get(&bob.token, "/api/v1/scripts").await;
     let logs = &scripts["scripts"][0]["last_logs"];
     assert!(
@@ -788,4 +788,6 @@ async fn what_scripts_send_counts_against_their_owners_send_rate() {
             .any(|l| l.as_str().unwrap().contains("over your send rate")),
         "{logs}"
     );
+    // Ten asked for, five in bob's burst: the rest waited on nothing and were refused.
+    assert_eq!(settle(&mut ada_ws, &chat, "2").await, 7);
 }

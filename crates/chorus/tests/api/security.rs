@@ -137,7 +137,7 @@ async fn typing_and_read_frames_are_rate_limited() {
         .barrier()
         .await
         .into_iter()
-        .filter(|f| f["type"] == "error" && f["error"]["code"] == "rate_limited")
+        .filter(|f| f["type"] == "error" && f["code"] == "rate_limited")
         .count();
     assert!(refused >= 14, "{refused} of 20 refused");
     // A message after the typing frames reaches bob after every typing notice that
