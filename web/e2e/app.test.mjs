@@ -155,7 +155,11 @@ describe('chorus web app', () => {
     // Scrolling to the top loads the page before it…
     await list.evaluate((el) => (el.scrollTop = 0));
     await b.waitForFunction((t) => Number(document.querySelector('.message-list li.msg[data-seq]')?.dataset.seq) < t, top);
-    // …and so does the button, for keyboards.
+    // …and so does the button, for keyboards. Away from the top no page loads by
+    // itself (a load started by the scroll could otherwise remove the button under the
+    // click): once none is in flight, only the button loads them.
+    await list.evaluate((el) => (el.scrollTop = el.scrollHeight));
+    await b.locator('.history-edge').getByText(/^(Load older messages|Start of the conversation)$/).waitFor();
     while ((await b.getByRole('button', { name: 'Load older messages' }).count()) > 0) {
       const before = await firstSeq();
       await b.getByRole('button', { name: 'Load older messages' }).click();
