@@ -98,7 +98,8 @@ pub struct JobsConfig {
     pub git_schemes: Vec<String>,
     /// Largest repository fetched, bytes (on disk, after the fetch).
     pub git_max_bytes: u64,
-    /// Longest a fetch may take, seconds.
+    /// Longest everything git does for one job may take (listing refs, fetching,
+    /// reading the module), seconds; git is killed at the deadline.
     pub git_timeout_secs: u64,
     /// The 32-byte AES-256-GCM key that decrypts jobs' credentials, base64 or hex;
     /// without it, jobs with credentials fail.

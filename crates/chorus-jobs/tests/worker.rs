@@ -1,13 +1,14 @@
 //! Workers on the in-process log: a worker killed mid-job leaves the job to another,
-//! and one result is visible however many outcomes arrive.
+//! one result is visible however many outcomes arrive, and a git remote that never
+//! answers holds a worker no longer than the git deadline.
 
 use chorus_config::JobsConfig;
 use chorus_core::event::{Delivery, JobOutcome, JobRequest, decode, encode};
-use chorus_core::model::{Job, JobSource, JobStatus};
+use chorus_core::model::{GitSource, Job, JobSource, JobStatus};
 use chorus_core::topics::Topics;
 use chorus_core::{JobId, NodeId, SessionId};
 use chorus_jobs::results::{record_outcome, run_recorder};
-use chorus_jobs::worker::run_worker;
+use chorus_jobs::worker::{execute, run_worker};
 use chorus_jobs::{JobsContext, git::GitCache};
 use chorus_log::memory::MemoryLog;
 use chorus_log::{Consumer, EventLog, Outgoing};
@@ -18,7 +19,8 @@ use chorus_store::Store;
 use chorus_store::sqlite::SqliteStore;
 use chrono::Utc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// How long anything expected may take before the test fails.
@@ -33,6 +35,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(tune: impl FnOnce(&mut JobsConfig)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
     let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
@@ -56,7 +62,8 @@ async fn setup() -> Setup {
         .subscribe("frames", &[topics.deliver(&node)])
         .await
         .unwrap();
-    let config = JobsConfig::default();
+    let mut config = JobsConfig::default();
+    tune(&mut config);
     let ctx = JobsContext {
         node,
         log,
@@ -67,13 +74,7 @@ async fn setup() -> Setup {
             threads: 2,
             ..Default::default()
         }),
-        git: Arc::new(GitCache::new(
-            dir.path().join("git"),
-            vec![],
-            1,
-            Duration::from_secs(1),
-            1,
-        )),
+        git: Arc::new(GitCache::new(dir.path().join("git"), &config)),
         config: Arc::new(config),
         key: None,
     };
@@ -87,10 +88,22 @@ async fn setup() -> Setup {
 
 impl Setup {
     async fn submit(&self, source: &str) -> JobId {
+        let request = self.job(JobSource::Script(source.into())).await;
+        let record = Outgoing::new(
+            self.ctx.topics.jobs_requests(),
+            request.job_id.0.as_bytes().to_vec(),
+            encode(&request),
+        );
+        self.ctx.log.publish(vec![record]).await.unwrap();
+        request.job_id
+    }
+
+    /// Stores a queued job of the owner's and returns its request, not yet published.
+    async fn job(&self, source: JobSource) -> JobRequest {
         let job = Job {
             id: JobId::new(),
             status: JobStatus::Queued,
-            source: JobSource::Script(source.into()),
+            source,
             cpu_ms: 5000,
             memory_bytes: 16 << 20,
             submitted_at: Utc::now(),
@@ -98,7 +111,7 @@ impl Setup {
             finished_at: None,
         };
         self.ctx.store.create_job(self.owner, &job).await.unwrap();
-        let request = JobRequest {
+        JobRequest {
             job_id: job.id,
             owner_id: self.owner,
             source: job.source.clone(),
@@ -107,14 +120,7 @@ impl Setup {
             cpu_ms: job.cpu_ms,
             memory_bytes: job.memory_bytes,
             submitted_at: job.submitted_at,
-        };
-        let record = Outgoing::new(
-            self.ctx.topics.jobs_requests(),
-            job.id.0.as_bytes().to_vec(),
-            encode(&request),
-        );
-        self.ctx.log.publish(vec![record]).await.unwrap();
-        job.id
+        }
     }
 
     /// Waits for the `job` frame of `id` with `status`.
@@ -200,4 +206,59 @@ async fn a_deleted_job_is_not_run() {
     stop.cancel();
     worker.await.unwrap().unwrap();
     recorder.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_remote_that_never_answers_fails_the_job_within_the_deadline() {
+    /// The deadline of the test, jobs.git_timeout_secs.
+    const DEADLINE: Duration = Duration::from_secs(1);
+    let s = setup_with(|c| {
+        c.git_schemes = vec!["http".into()];
+        c.git_timeout_secs = DEADLINE.as_secs();
+    })
+    .await;
+    // Silent after the connection, and silent after the response headers.
+    let stalls: [&[u8]; 2] = [
+        b"",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nContent-Length: 100000\r\n\r\n001e# service=git-upload-pack\n",
+    ];
+    for answer in stalls {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/r.git", listener.local_addr().unwrap());
+        let (closed, was_closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            conn.write_all(answer).await.unwrap();
+            let mut request = [0; 4096];
+            while conn.read(&mut request).await.is_ok_and(|n| n > 0) {}
+            let _ = closed.send(());
+        });
+        let request = s
+            .job(JobSource::Git(GitSource {
+                url,
+                reference: "main".into(),
+                path: "a.js".into(),
+            }))
+            .await;
+
+        let started = Instant::now();
+        let outcome = execute(&s.ctx, &request, "n1/0").await.unwrap();
+        let took = started.elapsed();
+
+        assert_eq!(outcome.status, JobStatus::Failed);
+        let error = outcome.error.unwrap();
+        assert_eq!(error.code, "git");
+        assert_eq!(error.message, "git took longer than 1 s");
+        // The deadline, plus room for a loaded machine to start git and kill it.
+        assert!(
+            took >= DEADLINE && took < DEADLINE + Duration::from_secs(2),
+            "{took:?}"
+        );
+        // Git's HTTP helper was killed with it, not left holding the connection until
+        // curl's own low-speed limit (10 s) ends it.
+        tokio::time::timeout(Duration::from_secs(5), was_closed)
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+    }
 }

@@ -403,13 +403,7 @@ fn jobs_context(
         threads: j.observer.max_workers.clamp(1, 64) as usize,
         ..Default::default()
     });
-    let git = chorus_jobs::git::GitCache::new(
-        config.data_dir.join("jobs").join("git"),
-        j.git_schemes.clone(),
-        j.git_max_bytes,
-        Duration::from_secs(j.git_timeout_secs),
-        j.max_source_bytes,
-    );
+    let git = chorus_jobs::git::GitCache::new(config.data_dir.join("jobs").join("git"), j);
     Ok(JobsContext {
         node: node.clone(),
         log: log.clone(),
