@@ -96,6 +96,10 @@ pub struct JobsConfig {
     pub workers: u32,
     /// URL schemes git sources may use (`https`, `file`, `ssh`, …).
     pub git_schemes: Vec<String>,
+    /// Hosts (names or addresses, as written in URLs) git sources may reach although
+    /// they are, or resolve to, loopback, private or link-local addresses; every other
+    /// such host is refused.
+    pub git_private_hosts: Vec<String>,
     /// Largest repository fetched, bytes (on disk, after the fetch).
     pub git_max_bytes: u64,
     /// Longest everything git does for one job may take (listing refs, fetching,
@@ -144,6 +148,7 @@ impl Default for JobsConfig {
             max_stored_per_user: 10_000,
             workers: 1,
             git_schemes: vec!["https".into()],
+            git_private_hosts: Vec::new(),
             git_max_bytes: 64 * 1024 * 1024,
             git_timeout_secs: 30,
             key: None,

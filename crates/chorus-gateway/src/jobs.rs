@@ -116,8 +116,9 @@ async fn submit(
                 )));
             }
         }
-        JobSource::Git(git) => check_source(&config.git_schemes, git)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        JobSource::Git(git) => {
+            check_source(config, git).map_err(|e| ApiError::bad_request(e.to_string()))?
+        }
     }
     if let Some(c) = &s.credentials
         && !looks_encrypted(c)

@@ -214,6 +214,7 @@ async fn a_git_remote_that_never_answers_fails_the_job_within_the_deadline() {
     const DEADLINE: Duration = Duration::from_secs(1);
     let s = setup_with(|c| {
         c.git_schemes = vec!["http".into()];
+        c.git_private_hosts = vec!["127.0.0.1".into()];
         c.git_timeout_secs = DEADLINE.as_secs();
     })
     .await;

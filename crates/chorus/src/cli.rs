@@ -172,6 +172,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub jobs_git_schemes: Option<Vec<String>>,
+    /// Hosts jobs' git sources may reach although they are, or resolve to, loopback,
+    /// private or link-local addresses, comma-separated [default: none].
+    #[arg(
+        long,
+        env = "CHORUS_JOBS_GIT_PRIVATE_HOSTS",
+        value_name = "HOSTS",
+        value_delimiter = ','
+    )]
+    pub jobs_git_private_hosts: Option<Vec<String>>,
     /// Usernames of administrators (may change the observer's configuration),
     /// comma-separated [default: none].
     #[arg(
@@ -215,6 +224,7 @@ impl ServeArgs {
             max_connections => c.limits.max_connections,
             max_connections_per_address => c.limits.max_connections_per_address,
             jobs_git_schemes => c.jobs.git_schemes,
+            jobs_git_private_hosts => c.jobs.git_private_hosts,
             admins => c.jobs.admins,
         }
         if let Some(key) = &self.jobs_key {
