@@ -1,12 +1,21 @@
 //! Job code from git repositories, with the `git` command-line tool.
 //!
 //! A ref is resolved to a commit id with `git ls-remote` (a commit id is used as is);
-//! a commit not yet cached is fetched (`--depth 1`) into a bare repository of its own
-//! under `<data dir>/jobs/git/<commit id>`, and the module is read from it with
-//! `git show <commit>:<path>`. Commits never change, so a cached one is never fetched
-//! again. Only the configured URL schemes are allowed, to git itself as well
-//! (`protocol.allow`), and a repository larger than the configured size is refused and
-//! removed.
+//! a commit not yet cached for the URL is fetched (`--depth 1`) into a bare repository
+//! of its own under `<data dir>/jobs/git/repos/<SHA-256 of the URL>/<commit id>`, and
+//! the module is read from it with `git show <commit>:<path>`. Only the configured URL
+//! schemes are allowed, to git itself as well (`protocol.allow`), and a repository
+//! larger than the configured size is refused and removed.
+//!
+//! A cached checkout is someone's code: knowing its commit id must not be enough to
+//! run it. So checkouts (on disk and in memory) are cached per URL and commit, and the
+//! job's URL is contacted every time, even when its commit is cached: a cached
+//! checkout is used for a job only once the job's URL has vouched for the commit. The
+//! URL vouches for a commit when its listing names it as a branch or tag, or when it
+//! serves the commit to a fetch: a commit id given as the ref is fetched again from the
+//! URL into a scratch repository (the commit object alone, where the server can filter
+//! with `--filter=tree:0`). A repository that has since been deleted, moved or closed,
+//! or a URL that never had the commit, gets an error, not the cached code.
 //!
 //! Everything git does for one job shares one deadline (`jobs.git_timeout_secs`): a
 //! remote that accepts a connection and never answers holds a worker, and every job
@@ -30,6 +39,7 @@
 
 use chorus_config::JobsConfig;
 use chorus_core::model::GitSource;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -92,7 +102,7 @@ pub struct Module {
     pub source: Arc<str>,
 }
 
-/// Fetched repositories, by commit id, and the modules read from them.
+/// Fetched repositories, by URL and commit id, and the modules read from them.
 pub struct GitCache {
     root: PathBuf,
     schemes: Vec<String>,
@@ -102,7 +112,8 @@ pub struct GitCache {
     max_bytes: u64,
     timeout: Duration,
     max_source_bytes: usize,
-    modules: Mutex<HashMap<(String, String), Arc<str>>>,
+    /// Modules by (URL key, commit, path).
+    modules: Mutex<HashMap<(String, String, String), Arc<str>>>,
 }
 
 /// Modules kept in memory; the repositories stay on disk.
@@ -147,7 +158,8 @@ impl GitCache {
         }
     }
 
-    /// The module `source` names, fetching its repository if its commit is not cached.
+    /// The module `source` names, fetching its repository if its commit is not cached
+    /// for its URL, and otherwise once the URL has vouched for the commit.
     pub async fn load(&self, source: &GitSource) -> Result<Module, GitError> {
         let remote = check(&self.schemes, &self.private_hosts, source)?;
         let deadline = Instant::now() + self.timeout;
@@ -157,18 +169,24 @@ impl GitCache {
             pins: &pins,
             deadline,
         };
-        let commit = if is_commit_id(&source.reference) {
-            source.reference.to_ascii_lowercase()
+        // The URL's listing vouches for the commit a branch or tag names there; a
+        // commit id vouches for nothing.
+        let (commit, listed) = if is_commit_id(&source.reference) {
+            (source.reference.to_ascii_lowercase(), false)
         } else {
-            git.resolve(source).await?
+            (git.resolve(source).await?, true)
         };
-        let cache_key = (commit.clone(), source.path.clone());
-        if let Some(source) = self.cached(&cache_key) {
-            return Ok(Module { commit, source });
-        }
-        let repo = self.root.join(&commit);
+        let url = url_key(&source.url);
+        let repo = self.root.join("repos").join(&url).join(&commit);
         if !repo.exists() {
             git.fetch(source, &commit, &repo).await?;
+        } else if !listed {
+            git.probe(source, &commit).await?;
+        }
+        // Only now that the URL has vouched for the commit is anything cached used.
+        let cache_key = (url, commit.clone(), source.path.clone());
+        if let Some(source) = self.cached(&cache_key) {
+            return Ok(Module { commit, source });
         }
         let text = git.read(&repo, &commit, &source.path).await?;
         let text: Arc<str> = Arc::from(text);
@@ -183,7 +201,7 @@ impl GitCache {
         })
     }
 
-    fn cached(&self, key: &(String, String)) -> Option<Arc<str>> {
+    fn cached(&self, key: &(String, String, String)) -> Option<Arc<str>> {
         self.modules
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -278,39 +296,63 @@ impl Git<'_> {
             .ok_or_else(|| GitError::Ref(r.clone()))
     }
 
-    /// Fetches `commit` into `repo`, through a temporary directory so that a cached
+    /// Fetches `commit` into `repo`, through a scratch repository so that a cached
     /// repository is always complete.
     async fn fetch(&self, source: &GitSource, commit: &str, repo: &Path) -> Result<(), GitError> {
+        let scratch = self.scratch().await?;
+        let args = ["fetch", "-q", "--depth", "1", "--", &source.url, commit];
+        let out = self.git(Some(&scratch.0), &args, 0).await?;
+        if !out.success {
+            return Err(GitError::Repository(stderr_line(&out.stderr)));
+        }
+        let max_bytes = self.cache.max_bytes;
+        if dir_size(&scratch.0) > max_bytes {
+            return Err(GitError::TooLarge(max_bytes));
+        }
         let io = |e: std::io::Error| GitError::Io(e.to_string());
+        if let Some(parent) = repo.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        match std::fs::rename(&scratch.0, repo) {
+            // Another worker fetched the same commit meanwhile: theirs is as good.
+            Err(_) if repo.exists() => Ok(()),
+            other => other.map_err(io),
+        }
+    }
+
+    /// Has the URL serve `commit` to a fetch into a scratch repository, dropped
+    /// afterwards: the commit object alone where the server can filter, the commit's
+    /// files too where it cannot (git then warns and fetches them).
+    async fn probe(&self, source: &GitSource, commit: &str) -> Result<(), GitError> {
+        let scratch = self.scratch().await?;
+        let args = [
+            "fetch",
+            "-q",
+            "--depth",
+            "1",
+            "--filter=tree:0",
+            "--",
+            &source.url,
+            commit,
+        ];
+        let out = self.git(Some(&scratch.0), &args, 0).await?;
+        if !out.success {
+            return Err(GitError::Repository(stderr_line(&out.stderr)));
+        }
+        Ok(())
+    }
+
+    /// A new, empty bare repository under the cache, removed when dropped.
+    async fn scratch(&self) -> Result<Scratch, GitError> {
         let root = &self.cache.root;
-        std::fs::create_dir_all(root).map_err(io)?;
-        let tmp = root.join(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
-        let result = async {
-            let init = ["init", "--bare", "-q", &tmp.to_string_lossy()];
-            let out = self.git(None, &init, 0).await?;
-            if !out.success {
-                return Err(GitError::Io(stderr_line(&out.stderr)));
-            }
-            let args = ["fetch", "-q", "--depth", "1", "--", &source.url, commit];
-            let out = self.git(Some(&tmp), &args, 0).await?;
-            if !out.success {
-                return Err(GitError::Repository(stderr_line(&out.stderr)));
-            }
-            let max_bytes = self.cache.max_bytes;
-            if dir_size(&tmp) > max_bytes {
-                return Err(GitError::TooLarge(max_bytes));
-            }
-            match std::fs::rename(&tmp, repo) {
-                // Another worker fetched the same commit meanwhile: theirs is as good.
-                Err(_) if repo.exists() => Ok(()),
-                other => other.map_err(io),
-            }
+        std::fs::create_dir_all(root).map_err(|e| GitError::Io(e.to_string()))?;
+        let scratch = Scratch(root.join(format!("tmp-{}", uuid::Uuid::now_v7().simple())));
+        let init = ["init", "--bare", "-q", &scratch.0.to_string_lossy()];
+        let out = self.git(None, &init, 0).await?;
+        if !out.success {
+            return Err(GitError::Io(stderr_line(&out.stderr)));
         }
-        .await;
-        if tmp.exists() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        result
+        Ok(scratch)
     }
 
     async fn read(&self, repo: &Path, commit: &str, path: &str) -> Result<String, GitError> {
@@ -407,6 +449,17 @@ impl Git<'_> {
             stdout: stdout.map_err(|e| GitError::Io(e.to_string()))?,
             stderr: stderr.map_err(|e| GitError::Io(e.to_string()))?,
         })
+    }
+}
+
+/// A scratch repository, removed when dropped (unless it was renamed into the cache).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -664,6 +717,15 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
         [0, 0, 0, 0, 0, 0] | [0x64, 0xff9b, 0, 0, 0, 0] => Some(v4),
         _ => None,
     }
+}
+
+/// The directory name of a URL's checkouts: the SHA-256 of the URL as written, in hex.
+/// Two spellings of one repository are two caches (and each vouches for itself).
+fn url_key(url: &str) -> String {
+    Sha256::digest(url.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn is_commit_id(r: &str) -> bool {
@@ -1059,5 +1121,44 @@ mod tests {
                 ("LC_ALL", "C"),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_cached_commit_is_used_for_a_url_only_once_that_url_serves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, commit) =
+            repository(&dir.path().join("private"), "export const v = 'private';");
+        let (other, _) = repository(&dir.path().join("other"), "export const v = 'other';");
+        let cache = GitCache::new(dir.path().join("cache"), &allowing(&["file"]));
+        let module = cache.load(&src(&private, &commit, "a.js")).await.unwrap();
+        assert_eq!(&*module.source, "export const v = 'private';");
+        let repos = dir.path().join("cache/repos");
+        assert!(repos.join(url_key(&private)).join(&commit).is_dir());
+
+        // The checkout is cached for its URL only: a URL that does not hold the commit,
+        // or does not exist, gets an error, whoever knows the commit id.
+        let missing = format!("file://{}/nothing-here", dir.path().display());
+        for url in [&other, &missing] {
+            let loaded = cache.load(&src(url, &commit, "a.js")).await;
+            assert!(
+                matches!(loaded, Err(GitError::Repository(_))),
+                "{url}: {loaded:?}"
+            );
+        }
+        assert_eq!(std::fs::read_dir(&repos).unwrap().count(), 1);
+
+        // And the URL that served it is asked again each time: once the repository is
+        // gone, neither its commit id nor its branch reaches the cached code.
+        std::fs::rename(dir.path().join("private"), dir.path().join("moved")).unwrap();
+        for r in [commit.as_str(), "main"] {
+            let loaded = cache.load(&src(&private, r, "a.js")).await;
+            assert!(
+                matches!(loaded, Err(GitError::Repository(_))),
+                "{r}: {loaded:?}"
+            );
+        }
+        std::fs::rename(dir.path().join("moved"), dir.path().join("private")).unwrap();
+        let again = cache.load(&src(&private, &commit, "a.js")).await.unwrap();
+        assert_eq!(again.source, module.source);
     }
 }

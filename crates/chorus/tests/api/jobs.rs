@@ -301,10 +301,14 @@ async fn jobs_run_code_from_a_git_repository_at_a_ref() {
         assert_eq!(r["status"], "succeeded", "{reference}: {r}");
         assert_eq!(r["output"], expected);
     }
-    let cache = app.data_dir.path().join("jobs/git");
+    let repos = app.data_dir.path().join("jobs/git/repos");
+    let checkouts: Vec<_> = std::fs::read_dir(repos)
+        .unwrap()
+        .map(|url| url.unwrap().path().join(&v2))
+        .collect();
     assert!(
-        cache.join(&v2).is_dir(),
-        "checkouts are cached by commit id"
+        checkouts.len() == 1 && checkouts[0].is_dir(),
+        "checkouts are cached by URL and commit id: {checkouts:?}"
     );
 
     let (_, r) = run(&app, &ada, &mut ws, job("nope", "jobs/hello.js")).await;
@@ -335,6 +339,51 @@ async fn jobs_run_code_from_a_git_repository_at_a_ref() {
             .contains("repository not found"),
         "{r}"
     );
+}
+
+/// A repository in `dir` whose `main` holds `jobs/code.js` = `source`: its `file://`
+/// URL and commit id.
+fn repository(dir: &Path, source: &str) -> (String, String) {
+    git(dir, &["init", "-q", "-b", "main"]);
+    std::fs::create_dir(dir.join("jobs")).unwrap();
+    std::fs::write(dir.join("jobs/code.js"), source).unwrap();
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-q", "-m", "code"]);
+    let commit = git(dir, &["rev-parse", "HEAD"]).trim().to_owned();
+    (format!("file://{}", dir.display()), commit)
+}
+
+#[tokio::test]
+async fn a_commit_id_alone_does_not_run_another_users_private_code() {
+    let (ada_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ada_url, ada_commit) = repository(
+        ada_dir.path(),
+        "export function main() { return 'ada private code ran'; }",
+    );
+    let (bob_url, _) = repository(
+        bob_dir.path(),
+        "export function main() { return 'bob code ran'; }",
+    );
+    let job = |url: &str| json!({"source": {"git": {"url": url, "ref": ada_commit, "path": "jobs/code.js"}}});
+
+    let app = jobs_app().await;
+    let ada = app.register("ada").await;
+    let bob = app.register("bob").await;
+    let mut ada_ws = app.ws(&ada).await;
+    let mut bob_ws = app.ws(&bob).await;
+    let (_, r) = run(&app, &ada, &mut ada_ws, job(&ada_url)).await;
+    assert_eq!(r["output"], "ada private code ran", "{r}");
+
+    // Ada's checkout is cached. Bob has her commit id but not her repository: his own
+    // repository does not hold the commit, and a URL that does not exist has nothing.
+    let nowhere = format!("{bob_url}/nothing-here");
+    for url in [bob_url.as_str(), nowhere.as_str()] {
+        let (_, r) = run(&app, &bob, &mut bob_ws, job(url)).await;
+        assert_eq!(r["status"], "failed", "{url}: {r}");
+        assert_eq!(r["error"]["code"], "git", "{url}: {r}");
+        assert!(r["output"].is_null(), "{url}: {r}");
+        assert!(!r.to_string().contains("ada private"), "{url}: {r}");
+    }
 }
 
 #[tokio::test]
