@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chorus_core::ErrorCode;
 use chorus_core::wire::ServerFrame;
+use chorus_jobs::crypto::CryptoError;
 use chorus_log::LogError;
 use chorus_registry::RegistryError;
 use chorus_store::StoreError;
@@ -136,6 +137,19 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => Self::not_found(format!("{what} not found")),
             other if other.is_unavailable() => Self::unavailable(&other),
             other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<CryptoError> for ApiError {
+    fn from(e: CryptoError) -> Self {
+        match e {
+            CryptoError::TooLarge => Self::new(ErrorCode::TooLarge, e.to_string()),
+            // The key was parsed when the node started.
+            CryptoError::BadKey => Self::internal(&e),
+            CryptoError::OldFormat | CryptoError::Malformed | CryptoError::DoesNotOpen => {
+                Self::bad_request(format!("credentials: {e}"))
+            }
         }
     }
 }

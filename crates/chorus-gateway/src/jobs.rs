@@ -1,11 +1,12 @@
-//! The HTTP API of jobs and the observer under `/api/v1`: submit, list, read, read the
-//! result of, and erase jobs; read the observer's measurements and, for
-//! administrators, change its configuration. Jobs belong to their owner: any other user
-//! gets `not_found`, as if they did not exist.
+//! The HTTP API of jobs and the observer under `/api/v1`: seal credentials, submit,
+//! list, read, read the result of, and erase jobs; read the observer's measurements
+//! and, for administrators, change its configuration. Jobs belong to their owner: any
+//! other user gets `not_found`, as if they did not exist.
 //!
 //! The gateway never runs a job: it stores it, queues a request on the log, and reads
-//! what the workers and the results recorder wrote. Credentials pass through as the
-//! client encrypted them, on the log only; only a worker decrypts them.
+//! what the workers and the results recorder wrote. It seals credentials for the
+//! caller (so that no client needs the key); sealed values pass through on the log
+//! only, and only a worker opens them, for the job's owner alone.
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -14,13 +15,13 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chorus_config::ObserverConfig;
 use chorus_core::event::{JobRequest, ObserverReport, decode, encode};
 use chorus_core::model::{Job, JobResult, JobSource, JobStatus};
 use chorus_core::{ErrorCode, JobId};
-use chorus_jobs::crypto::looks_encrypted;
+use chorus_jobs::crypto::{JOB_CREDENTIALS, check_sealed};
 use chorus_jobs::git::check_source;
 use chorus_jobs::observer::current_config;
 use chorus_log::{LogError, Outgoing};
@@ -58,6 +59,7 @@ impl ObserverView {
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/jobs", get(list_jobs).post(submit))
+        .route("/jobs/credentials", post(seal_credentials))
         .route("/jobs/{id}", get(get_job).delete(delete_job))
         .route("/jobs/{id}/result", get(get_result))
         .route("/observer", get(get_observer))
@@ -120,12 +122,8 @@ async fn submit(
             check_source(config, git).map_err(|e| ApiError::bad_request(e.to_string()))?
         }
     }
-    if let Some(c) = &s.credentials
-        && !looks_encrypted(c)
-    {
-        return Err(ApiError::bad_request(
-            "credentials must be base64(nonce || ciphertext || tag), as `chorus jobs encrypt` makes",
-        ));
+    if let Some(c) = &s.credentials {
+        check_sealed(c)?;
     }
     let cpu_ms = s.cpu_ms.unwrap_or(config.cpu_ms);
     let memory_bytes = s.memory_bytes.unwrap_or(config.memory_bytes);
@@ -183,6 +181,29 @@ async fn submit(
     }
     metrics::counter!("chorus_jobs_submitted_total").increment(1);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": job.id }))).into_response())
+}
+
+/// Credentials to seal for the caller.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Plaintext {
+    plaintext: String,
+}
+
+/// Seals credentials for the caller: the value opens in the caller's jobs only.
+async fn seal_credentials(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiJson(p): ApiJson<Plaintext>,
+) -> Result<Json<Value>, ApiError> {
+    let key = state.jobs_key.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "the server has no credentials key (CHORUS_JOBS_KEY): jobs cannot have credentials",
+        )
+    })?;
+    let sealed = key.seal(JOB_CREDENTIALS, me.id, p.plaintext.as_bytes())?;
+    Ok(Json(json!({ "credentials": sealed })))
 }
 
 /// The caller's job `id`, or `not_found`.

@@ -53,6 +53,9 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Limits and settings of jobs.
     pub jobs: Arc<chorus_config::JobsConfig>,
+    /// The credentials key, if the server has one: the gateway seals credentials for
+    /// their owner with it (`POST /jobs/credentials`).
+    pub jobs_key: Option<chorus_jobs::crypto::Key>,
     /// The observer's latest report.
     pub observer: crate::jobs::ObserverView,
 }

@@ -18,8 +18,8 @@
 //! - [`pool`]: a node's worker tasks, resized by the observer in embedded mode.
 //! - [`observer`]: measurements, the scaling decision ([`observer::autoscale`], a pure
 //!   function of samples, time and configuration) and its loop.
-//! - [`git`]: fetching job code from git repositories, cached by commit id.
-//! - [`crypto`]: the credentials format (AES-256-GCM).
+//! - [`git`]: fetching job code from git repositories, cached per URL and commit id.
+//! - [`crypto`]: the credentials format (AES-256-GCM, bound to their owner).
 //!
 //! [`JobRequest`]: chorus_core::event::JobRequest
 //! [`JobOutcome`]: chorus_core::event::JobOutcome
@@ -76,7 +76,7 @@ pub struct JobsContext {
     pub config: Arc<JobsConfig>,
     /// The credentials key, if the server has one.
     pub key: Option<crypto::Key>,
-    /// Git checkouts, cached by commit.
+    /// Git checkouts, cached per URL and commit.
     pub git: Arc<git::GitCache>,
 }
 

@@ -5,9 +5,11 @@
 //! the sandbox under the job's limits, publishes the outcome, and only then commits the
 //! request. A worker that dies before the commit leaves the request to the member that
 //! takes over its partition, which runs it again; the recorder keeps the first result.
-//! Credentials exist in clear only inside [`execute`] and the sandbox call, and are
-//! never logged.
+//! Credentials open only for the job's owner (they are sealed for a user, see
+//! [`crate::crypto`]), exist in clear only inside [`execute`] and the sandbox call, and
+//! are never logged.
 
+use crate::crypto::JOB_CREDENTIALS;
 use crate::{JobsContext, JobsError, dead_letter, notify_owner, workers_group};
 use chorus_core::event::{JobOutcome, JobRequest, decode, encode};
 use chorus_core::model::{JobError, JobSource, JobStatus};
@@ -147,15 +149,20 @@ async fn run(ctx: &JobsContext, request: &JobRequest) -> Result<(Value, Duration
         Some(sealed) => {
             let key = ctx.key.as_ref().ok_or_else(|| {
                 Failed::Setup(error(
-                    "credentials",
+                    "credentials_unavailable",
                     "the server has no credentials key (CHORUS_JOBS_KEY)",
                 ))
             })?;
+            // Sealed for someone else, the value does not open: the owner learns that,
+            // and nothing of the value or of whose it is.
             let clear = key
-                .decrypt(sealed)
-                .map_err(|e| Failed::Setup(error("credentials", &e.to_string())))?;
+                .open(JOB_CREDENTIALS, request.owner_id, sealed)
+                .map_err(|e| Failed::Setup(error("bad_credentials", &e.to_string())))?;
             Value::String(String::from_utf8(clear).map_err(|_| {
-                Failed::Setup(error("credentials", "the credentials are not UTF-8 text"))
+                Failed::Setup(error(
+                    "bad_credentials",
+                    "the credentials are not UTF-8 text",
+                ))
             })?)
         }
     };

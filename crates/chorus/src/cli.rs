@@ -37,7 +37,7 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Load-test a chorus server (or a peer) and report latency percentiles and throughput.
     Bench(chorus_bench::BenchArgs),
-    /// Jobs tools: encrypt credentials for `POST /jobs`.
+    /// Jobs tools: seal credentials for a user's `POST /jobs`.
     Jobs(JobsArgs),
 }
 
@@ -52,9 +52,15 @@ pub struct JobsArgs {
 /// The jobs tools.
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// Encrypt standard input with the server's jobs key and print the value to send as
-    /// `credentials`: base64(nonce(12) || ciphertext || tag(16)), AES-256-GCM.
+    /// Seal standard input for one user with the server's jobs key and print the value
+    /// that user sends as `credentials`: `v1.` then base64(nonce(12) || ciphertext ||
+    /// tag(16)), AES-256-GCM bound to the user. The operator's tool (it needs the
+    /// key); users call `POST /api/v1/jobs/credentials` instead.
     Encrypt {
+        /// The user the credentials are for, by id (`GET /api/v1/me`): the value opens
+        /// in their jobs only.
+        #[arg(long, value_name = "USER_ID")]
+        owner: chorus_core::UserId,
         /// The server's 32-byte key, as base64 or 64 hex digits.
         #[arg(
             long,
@@ -74,11 +80,12 @@ impl JobsArgs {
         output: &mut dyn std::io::Write,
     ) -> anyhow::Result<()> {
         match &self.command {
-            JobsCommand::Encrypt { key } => {
-                let key = chorus_jobs::crypto::Key::parse(key)?;
+            JobsCommand::Encrypt { owner, key } => {
+                use chorus_jobs::crypto::{JOB_CREDENTIALS, Key};
+                let key = Key::parse(key)?;
                 let mut plaintext = Vec::new();
                 input.read_to_end(&mut plaintext)?;
-                writeln!(output, "{}", key.encrypt(&plaintext))?;
+                writeln!(output, "{}", key.seal(JOB_CREDENTIALS, *owner, &plaintext)?)?;
                 Ok(())
             }
         }

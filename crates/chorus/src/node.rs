@@ -149,6 +149,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             jobs: jobs.config.clone(),
+            jobs_key: jobs.key.clone(),
             observer: Default::default(),
         });
         let stage_ctx = StageContext {

@@ -3,6 +3,8 @@
 //! polling, no sleeps).
 
 use crate::helpers::{TestApp, TestUser, WsClient};
+use base64::Engine;
+use chorus_jobs::crypto::{JOB_CREDENTIALS, MAX_PLAINTEXT_BYTES};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -419,7 +421,10 @@ async fn credentials_reach_main_and_nowhere_else() {
     let mut ws = app.ws(&ada).await;
     let sealed = {
         let args = chorus::cli::JobsArgs {
-            command: chorus::cli::JobsCommand::Encrypt { key: KEY.into() },
+            command: chorus::cli::JobsCommand::Encrypt {
+                owner: ada.id.parse().unwrap(),
+                key: KEY.into(),
+            },
         };
         let mut out = Vec::new();
         args.run(&mut SECRET.as_bytes(), &mut out).unwrap();
@@ -444,13 +449,29 @@ async fn credentials_reach_main_and_nowhere_else() {
     .await;
     assert_eq!(r["output"], Value::Null, "no credentials: null");
 
-    // Encrypted with another key: a failure, not a leak.
+    // Sealed with another key: a failure, not a leak.
     let other = chorus_jobs::crypto::Key::parse(&"ab".repeat(32)).unwrap();
     let mut body = script("export function main(i, c) { return c; }", json!(null));
-    body["credentials"] = json!(other.encrypt(SECRET.as_bytes()));
+    let owner = ada.id.parse().unwrap();
+    let foreign = other.seal(JOB_CREDENTIALS, owner, SECRET.as_bytes());
+    body["credentials"] = json!(foreign.unwrap());
     let (_, r) = run(&app, &ada, &mut ws, body).await;
     assert_eq!(r["status"], "failed");
-    assert_eq!(r["error"]["code"], "credentials");
+    assert_eq!(r["error"]["code"], "bad_credentials");
+
+    // The old format (no version, not bound to an owner) is refused by name.
+    let old = base64::engine::general_purpose::STANDARD.encode([7u8; 40]);
+    let mut body = script("export function main(i, c) { return c; }", json!(null));
+    body["credentials"] = json!(old);
+    let (status, body) = app.post(Some(&ada.token), "/api/v1/jobs", body).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("old unversioned format"),
+        "{body}"
+    );
 
     let (_, job) = app.get(&ada.token, &format!("/api/v1/jobs/{id}")).await;
     assert!(!job.to_string().contains(SECRET) && !job.to_string().contains(&sealed));
@@ -471,6 +492,77 @@ async fn credentials_reach_main_and_nowhere_else() {
         assert!(logs.contains("listening"), "logs were captured");
         assert!(!logs.contains(SECRET), "the plaintext is in the logs");
     }
+}
+
+#[tokio::test]
+async fn credentials_sealed_for_one_user_do_not_open_in_anothers_job() {
+    const SECRET: &str = "ada-only-Xk42-api-token";
+    let app = jobs_app().await;
+    let ada = app.register("ada").await;
+    let bob = app.register("bob").await;
+    let mut ada_ws = app.ws(&ada).await;
+    let mut bob_ws = app.ws(&bob).await;
+    let (status, body) = app
+        .post(
+            Some(&ada.token),
+            "/api/v1/jobs/credentials",
+            json!({ "plaintext": SECRET }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sealed = body["credentials"].as_str().unwrap().to_owned();
+    assert!(
+        sealed.starts_with("v1.") && !sealed.contains(SECRET),
+        "{sealed}"
+    );
+
+    // Bob puts Ada's sealed credentials in his own job, whose code would hand them back.
+    let mut job = script("export function main(i, c) { return c; }", Value::Null);
+    job["credentials"] = json!(sealed);
+    let (id, r) = run(&app, &bob, &mut bob_ws, job.clone()).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "bad_credentials", "{r}");
+    assert!(r["output"].is_null(), "{r}");
+    let (_, seen) = app.get(&bob.token, &format!("/api/v1/jobs/{id}")).await;
+    for said in [r.to_string(), seen.to_string()] {
+        for leak in [SECRET, ada.id.as_str(), ada.username.as_str()] {
+            assert!(!said.contains(leak), "{leak} in {said}");
+        }
+    }
+
+    // Ada's own job gets them.
+    let (_, r) = run(&app, &ada, &mut ada_ws, job).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["output"], SECRET);
+
+    // Sealing is for signed-in users, and bounded.
+    let plaintext = json!({ "plaintext": "x" });
+    let (status, _) = app.post(None, "/api/v1/jobs/credentials", plaintext).await;
+    assert_eq!(status, 401);
+    let too_long = json!({ "plaintext": "x".repeat(MAX_PLAINTEXT_BYTES + 1) });
+    let (status, body) = app
+        .post(Some(&ada.token), "/api/v1/jobs/credentials", too_long)
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "too_large");
+}
+
+#[tokio::test]
+async fn credentials_cannot_be_sealed_without_a_server_key() {
+    let app = TestApp::spawn().await;
+    let ada = app.register("ada").await;
+    let plaintext = json!({ "plaintext": "x" });
+    let (status, body) = app
+        .post(Some(&ada.token), "/api/v1/jobs/credentials", plaintext)
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("CHORUS_JOBS_KEY"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
