@@ -4,11 +4,14 @@ engine or a cluster can, and that the environment variables the binary reads and
 ones docs/operations.md documents are the same.
 
 - deploy/docker-compose.yml: `docker-compose config -q` (the Python docker-compose
-  1.29, which validates without an engine); files it mounts exist; the roles and
-  CHORUS_* variables it sets exist; Prometheus, promtail and Grafana point at its
+  1.29, which validates without an engine) with CHORUS_JWT_SECRET set, and that it
+  fails without it (the file has no default secret); files it mounts exist; the roles
+  and CHORUS_* variables it sets exist; Prometheus, promtail and Grafana point at its
   services; the gateways' OIDC settings match the Keycloak realm.
 - deploy/k8s: every object against the Kubernetes JSON schemas (kubernetes-validate,
-  strict, oldest and newest supported versions); the kustomization lists every file;
+  strict, oldest and newest supported versions); the kustomization lists every file
+  but the examples (EXAMPLE_FILES), which it must not list; every token secret in an
+  example is one the node refuses (EXAMPLE_JWT_SECRETS in crates/chorus-config);
   Service, PodDisruptionBudget and HPA selectors and targets, configMap/secret
   references, Ingress backends and named ports resolve; every chorus container has
   /readyz and /healthz probes and resource requests and limits; `kubectl kustomize`
@@ -33,9 +36,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -58,6 +63,11 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 PENDING_ENV: dict[str, str] = {}
 PENDING_ROLES: dict[str, str] = {}
 PENDING_METRICS: dict[str, str] = {}
+# Files in deploy/k8s that the kustomization deliberately leaves out: examples of
+# objects the operator creates with values of their own. Their objects are still
+# validated, and references to them resolve (the Deployments need that Secret).
+EXAMPLE_FILES = {"secret.example.yaml"}
+CONFIG_LIB = ROOT / "crates" / "chorus-config" / "src" / "lib.rs"
 # Kubernetes versions whose schemas every object must satisfy: the oldest supported
 # (autoscaling/v2 and policy/v1 are GA well before it) and the newest bundled.
 K8S_OLDEST = "1.29"
@@ -136,6 +146,15 @@ def code_roles() -> set[str]:
     return roles
 
 
+def refused_jwt_secrets() -> set[str]:
+    """The example token secrets the node refuses to start with."""
+    m = re.search(r"EXAMPLE_JWT_SECRETS: &\[&str\] = &\[(.*?)\];", CONFIG_LIB.read_text(), re.S)
+    if not m:
+        fail(rel(CONFIG_LIB), "cannot find EXAMPLE_JWT_SECRETS; update refused_jwt_secrets()")
+        return set()
+    return set(re.findall(r'"([^"]+)"', m.group(1)))
+
+
 def documented_env_vars() -> set[str]:
     text = OPERATIONS.read_text()
     return {
@@ -203,11 +222,22 @@ def check_compose(read: set[str], roles: set[str]) -> dict:
         fail(where, "docker-compose not found: pip install -r tests/deploy/compose-requirements.txt "
              "into target/py-compose, or set DOCKER_COMPOSE")
     else:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-        r = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, env=env,
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("COMPOSE_") and k != "CHORUS_JWT_SECRET"}
+        # The file has no default token secret: it is valid with one set, as an
+        # operator sets it, and refused without (docker-compose reads deploy/.env too,
+        # so an empty project directory stands in for it).
+        with_secret = {**env, "CHORUS_JWT_SECRET": secrets.token_urlsafe(48)}
+        r = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, env=with_secret,
                            capture_output=True, text=True)
         if r.returncode != 0:
             fail(where, f"docker-compose config -q: {(r.stderr or r.stdout).strip()}")
+        with tempfile.TemporaryDirectory() as empty:
+            r = subprocess.run([exe, "-f", str(COMPOSE), "--project-directory", empty,
+                                "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True)
+        if r.returncode == 0 or "CHORUS_JWT_SECRET" not in r.stderr + r.stdout:
+            fail(where, "docker-compose config passes without CHORUS_JWT_SECRET: the token "
+                 "secret must be required (${CHORUS_JWT_SECRET:?…}), not defaulted")
     doc = load_yaml(COMPOSE)
     if not isinstance(doc, dict):
         return {}
@@ -494,8 +524,15 @@ def check_k8s(read: set[str], roles: set[str], known_metrics: set[str]) -> None:
     listed = set(kust.get("resources") or [])
     files = sorted(p for p in K8S.rglob("*") if p.suffix in (".yaml", ".yml") and p != kust_path)
     for f in files:
-        if str(f.relative_to(K8S)) not in listed:
-            fail(rel(kust_path), f"does not list {f.relative_to(K8S)}")
+        name = str(f.relative_to(K8S))
+        if name in EXAMPLE_FILES:
+            if name in listed:
+                fail(rel(kust_path), f"lists {name}, an example whose values are public")
+        elif name not in listed:
+            fail(rel(kust_path), f"does not list {name}")
+    for name in sorted(EXAMPLE_FILES):
+        if not (K8S / name).exists():
+            fail(rel(K8S), f"EXAMPLE_FILES names {name}, which does not exist")
     for r in sorted(listed):
         if not (K8S / r).exists():
             fail(rel(kust_path), f"lists {r}, which does not exist")
@@ -611,12 +648,17 @@ def check_k8s(read: set[str], roles: set[str], known_metrics: set[str]) -> None:
     for missing in sorted(DEPLOYED_ROLES - seen_roles):
         fail(rel(K8S), f"no Deployment runs the {missing} role")
 
+    refused = refused_jwt_secrets()
     for f, o in objects:
         kind, name = o["kind"], o["metadata"]["name"]
         if kind in ("ConfigMap", "Secret"):
             keys = set((o.get("data") or {}).keys()) | set((o.get("stringData") or {}).keys())
             for k in keys:
                 check_deploy_env_name(f"{rel(f)}: {kind}/{name}", k, read)
+            secret = (o.get("stringData") or {}).get("CHORUS_JWT_SECRET")
+            if secret is not None and secret not in refused:
+                fail(rel(f), f"{kind}/{name}: its CHORUS_JWT_SECRET is not in EXAMPLE_JWT_SECRETS "
+                     f"({rel(CONFIG_LIB)}), so a node would run with a published secret")
         elif kind == "Service":
             sel = o["spec"].get("selector") or {}
             pods = pods_matching({"matchLabels": sel}, ns(o)) if sel else []

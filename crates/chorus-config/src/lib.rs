@@ -529,9 +529,30 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be `text` or `json`");
         }
+        if let Some(secret) = &self.auth.jwt_secret
+            && EXAMPLE_JWT_SECRETS.contains(&secret.trim())
+        {
+            // Anyone who read the example can sign tokens for any user of a server
+            // that kept it.
+            return Err(ConfigError::Invalid(format!(
+                "auth.jwt_secret (CHORUS_JWT_SECRET) is the published example value {secret:?}: \
+                 anyone can sign tokens with it. Generate a real one, e.g. \
+                 `head -c 48 /dev/urandom | base64`, or leave it unset on a single node \
+                 (one is then generated into the data directory)"
+            )));
+        }
         Ok(())
     }
 }
+
+/// Token secrets published as examples in this repository (`deploy/`), which a
+/// deployment copied as it stands would otherwise run with. Never accepted.
+pub const EXAMPLE_JWT_SECRETS: &[&str] = &[
+    // deploy/docker-compose.yml's former default.
+    "dev-only-secret-change-me-0123456789abcdef",
+    // deploy/k8s/secret.example.yaml.
+    "example-only-replace-me-with-48-random-bytes-0000",
+];
 
 #[cfg(test)]
 mod tests {
@@ -587,6 +608,20 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_published_example_token_secrets_are_refused() {
+        for example in EXAMPLE_JWT_SECRETS {
+            let mut c = Config::default();
+            c.auth.jwt_secret = Some(format!("{example}\n"));
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("auth.jwt_secret (CHORUS_JWT_SECRET)"), "{e}");
+            assert!(e.contains("head -c 48 /dev/urandom | base64"), "{e}");
+        }
+        let mut c = Config::default();
+        c.auth.jwt_secret = Some("a-real-secret-of-at-least-32-bytes-kept-private".into());
+        c.validate().unwrap();
     }
 
     #[test]

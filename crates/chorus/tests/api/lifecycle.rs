@@ -43,6 +43,21 @@ async fn a_graceful_restart_keeps_every_message_and_token() {
     );
 }
 
+#[tokio::test]
+async fn a_node_refuses_to_start_with_a_published_example_token_secret() {
+    for example in chorus_config::EXAMPLE_JWT_SECRETS {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(data_dir.path());
+        config.auth.jwt_secret = Some((*example).to_owned());
+        let Err(e) = chorus::node::Node::build(config).await else {
+            panic!("a node started with the example secret {example:?}");
+        };
+        let e = format!("{e:#}");
+        assert!(e.contains("CHORUS_JWT_SECRET"), "{e}");
+        assert!(e.contains("/dev/urandom"), "{e}");
+    }
+}
+
 /// The `chorus` binary started as a child process.
 struct Server {
     child: tokio::process::Child,
