@@ -235,7 +235,7 @@ def drive(args):
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [binary, "serve", "--config", config, "--data-dir", os.path.join(tmp, "data"),
-         "--listen", f"127.0.0.1:{port}", "--admins", "stepper"],
+         "--listen", f"127.0.0.1:{port}"],
         stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
     )

@@ -9,6 +9,7 @@
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use uuid::Uuid;
 
 /// Errors reading configuration.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +109,9 @@ pub struct JobsConfig {
     /// The 32-byte AES-256-GCM key that decrypts jobs' credentials, base64 or hex;
     /// without it, jobs with credentials fail.
     pub key: Option<String>,
-    /// Usernames allowed to change the observer's configuration.
+    /// User ids (UUIDs) of the administrators: they may change the observer's
+    /// configuration. Ids, not usernames: a name belongs to whoever
+    /// registers it first, an id only to the account it was given to.
     pub admins: Vec<String>,
     /// The observer's defaults (an administrator may change them at run time).
     pub observer: ObserverConfig,
@@ -155,6 +158,15 @@ impl Default for JobsConfig {
             admins: Vec::new(),
             observer: ObserverConfig::default(),
         }
+    }
+}
+
+impl JobsConfig {
+    /// Whether the user with id `user` is an administrator.
+    pub fn is_admin(&self, user: Uuid) -> bool {
+        self.admins
+            .iter()
+            .any(|a| Uuid::parse_str(a.trim()).is_ok_and(|a| a == user))
     }
 }
 
@@ -512,6 +524,12 @@ impl Config {
             );
         }
         j.observer.validate()?;
+        if let Some(name) = j.admins.iter().find(|a| Uuid::parse_str(a.trim()).is_err()) {
+            return Err(ConfigError::Invalid(format!(
+                "jobs.admins takes user ids, not usernames: {name:?} is not a user id \
+                 (`chorus users show NAME` prints the id of the user NAME)"
+            )));
+        }
         match (&self.auth.oidc_issuer, &self.auth.oidc_audience) {
             (None, None) => {}
             (Some(issuer), Some(audience)) => {
@@ -608,6 +626,21 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn administrators_named_by_username_are_refused() {
+        let e = Config::from_toml("[jobs]\nadmins = [\"root\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("jobs.admins takes user ids, not usernames: \"root\""),
+            "{e}"
+        );
+        let id = "0191f0a2-6b3c-7d41-9e2a-3c5d7e9f1a2b";
+        let c = Config::from_toml(&format!("[jobs]\nadmins = [\"{id}\"]\n")).unwrap();
+        assert!(c.jobs.is_admin(id.parse().unwrap()));
+        assert!(!c.jobs.is_admin(Uuid::now_v7()));
     }
 
     #[test]

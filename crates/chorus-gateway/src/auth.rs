@@ -168,6 +168,28 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
     }
 }
 
+/// The authenticated caller, who must be an administrator: one of the user ids in
+/// `jobs.admins`. Anyone else, whatever their name, is `forbidden`.
+#[derive(Clone, Debug)]
+pub struct AdminUser(pub User);
+
+impl FromRequestParts<Arc<AppState>> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
+        if !state.jobs.is_admin(user.id.0) {
+            return Err(ApiError::forbidden(
+                "only administrators (jobs.admins) may do this",
+            ));
+        }
+        Ok(AdminUser(user))
+    }
+}
+
 /// The user a bearer token stands for: a token of an outside provider (RS256 or ES256)
 /// when OIDC is configured, otherwise one of chorus's own (HS256). Anything else, and
 /// every token that fails its checks, is `unauthorized`.

@@ -8,7 +8,7 @@
 //! caller (so that no client needs the key); sealed values pass through on the log
 //! only, and only a worker opens them, for the job's owner alone.
 
-use crate::auth::AuthUser;
+use crate::auth::{AdminUser, AuthUser};
 use crate::error::ApiError;
 use crate::http::{ApiJson, ApiPath};
 use crate::state::AppState;
@@ -302,14 +302,9 @@ struct ObserverChange {
 
 async fn put_observer_config(
     State(state): Shared,
-    AuthUser(me): AuthUser,
+    AdminUser(me): AdminUser,
     ApiJson(change): ApiJson<ObserverChange>,
 ) -> Result<Json<ObserverConfig>, ApiError> {
-    if !state.jobs.admins.contains(&me.username) {
-        return Err(ApiError::forbidden(
-            "only administrators may change the observer's configuration",
-        ));
-    }
     let store = state.directory.store();
     let mut config = current_config(store.as_ref(), &state.jobs.observer).await?;
     macro_rules! apply {
@@ -330,6 +325,6 @@ async fn put_observer_config(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let text = serde_json::to_string(&config).map_err(|e| ApiError::internal(&e))?;
     store.set_observer_config(&text).await?;
-    tracing::info!(admin = %me.username, ?config, "observer configuration changed");
+    tracing::info!(admin = %me.id, ?config, "observer configuration changed");
     Ok(Json(config))
 }

@@ -39,6 +39,8 @@ pub enum Command {
     Bench(chorus_bench::BenchArgs),
     /// Jobs tools: seal credentials for a user's `POST /jobs`.
     Jobs(JobsArgs),
+    /// Accounts in the database: the id of a user (for `jobs.admins`), the list.
+    Users(crate::users::UsersArgs),
 }
 
 /// `chorus jobs …`.
@@ -188,12 +190,12 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub jobs_git_private_hosts: Option<Vec<String>>,
-    /// Usernames of administrators (may change the observer's configuration),
-    /// comma-separated [default: none].
+    /// User ids of the administrators (may change the observer's configuration),
+    /// comma-separated; `chorus users show NAME` prints a user's id [default: none].
     #[arg(
         long,
         env = "CHORUS_ADMINS",
-        value_name = "USERS",
+        value_name = "USER_IDS",
         value_delimiter = ','
     )]
     pub admins: Option<Vec<String>>,
@@ -284,5 +286,18 @@ mod tests {
         assert_eq!(c.roles, vec!["gateway", "store"]);
         assert_eq!(c.limits.rate_per_sec, 7);
         assert_eq!(c.log, "memory://");
+    }
+
+    #[test]
+    fn administrators_given_by_username_are_refused() {
+        let cli = Cli::parse_from(["chorus", "serve", "--admins", "root"]);
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let e = args.config().unwrap_err().to_string();
+        assert!(
+            e.contains("jobs.admins takes user ids, not usernames"),
+            "{e}"
+        );
     }
 }

@@ -11,9 +11,11 @@
 //! - [`node`]: builds the roles a node runs and runs them until shutdown.
 //! - [`serve`]: the HTTP server, with limits on connections and slow clients.
 //! - [`telemetry`]: logs and metrics setup.
+//! - [`users`]: `chorus users`, accounts read from the database without a server.
 
 pub mod backends;
 pub mod cli;
 pub mod node;
 pub mod serve;
 pub mod telemetry;
+pub mod users;

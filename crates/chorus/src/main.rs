@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => chorus_bench::run(args).await,
         Command::Jobs(args) => args.run(&mut std::io::stdin(), &mut std::io::stdout()),
+        Command::Users(args) => args.run(&mut std::io::stdout()).await,
     }
 }
 

@@ -14,6 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+/// The password of every user the harness makes.
+pub const PASSWORD: &str = "correct horse";
+
 /// How long anything expected may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -66,6 +69,31 @@ impl TestApp {
         let mut config = test_config(data_dir.path());
         tune(&mut config);
         Self::start(config, data_dir).await
+    }
+
+    /// A node whose only administrator (`jobs.admins`, by id) is `username`: the
+    /// account is made in the database before the node starts, as an operator would
+    /// (the id is what the configuration needs), and signed in with `PASSWORD`.
+    pub async fn spawn_with_admin(
+        username: &str,
+        tune: impl FnOnce(&mut Config),
+    ) -> (TestApp, TestUser) {
+        use chorus_store::Store;
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(data_dir.path());
+        tune(&mut config);
+        let store = chorus_store::sqlite::SqliteStore::open(&data_dir.path().join("chorus.db"))
+            .await
+            .unwrap();
+        let hash = chorus_gateway::auth::hash_password(PASSWORD.into())
+            .await
+            .unwrap();
+        let admin = store.create_user(username, &hash).await.unwrap();
+        drop(store);
+        config.jobs.admins = vec![admin.id.to_string()];
+        let app = Self::start(config, data_dir).await;
+        let admin = app.login(username, PASSWORD).await;
+        (app, admin)
     }
 
     pub async fn start(config: Config, data_dir: TempDir) -> TestApp {
@@ -159,6 +187,23 @@ impl Api {
         status_json(r).await
     }
 
+    /// Logs in; panics unless it succeeds.
+    pub async fn login(&self, username: &str, password: &str) -> TestUser {
+        let (status, body) = self
+            .post(
+                None,
+                "/api/v1/auth/login",
+                json!({ "username": username, "password": password }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        TestUser {
+            id: body["user"]["id"].as_str().unwrap().to_owned(),
+            username: username.to_owned(),
+            token: body["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
     pub async fn register(&self, name: &str) -> TestUser {
         let username = format!(
             "{name}-{}",
@@ -168,7 +213,7 @@ impl Api {
             .post(
                 None,
                 "/api/v1/auth/register",
-                json!({ "username": username, "password": "correct horse" }),
+                json!({ "username": username, "password": PASSWORD }),
             )
             .await;
         assert_eq!(status, 201, "{body}");

@@ -11,13 +11,13 @@ use std::process::Command;
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
+fn jobs_config(c: &mut chorus_config::Config) {
+    c.jobs.key = Some(KEY.into());
+    c.jobs.git_schemes = vec!["file".into()];
+}
+
 async fn jobs_app() -> TestApp {
-    TestApp::spawn_with(|c| {
-        c.jobs.key = Some(KEY.into());
-        c.jobs.git_schemes = vec!["file".into()];
-        c.jobs.admins = vec!["root".into()];
-    })
-    .await
+    TestApp::spawn_with(jobs_config).await
 }
 
 async fn submit(app: &TestApp, user: &TestUser, body: Value) -> String {
@@ -567,7 +567,7 @@ async fn credentials_cannot_be_sealed_without_a_server_key() {
 
 #[tokio::test]
 async fn the_observer_reports_rates_and_only_administrators_configure_it() {
-    let app = jobs_app().await;
+    let (app, root) = TestApp::spawn_with_admin("root", jobs_config).await;
     let ada = app.register("ada").await;
     let mut ws = app.ws(&ada).await;
     for _ in 0..3 {
@@ -602,15 +602,7 @@ async fn the_observer_reports_rates_and_only_administrators_configure_it() {
         .await;
     assert_eq!(status, 403, "{body}");
 
-    let (status, body) = app
-        .post(
-            None,
-            "/api/v1/auth/register",
-            json!({"username": "root", "password": "correct horse"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let root = body["token"].as_str().unwrap().to_owned();
+    let root = root.token;
     let (status, body) = app
         .put(
             &root,
