@@ -1,5 +1,6 @@
 //! Durable state: users, conversations, members, messages, and (see
-//! [`AutomationStore`]) users' scripts and auto-replies, and (see [`JobStore`]) jobs.
+//! [`AutomationStore`]) users' scripts and auto-replies, (see [`JobStore`]) jobs, and
+//! (see [`InviteStore`]) invites.
 //!
 //! The store stage is the only writer of messages; the gateway writes accounts,
 //! conversations, members and read markers. [`Store`] is the contract, with one
@@ -21,12 +22,14 @@
 
 mod automation;
 mod directory;
+mod invites;
 mod jobs;
 pub mod postgres;
 pub mod sqlite;
 
 pub use automation::{AutomationStore, Automations, ScriptRuns, UserAutomation};
 pub use directory::{Directory, Members};
+pub use invites::InviteStore;
 pub use jobs::{FinishedJob, JobStore, StoredJob};
 
 use async_trait::async_trait;
@@ -179,7 +182,7 @@ pub const PRESENCE_MAX_GROUP: i64 = 100;
 
 /// Durable state; see the crate docs for the contract.
 #[async_trait]
-pub trait Store: AutomationStore + JobStore + Send + Sync + 'static {
+pub trait Store: AutomationStore + JobStore + InviteStore + Send + Sync + 'static {
     /// Whether the database answers.
     async fn health(&self) -> Result<()>;
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 mod automation;
+mod invites;
 mod jobs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -104,6 +105,33 @@ fn conversation_row(row: &PgRow) -> Result<ConversationRecord> {
     })
 }
 
+/// Inserts a new user; `Conflict("username")` when the name is taken.
+async fn insert_user<'e, E>(exec: E, username: &str, password_hash: &str, now: i64) -> Result<User>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let user = User {
+        id: UserId::new(),
+        username: username.to_owned(),
+    };
+    let res = sqlx::query(
+        "INSERT INTO users (id, username, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(user.id.0)
+    .bind(username)
+    .bind(password_hash)
+    .bind(now)
+    .execute(exec)
+    .await;
+    match res {
+        Ok(_) => Ok(user),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::Conflict("username"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Takes the row lock of a conversation until the transaction ends. `NO KEY UPDATE`
 /// (what an `UPDATE` of `last_seq` takes anyway) excludes other writers of the row but
 /// not the key-share locks that inserting members and messages take on it.
@@ -127,26 +155,7 @@ impl Store for PostgresStore {
 
     async fn create_user(&self, username: &str, password_hash: &str) -> Result<User> {
         let _timer = crate::QueryTimer::start("create_user");
-        let user = User {
-            id: UserId::new(),
-            username: username.to_owned(),
-        };
-        let res = sqlx::query(
-            "INSERT INTO users (id, username, password_hash, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(user.id.0)
-        .bind(username)
-        .bind(password_hash)
-        .bind(millis(Utc::now()))
-        .execute(&self.pool)
-        .await;
-        match res {
-            Ok(_) => Ok(user),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Conflict("username"))
-            }
-            Err(e) => Err(e.into()),
-        }
+        insert_user(&self.pool, username, password_hash, millis(Utc::now())).await
     }
 
     async fn account(&self, username: &str) -> Result<Option<Account>> {
@@ -197,10 +206,6 @@ impl Store for PostgresStore {
         username: &str,
     ) -> Result<User> {
         let _timer = crate::QueryTimer::start("create_external_user");
-        let user = User {
-            id: UserId::new(),
-            username: username.to_owned(),
-        };
         let now = millis(Utc::now());
         let mut tx = self.pool.begin().await?;
         let linked = sqlx::query("SELECT 1 FROM identities WHERE issuer = $1 AND subject = $2")
@@ -211,21 +216,7 @@ impl Store for PostgresStore {
         if linked.is_some() {
             return Err(StoreError::Conflict("identity"));
         }
-        let res = sqlx::query(
-            "INSERT INTO users (id, username, password_hash, created_at) VALUES ($1, $2, '', $3)",
-        )
-        .bind(user.id.0)
-        .bind(username)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match res {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(StoreError::Conflict("username"));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let user = insert_user(&mut *tx, username, "", now).await?;
         // Another gateway linking the same identity at the same moment: the primary key
         // makes one of them wait for the other and then fail here.
         let res = sqlx::query(

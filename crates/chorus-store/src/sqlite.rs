@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod automation;
+mod invites;
 mod jobs;
 
 /// Messages looked up or inserted per statement: 8 parameters a message to insert,
@@ -364,26 +365,7 @@ impl Store for SqliteStore {
 
     async fn create_user(&self, username: &str, password_hash: &str) -> Result<User> {
         let _timer = crate::QueryTimer::start("create_user");
-        let user = User {
-            id: UserId::new(),
-            username: username.to_owned(),
-        };
-        let res = sqlx::query(
-            "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(user.id.to_string())
-        .bind(username)
-        .bind(password_hash)
-        .bind(millis(Utc::now()))
-        .execute(&self.writer)
-        .await;
-        match res {
-            Ok(_) => Ok(user),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Conflict("username"))
-            }
-            Err(e) => Err(e.into()),
-        }
+        insert_user(&self.writer, username, password_hash, millis(Utc::now())).await
     }
 
     async fn account(&self, username: &str) -> Result<Option<Account>> {
@@ -434,10 +416,6 @@ impl Store for SqliteStore {
         username: &str,
     ) -> Result<User> {
         let _timer = crate::QueryTimer::start("create_external_user");
-        let user = User {
-            id: UserId::new(),
-            username: username.to_owned(),
-        };
         let now = millis(Utc::now());
         let mut tx = self.write().await?;
         let linked = sqlx::query("SELECT 1 FROM identities WHERE issuer = ? AND subject = ?")
@@ -448,21 +426,7 @@ impl Store for SqliteStore {
         if linked.is_some() {
             return Err(StoreError::Conflict("identity"));
         }
-        let res = sqlx::query(
-            "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, '', ?)",
-        )
-        .bind(user.id.to_string())
-        .bind(username)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match res {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(StoreError::Conflict("username"));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let user = insert_user(&mut *tx, username, "", now).await?;
         sqlx::query(
             "INSERT INTO identities (issuer, subject, user_id, created_at) VALUES (?, ?, ?, ?)",
         )
@@ -912,6 +876,33 @@ impl Store for SqliteStore {
         .iter()
         .map(|r| Ok((parse_id(r.try_get::<&str, _>(0)?)?, r.try_get(1)?)))
         .collect()
+    }
+}
+
+/// Inserts a new user; `Conflict("username")` when the name is taken.
+async fn insert_user<'e, E>(exec: E, username: &str, password_hash: &str, now: i64) -> Result<User>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let user = User {
+        id: UserId::new(),
+        username: username.to_owned(),
+    };
+    let res = sqlx::query(
+        "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(user.id.to_string())
+    .bind(username)
+    .bind(password_hash)
+    .bind(now)
+    .execute(exec)
+    .await;
+    match res {
+        Ok(_) => Ok(user),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::Conflict("username"))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

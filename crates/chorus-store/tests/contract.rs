@@ -290,6 +290,123 @@ async fn external_identity_is_linked_once_under_races(db: &Fresh) {
     assert_eq!(store.search_users("racer", 10).await.unwrap(), created);
 }
 
+/// The stored invite codes, read past the store.
+async fn stored_invite_codes(db: &Fresh) -> Vec<String> {
+    let query = "SELECT code_sha256 FROM invites";
+    match db {
+        Fresh::Sqlite { path, .. } => {
+            let url = format!("sqlite://{}", path.display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar(query)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+        }
+        Fresh::Postgres { url, .. } => {
+            let mut conn = PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(query)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+async fn invites_make_one_account_each_until_they_expire(db: &Fresh) {
+    let store = db.open().await;
+    let admin = user(&store, "admin").await;
+    let now = at(1_700_000_000_000);
+    let hour = chrono::Duration::hours(1);
+    store
+        .create_invite("code-one", Some(admin.id), now + hour)
+        .await
+        .unwrap();
+    assert!(store.invite_usable("code-one", now).await.unwrap());
+    assert!(!store.invite_usable("code-two", now).await.unwrap());
+    assert!(!store.invite_usable("code-one", now + hour).await.unwrap());
+    // Only a digest is stored.
+    let stored = stored_invite_codes(db).await;
+    assert_eq!(stored.len(), 1);
+    assert_ne!(stored[0], "code-one");
+    assert_eq!(stored[0].len(), 64, "SHA-256 in hex: {stored:?}");
+
+    // A taken name uses nothing up.
+    assert!(matches!(
+        store
+            .create_user_with_invite("admin", "hash", "code-one", now)
+            .await,
+        Err(StoreError::Conflict("username"))
+    ));
+    assert!(store.invite_usable("code-one", now).await.unwrap());
+    let ada = store
+        .create_user_with_invite("ada", "hash-a", "code-one", now)
+        .await
+        .unwrap();
+    assert_eq!(store.account("ada").await.unwrap().unwrap().user, ada);
+    assert!(!store.invite_usable("code-one", now).await.unwrap());
+    // A used, unknown or expired code creates nothing.
+    for (code, when) in [("code-one", now), ("nope", now)] {
+        assert!(matches!(
+            store
+                .create_user_with_invite("bob", "hash-b", code, when)
+                .await,
+            Err(StoreError::NotFound("invite"))
+        ));
+    }
+    store
+        .create_invite("code-late", None, now + hour)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_user_with_invite("bob", "hash-b", "code-late", now + hour)
+            .await,
+        Err(StoreError::NotFound("invite"))
+    ));
+    assert!(store.account("bob").await.unwrap().is_none());
+    // The same invite just before it expires still works.
+    let bob = store
+        .create_user_with_invite(
+            "bob",
+            "hash-b",
+            "code-late",
+            now + hour - chrono::Duration::milliseconds(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bob.username, "bob");
+}
+
+async fn an_invite_makes_one_account_under_races(db: &Fresh) {
+    let now = Utc::now();
+    db.open()
+        .await
+        .create_invite("shared-code", None, now + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        // Each on its own connections, as sign-ups on different gateways would be.
+        let store = db.open().await;
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_user_with_invite(&format!("racer-{i}"), "hash", "shared-code", now)
+                .await
+        }));
+    }
+    let mut created = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(user) => created.push(user),
+            Err(StoreError::NotFound("invite")) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "{created:?}");
+    let store = db.open().await;
+    assert_eq!(store.search_users("racer", 10).await.unwrap(), created);
+}
+
 async fn search_is_a_literal_prefix_in_byte_order(db: &Fresh) {
     let store = db.open().await;
     for name in ["alice", "al_ice", "alxice", "al%x", "al", "Zed", "bob"] {
@@ -1400,6 +1517,8 @@ macro_rules! store_contract {
                 users_are_unique_and_found,
                 external_identities_map_to_one_user_each,
                 external_identity_is_linked_once_under_races,
+                invites_make_one_account_each_until_they_expire,
+                an_invite_makes_one_account_under_races,
                 search_is_a_literal_prefix_in_byte_order,
                 direct_is_one_per_pair,
                 direct_is_created_once_under_races,
