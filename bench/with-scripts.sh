@@ -20,7 +20,9 @@ port=${PORT:-19640}
 bin=target/release/chorus
 mkdir -p "$out"
 data=$(mktemp -d)
-"$bin" serve --listen "127.0.0.1:$port" --data-dir "$data" >"$out/server.log" 2>&1 &
+# Hundreds of sign-ups from this machine: past the per-address limit, made for people.
+CHORUS_REGISTRATIONS_PER_HOUR=1000000 \
+    "$bin" serve --listen "127.0.0.1:$port" --data-dir "$data" >"$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
 url=http://127.0.0.1:$port

@@ -1,6 +1,7 @@
 """Harness: the server under test, and a per-test API client.
 
-With CHORUS_URL set (e.g. http://127.0.0.1:8080) the tests use that server; a
+With CHORUS_URL set (e.g. http://127.0.0.1:8080) the tests use that server (start it
+with the sign-up and sign-in limits lifted, as UNTHROTTLED below); a
 comma-separated list names the nodes of one cluster (HTTP goes to the first, WebSocket
 sessions alternate between them). Otherwise
 they start CHORUS_BIN (default <repo>/target/debug/chorus) as
@@ -24,6 +25,13 @@ from chorus_helpers import Api
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = float(os.environ.get("CHORUS_START_TIMEOUT", "60"))
+# Per-address limits on sign-ups and sign-ins are made for people: a suite that signs
+# up hundreds of users from one address lifts them on the server it starts. A server
+# given with CHORUS_URL needs the same settings.
+UNTHROTTLED = {
+    "CHORUS_REGISTRATIONS_PER_HOUR": "1000000",
+    "CHORUS_LOGIN_FAILURES_PER_ADDRESS": "1000000",
+}
 
 
 def _free_port() -> int:
@@ -62,6 +70,8 @@ def server_url(tmp_path_factory) -> str:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # The suite signs up hundreds of users from this one address.
+            env={**os.environ, **UNTHROTTLED},
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT

@@ -110,7 +110,7 @@ pub struct JobsConfig {
     /// without it, jobs with credentials fail.
     pub key: Option<String>,
     /// User ids (UUIDs) of the administrators: they may change the observer's
-    /// configuration. Ids, not usernames: a name belongs to whoever
+    /// configuration and create invites. Ids, not usernames: a name belongs to whoever
     /// registers it first, an id only to the account it was given to.
     pub admins: Vec<String>,
     /// The observer's defaults (an administrator may change them at run time).
@@ -223,6 +223,69 @@ pub struct AuthConfig {
     pub oidc_issuer: Option<String>,
     /// The `aud` OIDC access tokens must carry; required with `oidc_issuer`.
     pub oidc_audience: Option<String>,
+    /// Who may create an account with a password (`POST /auth/register`).
+    pub registration: Registration,
+    /// How long an invite is valid, seconds.
+    pub invite_ttl_secs: u64,
+    /// Accounts one client address may create per hour (a burst of this many, then
+    /// one every `3600 / n` seconds).
+    pub registrations_per_hour: u32,
+    /// Failed sign-ins one client address may make per 15 minutes, whichever accounts
+    /// they are for; past it, every sign-in from the address waits.
+    pub login_failures_per_address: u32,
+    /// Failed sign-ins per username per 15 minutes, from all addresses together,
+    /// whether or not the account exists; past it, every sign-in as that name waits.
+    pub login_failures_per_account: u32,
+    /// Password hashes (sign-ups and sign-ins) that may wait for a core; past it, more
+    /// are answered `unavailable` at once instead of queueing.
+    pub hash_queue: usize,
+}
+
+/// Who may create an account with a password. Users of an OIDC provider
+/// (`oidc_issuer`) are created on first sight whatever this says: the provider decides
+/// who they are.
+#[derive(Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone (the embedded default: the first users can sign up).
+    #[default]
+    Open,
+    /// No one: `POST /auth/register` is refused.
+    Closed,
+    /// Whoever holds an unused invite code, which an administrator creates.
+    Invite,
+}
+
+impl Registration {
+    /// The name used in configuration and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+            Self::Invite => "invite",
+        }
+    }
+}
+
+impl std::str::FromStr for Registration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "open" => Ok(Self::Open),
+            "closed" => Ok(Self::Closed),
+            "invite" => Ok(Self::Invite),
+            other => Err(format!(
+                "unknown registration mode {other:?} (expected open, closed or invite)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Limits that protect the server and other users from one client.
@@ -388,6 +451,12 @@ impl Default for AuthConfig {
             token_ttl_secs: 7 * 24 * 3600,
             oidc_issuer: None,
             oidc_audience: None,
+            registration: Registration::Open,
+            invite_ttl_secs: 7 * 24 * 3600,
+            registrations_per_hour: 20,
+            login_failures_per_address: 30,
+            login_failures_per_account: 10,
+            hash_queue: 32,
         }
     }
 }
@@ -547,6 +616,17 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be `text` or `json`");
         }
+        let auth = &self.auth;
+        if auth.invite_ttl_secs == 0
+            || auth.registrations_per_hour == 0
+            || auth.login_failures_per_address == 0
+            || auth.login_failures_per_account == 0
+        {
+            return bad(
+                "auth.invite_ttl_secs, registrations_per_hour, login_failures_per_address and \
+                 login_failures_per_account must be positive",
+            );
+        }
         if let Some(secret) = &self.auth.jwt_secret
             && EXAMPLE_JWT_SECRETS.contains(&secret.trim())
         {
@@ -626,6 +706,29 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn registration_is_open_closed_or_invite() {
+        assert_eq!(Config::default().auth.registration, Registration::Open);
+        let c = Config::from_toml("[auth]\nregistration = \"invite\"\n").unwrap();
+        assert_eq!(c.auth.registration, Registration::Invite);
+        assert!(matches!(
+            Config::from_toml("[auth]\nregistration = \"anyone\"\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+        for mode in [
+            Registration::Open,
+            Registration::Closed,
+            Registration::Invite,
+        ] {
+            assert_eq!(mode.as_str().parse::<Registration>(), Ok(mode));
+        }
+        assert!("Open".parse::<Registration>().is_err());
+        assert!(matches!(
+            Config::from_toml("[auth]\nlogin_failures_per_account = 0\n"),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -31,7 +31,13 @@ pub enum ErrorCode {
     UnknownType,
     /// An outgoing script blocked the message.
     Blocked,
-    /// A dependency is unavailable; try again.
+    /// Signing up is closed on this server (`POST /auth/register`).
+    RegistrationClosed,
+    /// Signing up takes an invite, and none was given, or it is unknown, used or
+    /// expired.
+    InvalidInvite,
+    /// A dependency is unavailable, or the server is too busy; try again (after
+    /// `retry_after_ms` when given).
     Unavailable,
     /// A fault on the server's side.
     Internal,
@@ -51,6 +57,8 @@ impl ErrorCode {
             Self::LimitReached => "limit_reached",
             Self::UnknownType => "unknown_type",
             Self::Blocked => "blocked",
+            Self::RegistrationClosed => "registration_closed",
+            Self::InvalidInvite => "invalid_invite",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -61,7 +69,11 @@ impl ErrorCode {
         match self {
             Self::BadRequest | Self::UnknownType => 400,
             Self::Unauthorized => 401,
-            Self::Forbidden | Self::Blocked | Self::LimitReached => 403,
+            Self::Forbidden
+            | Self::Blocked
+            | Self::LimitReached
+            | Self::RegistrationClosed
+            | Self::InvalidInvite => 403,
             Self::NotFound => 404,
             Self::Conflict => 409,
             Self::TooLarge => 413,
@@ -95,6 +107,8 @@ mod tests {
             ErrorCode::LimitReached,
             ErrorCode::UnknownType,
             ErrorCode::Blocked,
+            ErrorCode::RegistrationClosed,
+            ErrorCode::InvalidInvite,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
         ] {

@@ -10,12 +10,13 @@ use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use chorus_core::UserId;
 use chorus_core::model::User;
+use chorus_core::{ErrorCode, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -80,62 +81,110 @@ impl Tokens {
     }
 }
 
-/// Password hashing in progress at once. Each argon2id hash holds 19 MiB for its
-/// duration: unbounded, a burst of sign-ups or logins (a load test registering
-/// thousands of users, or an attack) would hold gigabytes at once, and the allocator
-/// keeps much of it afterwards. Bounded to the cores, the rest wait their turn.
-fn hashing_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cores)
-    })
+/// How long a client turned away by a full hashing queue is told to wait, ms.
+const BUSY_RETRY_MS: u64 = 1000;
+
+/// Password hashing, argon2id: deliberately slow (tens of milliseconds of a core) and
+/// large (19 MiB while it runs).
+///
+/// At most one hash per core runs at once: unbounded, a burst of sign-ups or sign-ins
+/// held gigabytes at once, and the allocator kept much of it afterwards. The queue in
+/// front of the cores is bounded too: unbounded, 64 parallel bogus sign-ins made a real
+/// user's sign-in 20 times slower, as it waited behind all of them. Past the bound a
+/// hash is refused at once (`unavailable` with a retry hint), so that a flood costs a
+/// real user a quick answer to retry, never a long wait.
+pub struct Hashing {
+    /// One permit per core: hashes running.
+    cores: Arc<Semaphore>,
+    /// Hashes running or waiting for a core.
+    places: Arc<Semaphore>,
 }
 
-/// Hashes a password with argon2id (off the async workers: it is deliberately slow).
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    let _slot = hashing_slots()
-        .acquire()
+impl Hashing {
+    /// `cores` hashes at once, and up to `queue` more waiting for one.
+    pub fn new(cores: usize, queue: usize) -> Self {
+        let cores = cores.max(1);
+        Self {
+            cores: Arc::new(Semaphore::new(cores)),
+            places: Arc::new(Semaphore::new(cores + queue)),
+        }
+    }
+
+    /// One hash per core of this machine at once, and up to `queue` more waiting.
+    pub fn per_core(queue: usize) -> Self {
+        Self::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue,
+        )
+    }
+
+    /// Hashes a password with a new salt.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.run(move || {
+            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| ApiError::internal(&e))
+    }
+
+    /// Checks a password against a stored hash, or against a fixed dummy hash when the
+    /// account does not exist, so that response time does not reveal which usernames
+    /// exist.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+        self.run(move || {
+            let real = hash.is_some();
+            let dummy;
+            let hash = match &hash {
+                Some(h) => h.as_str(),
+                None => {
+                    dummy = dummy_hash();
+                    dummy.as_str()
+                }
+            };
+            let ok = PasswordHash::new(hash)
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false);
+            ok && real
+        })
         .await
-        .map_err(|e| ApiError::internal(&e))?;
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?
-    .map_err(|e| ApiError::internal(&e))
-}
+    }
 
-/// Checks a password against a stored hash, or against a fixed dummy hash when the
-/// account does not exist, so that response time does not reveal which usernames exist.
-pub async fn verify_password(password: String, hash: Option<String>) -> bool {
-    let Ok(_slot) = hashing_slots().acquire().await else {
-        return false;
-    };
-    tokio::task::spawn_blocking(move || {
-        let real = hash.is_some();
-        let dummy;
-        let hash = match &hash {
-            Some(h) => h.as_str(),
-            None => {
-                dummy = dummy_hash();
-                dummy.as_str()
-            }
-        };
-        let ok = PasswordHash::new(hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false);
-        ok && real
-    })
-    .await
-    .unwrap_or(false)
+    /// Runs `work` on a blocking thread once a core is free, or refuses it at once when
+    /// the queue is full. Its place and core are held until it ends, also when the
+    /// caller stops waiting (a client that hung up): the hash runs to its end anyway,
+    /// and the bound must count it.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let place = self.places.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("chorus_auth_refused_total", "limit" => "hash_queue").increment(1);
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!("the server is busy checking passwords; retry in {BUSY_RETRY_MS} ms"),
+            )
+            .retry_after(BUSY_RETRY_MS)
+        })?;
+        let core = self
+            .cores
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+        tokio::task::spawn_blocking(move || {
+            let _held = (place, core);
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))
+    }
 }
 
 fn dummy_hash() -> String {
@@ -256,9 +305,40 @@ mod tests {
 
     #[tokio::test]
     async fn passwords_verify_only_against_their_hash() {
-        let hash = hash_password("correct horse".into()).await.unwrap();
-        assert!(verify_password("correct horse".into(), Some(hash.clone())).await);
-        assert!(!verify_password("wrong".into(), Some(hash)).await);
-        assert!(!verify_password("no account has this password".into(), None).await);
+        let hashing = Hashing::new(1, 0);
+        let hash = hashing.hash("correct horse".into()).await.unwrap();
+        let verify = |password: &str, hash: Option<String>| hashing.verify(password.into(), hash);
+        assert!(verify("correct horse", Some(hash.clone())).await.unwrap());
+        assert!(!verify("wrong", Some(hash)).await.unwrap());
+        assert!(!verify("no account has this password", None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_full_hashing_queue_refuses_at_once_and_frees_up_as_hashes_end() {
+        use futures::FutureExt;
+        let hashing = Hashing::new(1, 2);
+        // A hash holding the one core, as a long one would.
+        let running = (
+            hashing.places.clone().try_acquire_owned().unwrap(),
+            hashing.cores.clone().try_acquire_owned().unwrap(),
+        );
+        // Two more wait for it: the queue is full.
+        let mut first = std::pin::pin!(hashing.hash("first".into()));
+        let mut second = std::pin::pin!(hashing.verify("second".into(), None));
+        assert!(futures::poll!(&mut first).is_pending());
+        assert!(futures::poll!(&mut second).is_pending());
+        // The next is answered without waiting at all.
+        let refused = hashing
+            .hash("one too many".into())
+            .now_or_never()
+            .expect("answered at once")
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Unavailable);
+        assert_eq!(refused.retry_after_ms, Some(BUSY_RETRY_MS));
+        // The core is free again: the waiting ones run, and the queue takes more.
+        drop(running);
+        assert!(first.await.unwrap().starts_with("$argon2id$"));
+        assert!(!second.await.unwrap());
+        assert!(hashing.verify("again".into(), None).await.is_ok());
     }
 }

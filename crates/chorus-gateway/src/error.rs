@@ -21,7 +21,7 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// For people.
     pub message: String,
-    /// With `rate_limited`: when to retry.
+    /// When to retry: always with `rate_limited`, sometimes with `unavailable`.
     pub retry_after_ms: Option<u64>,
     /// A script that does not compile: where (1-based).
     pub line: Option<u32>,
@@ -61,15 +61,25 @@ impl ApiError {
         Self::new(ErrorCode::Unauthorized, message)
     }
 
-    /// `rate_limited`, retry after `retry_after_ms`.
+    /// `rate_limited` for sends, retry after `retry_after_ms`.
     pub fn rate_limited(retry_after_ms: u64) -> Self {
-        Self {
-            code: ErrorCode::RateLimited,
-            message: format!("too many messages; retry in {retry_after_ms} ms"),
-            retry_after_ms: Some(retry_after_ms),
-            line: None,
-            column: None,
-        }
+        Self::too_many("messages", retry_after_ms)
+    }
+
+    /// `rate_limited`: too many of `what`, retry after `retry_after_ms`.
+    pub fn too_many(what: &str, retry_after_ms: u64) -> Self {
+        Self::new(
+            ErrorCode::RateLimited,
+            format!("too many {what}; retry in {retry_after_ms} ms"),
+        )
+        .retry_after(retry_after_ms)
+    }
+
+    /// The same error, telling the client when to retry (`retry_after_ms` and a
+    /// `Retry-After` header).
+    pub fn retry_after(mut self, retry_after_ms: u64) -> Self {
+        self.retry_after_ms = Some(retry_after_ms);
+        self
     }
 
     /// `limit_reached`: a bounded count is full.

@@ -1,6 +1,7 @@
-//! The HTTP API under `/api/v1` (chat part).
+//! The HTTP API under `/api/v1` (chat part; signing up and in are in
+//! [`crate::accounts`]).
 
-use crate::auth::{AuthUser, hash_password, verify_password};
+use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::send::{require_member, submit};
 use crate::state::AppState;
@@ -11,7 +12,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chorus_core::event::{Control, encode};
 use chorus_core::model::{Conversation, ConversationKind, Message, User};
-use chorus_core::{ConversationId, ErrorCode, UserId};
+use chorus_core::{ConversationId, UserId};
 use chorus_log::Outgoing;
 use chorus_store::{ConversationRecord, Page};
 use serde::Deserialize;
@@ -38,8 +39,6 @@ type Shared = State<Arc<AppState>>;
 /// Routes of the chat API, relative to `/api/v1`.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/login", post(login))
         .route("/me", get(me))
         .route("/users", get(search_users))
         .route(
@@ -56,75 +55,6 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/conversations/{id}/messages",
             get(list_messages).post(post_message),
         )
-}
-
-#[derive(Deserialize)]
-struct Credentials {
-    username: String,
-    password: String,
-}
-
-pub(crate) fn valid_username(name: &str) -> bool {
-    (3..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-fn session_body(state: &AppState, user: User) -> serde_json::Value {
-    let token = state.tokens.issue(&user);
-    json!({ "user": user, "token": token })
-}
-
-async fn register(
-    State(state): Shared,
-    ApiJson(c): ApiJson<Credentials>,
-) -> Result<Response, ApiError> {
-    if !valid_username(&c.username) {
-        return Err(ApiError::bad_request(
-            "username must be 3 to 32 characters of A-Z, a-z, 0-9, `_`, `.`, `-`",
-        ));
-    }
-    if !(8..=1024).contains(&c.password.len()) {
-        return Err(ApiError::bad_request("password must be 8 to 1024 bytes"));
-    }
-    if state
-        .directory
-        .store()
-        .account(&c.username)
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::new(ErrorCode::Conflict, "username is taken"));
-    }
-    let hash = hash_password(c.password).await?;
-    let user = state
-        .directory
-        .store()
-        .create_user(&c.username, &hash)
-        .await
-        .map_err(|e| match e {
-            chorus_store::StoreError::Conflict(_) => {
-                ApiError::new(ErrorCode::Conflict, "username is taken")
-            }
-            other => other.into(),
-        })?;
-    Ok((StatusCode::CREATED, Json(session_body(&state, user))).into_response())
-}
-
-async fn login(
-    State(state): Shared,
-    ApiJson(c): ApiJson<Credentials>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let account = state.directory.store().account(&c.username).await?;
-    let hash = account.as_ref().map(|a| a.password_hash.clone());
-    if !verify_password(c.password, hash).await {
-        return Err(ApiError::unauthorized("invalid username or password"));
-    }
-    let user = account
-        .map(|a| a.user)
-        .expect("verified passwords have accounts");
-    Ok(Json(session_body(&state, user)))
 }
 
 async fn me(State(state): Shared, AuthUser(user): AuthUser) -> Result<Json<User>, ApiError> {

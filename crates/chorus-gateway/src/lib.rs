@@ -7,11 +7,13 @@
 //! the log, the store or the registry.
 //!
 //! Layout: [`auth`] tokens and passwords, [`oidc`] tokens of an outside identity
-//! provider, [`error`] the error mapping, [`http`] the
+//! provider, [`accounts`] signing up and in, [`throttle`] the limits on both,
+//! [`error`] the error mapping, [`http`] the
 //! REST routes, [`jobs`] the jobs and observer routes, [`ws`] sessions, [`sessions`]
 //! local fan-out, [`queue`] each session's outbound queue,
 //! [`state`] what they share, [`assets`] the embedded web app.
 
+pub mod accounts;
 pub mod assets;
 pub mod auth;
 pub mod automation;
@@ -24,6 +26,7 @@ pub mod queue;
 pub mod send;
 pub mod sessions;
 pub mod state;
+pub mod throttle;
 pub mod ws;
 
 use axum::extract::Request;
@@ -40,6 +43,7 @@ use std::sync::Arc;
 /// The gateway's whole HTTP surface.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = http::routes()
+        .merge(accounts::routes())
         .merge(automation::routes())
         .merge(jobs::routes())
         .route("/ws", get(ws::upgrade))

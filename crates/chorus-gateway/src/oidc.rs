@@ -323,7 +323,7 @@ impl Oidc {
 fn candidate_names(issuer: &str, claims: &Claims) -> Vec<String> {
     let mut names = Vec::new();
     if let Some(preferred) = &claims.preferred_username
-        && crate::http::valid_username(preferred)
+        && crate::accounts::valid_username(preferred)
     {
         names.push(preferred.clone());
     }

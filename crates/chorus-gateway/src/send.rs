@@ -123,7 +123,7 @@ async fn prepare(
     let members = require_member(state, conversation, sender).await?;
     state
         .limiter
-        .check(&sender)
+        .check(sender)
         .map_err(ApiError::rate_limited)?;
     let message_id = MessageId::derive(sender, conversation, &client_msg_id);
     let route = state.engine.route_for(sender, &members);

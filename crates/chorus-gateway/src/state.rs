@@ -1,8 +1,9 @@
 //! What every handler and session shares.
 
-use crate::auth::Tokens;
+use crate::auth::{Hashing, Tokens};
 use crate::sessions::Sessions;
-use chorus_config::Limits;
+use crate::throttle::AuthLimits;
+use chorus_config::{Limits, Registration};
 use chorus_core::ratelimit::RateLimiter;
 use chorus_core::topics::Topics;
 use chorus_core::{NodeId, UserId};
@@ -11,6 +12,7 @@ use chorus_registry::Registry;
 use chorus_store::Directory;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,6 +47,14 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter<UserId>>,
     /// `typing` and `read` frame limits, per user.
     pub notices: RateLimiter<UserId>,
+    /// Password hashing, with its bounded queue.
+    pub hashing: Hashing,
+    /// Limits on signing up and signing in.
+    pub auth_limits: AuthLimits,
+    /// Who may sign up with a password.
+    pub registration: Registration,
+    /// How long an invite stays valid.
+    pub invite_ttl: Duration,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Cancelled when the node shuts down: sessions close with "going away".

@@ -410,7 +410,7 @@ impl Session {
             }
             ClientFrame::Sync { since } => self.sync(since).await?,
             ClientFrame::Typing { .. } | ClientFrame::Read { .. }
-                if let Err(wait) = self.state.notices.check(&self.user.id) =>
+                if let Err(wait) = self.state.notices.check(self.user.id) =>
             {
                 metrics::counter!("chorus_ws_frames_rejected_total", "code" => "rate_limited")
                     .increment(1);

@@ -339,7 +339,7 @@ impl<'a> Sends<'a> {
                         refused("budget");
                         Err(NotSent::OverBudget)
                     }
-                    Ok(_) if self.ctx.limiter.check(&w.owner).is_err() => {
+                    Ok(_) if self.ctx.limiter.check(w.owner).is_err() => {
                         refused("rate_limited");
                         Err(NotSent::RateLimited)
                     }

@@ -1,7 +1,7 @@
 //! The command line. Every flag can also be set by the environment variable named in
 //! its help; flags win over variables, variables over the config file.
 
-use chorus_config::Config;
+use chorus_config::{Config, Registration};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ pub enum Command {
     Bench(chorus_bench::BenchArgs),
     /// Jobs tools: seal credentials for a user's `POST /jobs`.
     Jobs(JobsArgs),
-    /// Accounts in the database: the id of a user (for `jobs.admins`), the list.
+    /// Accounts in the database: the id of a user (for `jobs.admins`), the list, invites.
     Users(crate::users::UsersArgs),
 }
 
@@ -199,6 +199,22 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub admins: Option<Vec<String>>,
+    /// Who may sign up with a password: open, closed, or invite (an administrator's
+    /// single-use code) [default: open].
+    #[arg(long, env = "CHORUS_REGISTRATION", value_name = "MODE")]
+    pub registration: Option<Registration>,
+    /// Accounts one client address may create per hour [default: 20].
+    #[arg(long, env = "CHORUS_REGISTRATIONS_PER_HOUR", value_name = "N")]
+    pub registrations_per_hour: Option<u32>,
+    /// Failed sign-ins one client address may make per 15 minutes [default: 30].
+    #[arg(long, env = "CHORUS_LOGIN_FAILURES_PER_ADDRESS", value_name = "N")]
+    pub login_failures_per_address: Option<u32>,
+    /// Failed sign-ins per username per 15 minutes, from anywhere [default: 10].
+    #[arg(long, env = "CHORUS_LOGIN_FAILURES_PER_ACCOUNT", value_name = "N")]
+    pub login_failures_per_account: Option<u32>,
+    /// Password hashes that may wait for a core before more are refused [default: 32].
+    #[arg(long, env = "CHORUS_HASH_QUEUE", value_name = "N")]
+    pub hash_queue: Option<usize>,
     /// Also accept OIDC access tokens from this issuer, e.g.
     /// https://sso.example.com/realms/chorus (needs --oidc-audience) [default: none].
     #[arg(long, env = "CHORUS_OIDC_ISSUER", value_name = "URL")]
@@ -235,6 +251,11 @@ impl ServeArgs {
             jobs_git_schemes => c.jobs.git_schemes,
             jobs_git_private_hosts => c.jobs.git_private_hosts,
             admins => c.jobs.admins,
+            registration => c.auth.registration,
+            registrations_per_hour => c.auth.registrations_per_hour,
+            login_failures_per_address => c.auth.login_failures_per_address,
+            login_failures_per_account => c.auth.login_failures_per_account,
+            hash_queue => c.auth.hash_queue,
         }
         if let Some(key) = &self.jobs_key {
             c.jobs.key = Some(key.clone());
@@ -286,6 +307,39 @@ mod tests {
         assert_eq!(c.roles, vec!["gateway", "store"]);
         assert_eq!(c.limits.rate_per_sec, 7);
         assert_eq!(c.log, "memory://");
+    }
+
+    #[test]
+    fn sign_up_and_sign_in_limits_are_flags() {
+        let cli = Cli::parse_from([
+            "chorus",
+            "serve",
+            "--registration",
+            "invite",
+            "--registrations-per-hour",
+            "5",
+            "--login-failures-per-address",
+            "6",
+            "--login-failures-per-account",
+            "7",
+            "--hash-queue",
+            "8",
+        ]);
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let a = args.config().unwrap().auth;
+        assert_eq!(a.registration, Registration::Invite);
+        assert_eq!(
+            (
+                a.registrations_per_hour,
+                a.login_failures_per_address,
+                a.login_failures_per_account,
+                a.hash_queue
+            ),
+            (5, 6, 7, 8)
+        );
+        assert!(Cli::try_parse_from(["chorus", "serve", "--registration", "anyone"]).is_err());
     }
 
     #[test]

@@ -14,9 +14,10 @@ use chorus_core::NodeId;
 use chorus_core::event::{Control, decode};
 use chorus_core::ratelimit::RateLimiter;
 use chorus_core::topics::{Stage, Topics};
-use chorus_gateway::auth::Tokens;
+use chorus_gateway::auth::{Hashing, Tokens};
 use chorus_gateway::sessions::Sessions;
 use chorus_gateway::state::AppState;
+use chorus_gateway::throttle::AuthLimits;
 use chorus_jobs::JobsContext;
 use chorus_jobs::pool::WorkerPool;
 use chorus_stages::{StageContext, run_stage};
@@ -145,6 +146,10 @@ impl Node {
                 config.limits.notice_rate_per_sec,
                 config.limits.notice_burst,
             ),
+            hashing: Hashing::per_core(config.auth.hash_queue),
+            auth_limits: AuthLimits::new(&config.auth),
+            registration: config.auth.registration,
+            invite_ttl: Duration::from_secs(config.auth.invite_ttl_secs),
             metrics: crate::telemetry::metrics(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

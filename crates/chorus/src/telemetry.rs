@@ -84,6 +84,10 @@ fn describe() {
         "chorus_oidc_key_fetches_total",
         "Fetches of the OIDC provider's keys, by outcome"
     );
+    describe_counter!(
+        "chorus_auth_refused_total",
+        "Sign-ups and sign-ins refused by a limit (login_address, login_account, registration, hash_queue)"
+    );
     // Stages.
     describe_counter!("chorus_stage_events_total", "Events processed, by stage");
     describe_histogram!(

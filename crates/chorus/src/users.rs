@@ -1,12 +1,15 @@
 //! `chorus users …`: accounts as the database holds them, without a running server.
 //! Administrators are named by user id (`jobs.admins`), so an operator needs a way to
-//! find the id of an account: `chorus users show NAME` prints it.
+//! find the id of an account: `chorus users show NAME` prints it. A server that takes
+//! sign-ups by invite only needs a first invite before anyone can sign up: `chorus
+//! users invite` makes one.
 //!
 //! The database is found as `chorus serve` finds it (`--db`, else `chorus.db` in
 //! `--data-dir`); a configuration file is not read, so that one naming administrators
 //! the old way (by username, which the server now refuses) does not stand in the way
 //! of the command that fixes it.
 
+use chorus_gateway::accounts;
 use clap::{Args, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,6 +45,13 @@ pub enum UsersCommand {
         /// At most this many.
         #[arg(long, default_value_t = 1000)]
         limit: i64,
+    },
+    /// Make a single-use invite (for `auth.registration = "invite"`) and print
+    /// `CODE EXPIRES_AT`.
+    Invite {
+        /// How long it stays valid, seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 7 * 24 * 3600)]
+        ttl_secs: u64,
     },
 }
 
@@ -86,6 +96,17 @@ impl UsersArgs {
                     writeln!(output, "{} {}", user.id, user.username)?;
                 }
             }
+            UsersCommand::Invite { ttl_secs } => {
+                let code = accounts::new_invite_code();
+                let ttl = std::time::Duration::from_secs(*ttl_secs);
+                let expires_at = accounts::expiry(chrono::Utc::now(), ttl);
+                store.create_invite(&code, None, expires_at).await?;
+                writeln!(
+                    output,
+                    "{code} {}",
+                    expires_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                )?;
+            }
         }
         Ok(())
     }
@@ -94,7 +115,7 @@ impl UsersArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chorus_store::Store;
+    use chorus_store::{InviteStore, Store};
 
     fn args(data_dir: &std::path::Path, command: UsersCommand) -> UsersArgs {
         UsersArgs {
@@ -142,6 +163,23 @@ mod tests {
             run(&list).await.unwrap(),
             format!("{} ada\n{} bob\n", ada.id, bob.id)
         );
+    }
+
+    #[tokio::test]
+    async fn invite_prints_a_usable_code_and_its_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chorus.db");
+        let store = chorus_store::sqlite::SqliteStore::open(&path)
+            .await
+            .unwrap();
+        let invite = args(dir.path(), UsersCommand::Invite { ttl_secs: 3600 });
+        let printed = run(&invite).await.unwrap();
+        let (code, expires) = printed.trim_end().split_once(' ').unwrap();
+        let expires: chrono::DateTime<chrono::Utc> = expires.parse().unwrap();
+        let hour = chrono::Duration::hours(1);
+        assert!((expires - chrono::Utc::now() - hour).num_seconds().abs() < 60);
+        assert!(store.invite_usable(code, chrono::Utc::now()).await.unwrap());
+        assert!(!store.invite_usable(code, expires).await.unwrap());
     }
 
     #[tokio::test]

@@ -607,7 +607,8 @@ async fn a_thousand_users_with_scripts_at_once() {
     let store = chorus_store::sqlite::SqliteStore::open(&data_dir.path().join("chorus.db"))
         .await
         .unwrap();
-    let hash = chorus_gateway::auth::hash_password("correct horse".into())
+    let hash = chorus_gateway::auth::Hashing::new(1, 0)
+        .hash("correct horse".into())
         .await
         .unwrap();
     let sender = store.create_user("sender", &hash).await.unwrap();

@@ -85,7 +85,8 @@ impl TestApp {
         let store = chorus_store::sqlite::SqliteStore::open(&data_dir.path().join("chorus.db"))
             .await
             .unwrap();
-        let hash = chorus_gateway::auth::hash_password(PASSWORD.into())
+        let hash = chorus_gateway::auth::Hashing::new(1, 0)
+            .hash(PASSWORD.into())
             .await
             .unwrap();
         let admin = store.create_user(username, &hash).await.unwrap();
@@ -125,6 +126,18 @@ impl Api {
         Api {
             addr,
             http: reqwest::Client::new(),
+        }
+    }
+
+    /// A client of the node at `addr` whose connections come from `local` (any of
+    /// 127.0.0.0/8 on Linux): another client address, as far as the node can tell.
+    pub fn from_address(addr: SocketAddr, local: &str) -> Api {
+        Api {
+            addr,
+            http: reqwest::Client::builder()
+                .local_address(local.parse::<std::net::IpAddr>().unwrap())
+                .build()
+                .unwrap(),
         }
     }
 
