@@ -2,6 +2,7 @@
 // error format, and one small function per endpoint the app uses.
 
 import type {
+  AuthOptions,
   AutoReply,
   Conversation,
   Job,
@@ -100,8 +101,9 @@ const q = (params: Record<string, string | number | undefined>) => {
 export const seg = (id: string): string => encodeURIComponent(id);
 
 export const api = {
-  register: (username: string, password: string) =>
-    request<Session>('POST', '/auth/register', { username, password }),
+  register: (username: string, password: string, invite?: string) =>
+    request<Session>('POST', '/auth/register', invite === undefined ? { username, password } : { username, password, invite }),
+  authOptions: () => request<AuthOptions>('GET', '/auth/options'),
   login: (username: string, password: string) =>
     request<Session>('POST', '/auth/login', { username, password }),
   me: () => request<User>('GET', '/me'),

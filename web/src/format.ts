@@ -104,6 +104,14 @@ export function validateCredentials(mode: AuthMode, username: string, password: 
   return null;
 }
 
+/** A wait for people: 4_000 → "4 seconds", 300_000 → "5 minutes", rounded up. */
+export function waitText(ms: number): string {
+  const unit = (n: number, name: string) => `${n} ${name}${n === 1 ? '' : 's'}`;
+  if (ms <= 60_000) return unit(Math.max(1, Math.ceil(ms / 1000)), 'second');
+  if (ms <= 3_600_000) return unit(Math.ceil(ms / 60_000), 'minute');
+  return unit(Math.ceil(ms / 3_600_000), 'hour');
+}
+
 /** What to tell a person when signing in or up failed, from the error code. */
 export function authErrorMessage(mode: AuthMode, e: unknown): string {
   if (!(e instanceof ApiError)) return 'Something went wrong. Try again.';
@@ -116,8 +124,15 @@ export function authErrorMessage(mode: AuthMode, e: unknown): string {
       return mode === 'register'
         ? `The server refused these details: ${e.message}.`
         : 'Enter your username and password.';
-    case 'rate_limited':
-      return 'Too many attempts. Wait a moment and try again.';
+    case 'rate_limited': {
+      const ms = e.details.retry_after_ms;
+      const wait = typeof ms === 'number' ? ` Try again in ${waitText(ms)}.` : ' Wait a while and try again.';
+      return mode === 'register' ? `Too many new accounts from your network.${wait}` : `Too many failed sign-ins.${wait}`;
+    }
+    case 'registration_closed':
+      return 'This server does not take new accounts. Ask its administrator.';
+    case 'invalid_invite':
+      return 'That invite code is unknown, used or expired. Ask for a new one.';
     case 'unavailable':
       return 'The server is busy or restarting. Try again in a moment.';
     case 'network':

@@ -12,6 +12,14 @@ export interface Session {
   user: User;
 }
 
+/** Who may sign up: anyone, no one, or whoever has an administrator's invite code. */
+export type Registration = 'open' | 'closed' | 'invite';
+
+/** `GET /auth/options`. */
+export interface AuthOptions {
+  registration: Registration;
+}
+
 export interface Conversation {
   id: string;
   kind: 'direct' | 'group';

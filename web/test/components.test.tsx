@@ -82,8 +82,91 @@ describe('AuthScreen', () => {
       fill('Password', 'short');
     });
     await submit();
-    expect(calls).toEqual([]);
+    // The sign-up form reads how the server takes sign-ups; nothing was sent.
+    expect(calls.filter((c) => c.method !== 'GET')).toEqual([]);
     expect(root.querySelector('[role=alert]')?.textContent).toMatch(/at least 8/);
+  });
+
+  it('says how long to wait when sign-ins are throttled', async () => {
+    mockFetch({
+      'POST /auth/login': [
+        429,
+        { error: { code: 'rate_limited', message: 'too many failed sign-ins; retry in 299500 ms', retry_after_ms: 299500 } },
+      ],
+    });
+    await act(() => render(<AuthScreen mode="login" notice={null} onSignedIn={() => {}} />, root));
+    await act(() => {
+      fill('Username', 'ada');
+      fill('Password', 'correct horse');
+    });
+    await submit();
+    expect(root.querySelector('[role=alert]')?.textContent).toBe('Too many failed sign-ins. Try again in 5 minutes.');
+    expect(root.querySelector<HTMLButtonElement>('button[type=submit]')?.disabled).toBe(false);
+  });
+
+  it('asks for an invite code when the server takes sign-ups by invite, and sends it', async () => {
+    const session = { token: 't', user: { id: 'u', username: 'ada' } };
+    const calls = mockFetch({
+      'GET /auth/options': [200, { registration: 'invite' }],
+      'POST /auth/register': [201, session],
+    });
+    const signedIn = vi.fn();
+    await act(() => render(<AuthScreen mode="register" notice={null} onSignedIn={signedIn} />, root));
+    await flush();
+    await act(() => {
+      fill('Username', 'ada');
+      fill('Password', 'correct horse');
+    });
+    await submit();
+    expect(root.querySelector('[role=alert]')?.textContent).toBe('Enter your invite code.');
+    await act(() => fill('Invite code', ' 0123abcd '));
+    await submit();
+    expect(calls.at(-1)).toEqual({
+      method: 'POST',
+      path: '/auth/register',
+      body: { username: 'ada', password: 'correct horse', invite: '0123abcd' },
+    });
+    expect(signedIn).toHaveBeenCalledWith(session);
+  });
+
+  it('says a used invite code is used', async () => {
+    mockFetch({
+      'GET /auth/options': [200, { registration: 'invite' }],
+      'POST /auth/register': [403, { error: { code: 'invalid_invite', message: 'the invite code is unknown, used or expired' } }],
+    });
+    await act(() => render(<AuthScreen mode="register" notice={null} onSignedIn={() => {}} />, root));
+    await flush();
+    await act(() => {
+      fill('Username', 'ada');
+      fill('Password', 'correct horse');
+      fill('Invite code', 'used-code');
+    });
+    await submit();
+    expect(root.querySelector('[role=alert]')?.textContent).toMatch(/unknown, used or expired/);
+  });
+
+  it('shows the invite field when the server asks for a code it had not announced', async () => {
+    mockFetch({
+      'POST /auth/register': [403, { error: { code: 'invalid_invite', message: 'an invite code is required' } }],
+    });
+    await act(() => render(<AuthScreen mode="register" notice={null} onSignedIn={() => {}} />, root));
+    await flush();
+    expect(root.querySelector('input[name=invite]')).toBeNull();
+    await act(() => {
+      fill('Username', 'ada');
+      fill('Password', 'correct horse');
+    });
+    await submit();
+    expect(root.querySelector('input[name=invite]')).not.toBeNull();
+    expect(root.querySelector('[role=alert]')?.textContent).toMatch(/by invite/);
+  });
+
+  it('says a closed server takes no new accounts, and offers no button to try', async () => {
+    mockFetch({ 'GET /auth/options': [200, { registration: 'closed' }] });
+    await act(() => render(<AuthScreen mode="register" notice={null} onSignedIn={() => {}} />, root));
+    await flush();
+    expect(root.querySelector('[role=status]')?.textContent).toMatch(/does not take new accounts/);
+    expect(root.querySelector<HTMLButtonElement>('button[type=submit]')?.disabled).toBe(true);
   });
 
   it('hands the session over on success', async () => {

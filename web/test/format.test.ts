@@ -12,6 +12,7 @@ import {
   typingText,
   uuid,
   validateCredentials,
+  waitText,
 } from '../src/format';
 import { parseRoute, href, isId } from '../src/router';
 
@@ -75,6 +76,21 @@ describe('auth errors', () => {
     expect(authErrorMessage('register', new ApiError(0, 'network', 'x'))).toMatch(/Cannot reach/);
     expect(authErrorMessage('register', new ApiError(400, 'bad_request', 'username must be …'))).toMatch(/username must be/);
     expect(sendErrorMessage('too_large', '')).toMatch(/16 KiB/);
+    expect(authErrorMessage('register', new ApiError(403, 'registration_closed', 'x'))).toMatch(/does not take new accounts/);
+    expect(
+      authErrorMessage('register', new ApiError(429, 'rate_limited', 'x', { retry_after_ms: 1_200_000 })),
+    ).toBe('Too many new accounts from your network. Try again in 20 minutes.');
+    expect(authErrorMessage('login', new ApiError(429, 'rate_limited', 'x'))).toBe(
+      'Too many failed sign-ins. Wait a while and try again.',
+    );
+  });
+  it('says waits in whole seconds, minutes or hours, rounded up', () => {
+    expect(waitText(1)).toBe('1 second');
+    expect(waitText(4_000)).toBe('4 seconds');
+    expect(waitText(60_000)).toBe('60 seconds');
+    expect(waitText(60_001)).toBe('2 minutes');
+    expect(waitText(299_500)).toBe('5 minutes');
+    expect(waitText(3_600_001)).toBe('2 hours');
   });
 });
 

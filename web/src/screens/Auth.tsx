@@ -1,7 +1,7 @@
-import { useRef, useState } from 'preact/hooks';
-import { api } from '../api';
+import { useEffect, useRef, useState } from 'preact/hooks';
+import { ApiError, api } from '../api';
 import { type AuthMode, authErrorMessage, validateCredentials } from '../format';
-import type { Session } from '../types';
+import type { Registration, Session } from '../types';
 
 export function AuthScreen({
   mode,
@@ -15,13 +15,34 @@ export function AuthScreen({
   const [username, setUsername] = useState('');
   const [password, setPassword] = useState('');
   const [error, setError] = useState<string | null>(null);
+  const [invite, setInvite] = useState('');
   const [busy, setBusy] = useState(false);
+  // How this server takes sign-ups; 'open' until it says otherwise (a server without
+  // GET /auth/options takes them openly).
+  const [registration, setRegistration] = useState<Registration>('open');
   const userRef = useRef<HTMLInputElement>(null);
+  const inviteRef = useRef<HTMLInputElement>(null);
   const register = mode === 'register';
+  const byInvite = register && registration === 'invite';
+  const closed = register && registration === 'closed';
+
+  useEffect(() => {
+    if (!register) return;
+    let live = true;
+    api
+      .authOptions()
+      .then((o) => live && setRegistration(o.registration))
+      .catch(() => {});
+    return () => {
+      live = false;
+    };
+  }, [register]);
 
   const submit = async (e: Event) => {
     e.preventDefault();
-    const invalid = validateCredentials(mode, username, password);
+    const code = invite.trim();
+    const invalid =
+      validateCredentials(mode, username, password) ?? (byInvite && !code ? 'Enter your invite code.' : null);
     if (invalid) {
       setError(invalid);
       return;
@@ -29,12 +50,21 @@ export function AuthScreen({
     setBusy(true);
     setError(null);
     try {
-      const s = register ? await api.register(username, password) : await api.login(username, password);
+      const s = register
+        ? await api.register(username, password, byInvite ? code : undefined)
+        : await api.login(username, password);
       onSignedIn(s);
     } catch (err) {
-      setError(authErrorMessage(mode, err));
       setBusy(false);
-      userRef.current?.focus();
+      // The server changed its mind since the form was shown: follow it.
+      if (err instanceof ApiError && err.code === 'invalid_invite' && !byInvite) {
+        setRegistration('invite');
+        setError('Sign-up on this server is by invite. Enter your invite code.');
+        return;
+      }
+      if (err instanceof ApiError && err.code === 'registration_closed') setRegistration('closed');
+      setError(authErrorMessage(mode, err));
+      (err instanceof ApiError && err.code === 'invalid_invite' ? inviteRef : userRef).current?.focus();
     }
   };
 
@@ -77,10 +107,33 @@ export function AuthScreen({
           />
         </label>
         {register && <p class="hint">At least 8 characters.</p>}
+        {byInvite && (
+          <>
+            <label>
+              Invite code
+              <input
+                ref={inviteRef}
+                name="invite"
+                autoComplete="off"
+                autoCapitalize="none"
+                spellcheck={false}
+                required
+                value={invite}
+                onInput={(e) => setInvite(e.currentTarget.value)}
+              />
+            </label>
+            <p class="hint">New accounts here need an invite. Ask an administrator for a code.</p>
+          </>
+        )}
+        {closed && !error && (
+          <p class="notice" role="status">
+            This server does not take new accounts. Ask its administrator.
+          </p>
+        )}
         <p id="auth-error" class="error" role="alert">
           {error ?? ''}
         </p>
-        <button type="submit" class="primary" disabled={busy}>
+        <button type="submit" class="primary" disabled={busy || closed}>
           {busy ? (register ? 'Creating…' : 'Signing in…') : register ? 'Create account' : 'Sign in'}
         </button>
         <p class="switch">
