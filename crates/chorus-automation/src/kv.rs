@@ -6,7 +6,9 @@ use chorus_sandbox::Kv;
 use chorus_store::Store;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::runtime::Handle;
 
 /// Longest key, bytes.
@@ -43,6 +45,26 @@ impl StoreKv {
         }
     }
 
+    /// Waits for `operation` on the store, until `deadline` at most: past it the
+    /// sandbox ends the run anyway, and a store call must not hold the thread longer.
+    /// A write cut short is dropped with its transaction, so it is rolled back (or was
+    /// committed whole).
+    fn wait<T>(
+        &self,
+        deadline: Instant,
+        operation: impl Future<Output = Result<T, chorus_store::StoreError>>,
+    ) -> Result<T, String> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        match self
+            .runtime
+            .block_on(tokio::time::timeout_at(deadline, operation))
+        {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(format!("kv unavailable: {e}")),
+            Err(_) => Err("kv unavailable: out of time".to_owned()),
+        }
+    }
+
     fn check_key(key: &str) -> Result<(), String> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES || key.contains('\0') {
             return Err(format!(
@@ -54,15 +76,12 @@ impl StoreKv {
 }
 
 impl Kv for StoreKv {
-    fn get(&mut self, key: &str) -> Result<Option<Value>, String> {
+    fn get(&mut self, key: &str, deadline: Instant) -> Result<Option<Value>, String> {
         Self::check_key(key)?;
         if let Some(v) = self.overlay.as_ref().and_then(|o| o.get(key)) {
             return Ok(v.clone());
         }
-        let stored = self
-            .runtime
-            .block_on(self.store.kv_get(self.script, key))
-            .map_err(|e| format!("kv unavailable: {e}"))?;
+        let stored = self.wait(deadline, self.store.kv_get(self.script, key))?;
         stored
             .map(|text| {
                 serde_json::from_str(&text).map_err(|e| format!("kv value unreadable: {e}"))
@@ -70,7 +89,7 @@ impl Kv for StoreKv {
             .transpose()
     }
 
-    fn set(&mut self, key: &str, value: Value) -> Result<(), String> {
+    fn set(&mut self, key: &str, value: Value, deadline: Instant) -> Result<(), String> {
         Self::check_key(key)?;
         let text = value.to_string();
         if text.len() > self.max_value_bytes || text.contains('\0') {
@@ -83,10 +102,10 @@ impl Kv for StoreKv {
             overlay.insert(key.to_owned(), Some(value));
             return Ok(());
         }
-        let stored = self
-            .runtime
-            .block_on(self.store.kv_set(self.script, key, &text, self.max_keys))
-            .map_err(|e| format!("kv unavailable: {e}"))?;
+        let stored = self.wait(
+            deadline,
+            self.store.kv_set(self.script, key, &text, self.max_keys),
+        )?;
         if stored {
             Ok(())
         } else {
@@ -94,14 +113,12 @@ impl Kv for StoreKv {
         }
     }
 
-    fn delete(&mut self, key: &str) -> Result<(), String> {
+    fn delete(&mut self, key: &str, deadline: Instant) -> Result<(), String> {
         Self::check_key(key)?;
         if let Some(overlay) = &mut self.overlay {
             overlay.insert(key.to_owned(), None);
             return Ok(());
         }
-        self.runtime
-            .block_on(self.store.kv_delete(self.script, key))
-            .map_err(|e| format!("kv unavailable: {e}"))
+        self.wait(deadline, self.store.kv_delete(self.script, key))
     }
 }

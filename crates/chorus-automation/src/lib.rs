@@ -106,6 +106,8 @@ impl Engine {
             limits: Limits {
                 memory_bytes: usize::try_from(script.memory_bytes).unwrap_or(usize::MAX),
                 cpu: Duration::from_millis(script.cpu_ms),
+                kv_time: Duration::from_millis(self.config.kv_time_ms),
+                kv_calls: self.config.kv_max_calls,
             },
             max_output_bytes: MAX_OUTPUT_BYTES,
         }

@@ -370,6 +370,12 @@ pub struct AutomationConfig {
     pub kv_max_keys: usize,
     /// Size of one `ctx.kv` value as JSON, bytes.
     pub kv_max_value_bytes: usize,
+    /// Time one run's `ctx.kv` calls may take on top of its CPU budget, milliseconds:
+    /// whatever the store does, a run ends by `cpu_ms + kv_time_ms` of wall-clock time.
+    pub kv_time_ms: u64,
+    /// `ctx.kv` calls in one run; the one after them throws and fails the run
+    /// (`kv_calls`).
+    pub kv_max_calls: u32,
     /// Threads running scripts (0: one per core).
     pub threads: usize,
 }
@@ -439,6 +445,12 @@ impl Default for AutomationConfig {
             disable_after_failures: 10,
             kv_max_keys: 256,
             kv_max_value_bytes: 4096,
+            // About a hundred round trips to a database across a network; SQLite answers
+            // in tens of microseconds.
+            kv_time_ms: 100,
+            // What Cloudflare Workers allow per invocation; a hook's state is at most
+            // `kv_max_keys` (256) keys.
+            kv_max_calls: 1000,
             threads: 0,
         }
     }
@@ -570,6 +582,9 @@ impl Config {
         }
         if a.cpu_ms == 0 || a.max_cpu_ms < a.cpu_ms {
             return bad("automation.cpu_ms must be positive and <= automation.max_cpu_ms");
+        }
+        if a.kv_time_ms > 60_000 || a.kv_max_calls == 0 {
+            return bad("automation.kv_time_ms must be at most 60000 and kv_max_calls positive");
         }
         if a.max_source_bytes == 0 || a.max_scripts_per_user == 0 || a.disable_after_failures == 0 {
             return bad(

@@ -176,6 +176,8 @@ async fn run(ctx: &JobsContext, request: &JobRequest) -> Result<(Value, Duration
         limits: Limits {
             memory_bytes: usize::try_from(request.memory_bytes).unwrap_or(usize::MAX),
             cpu: Duration::from_millis(request.cpu_ms),
+            // A job has no `ctx`, so no host calls.
+            ..Limits::default()
         },
         max_output_bytes: ctx.config.max_output_bytes,
     };

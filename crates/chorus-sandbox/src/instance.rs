@@ -2,7 +2,7 @@
 //! `ctx` object, the limits, and the conversions between JSON and JavaScript values.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +17,7 @@ use rquickjs::{
     Runtime, Value,
 };
 
-use crate::{Kv, LOAD_BUDGET, LOGS_TRUNCATED, MAX_LOG_LINE_CHARS, MAX_LOG_LINES, RunError};
+use crate::{Kv, LOAD_BUDGET, LOGS_TRUNCATED, Limits, MAX_LOG_LINE_CHARS, MAX_LOG_LINES, RunError};
 
 /// The builtins a context gets: ECMAScript only. `Eval` is needed to evaluate any code
 /// (modules included); left out are `performance`, `WeakRef`/`FinalizationRegistry`
@@ -91,7 +91,7 @@ impl Instance {
         let interrupt = Arc::clone(&host);
         runtime.set_interrupt_handler(Some(Box::new(move || interrupt.expired())));
         let context = Context::custom::<Intrinsics>(&runtime).map_err(|error| internal(&error))?;
-        host.arm(LOAD_BUDGET);
+        host.arm(LOAD_BUDGET, Duration::ZERO);
         context.with(|ctx| evaluate(&ctx, &host, source))?;
         let bytes = measure(&runtime);
         Ok(Self {
@@ -116,7 +116,7 @@ impl Instance {
 
     /// The names the module exports as functions, sorted.
     pub(crate) fn exports(&self) -> Result<Vec<String>, RunError> {
-        self.host.arm(LOAD_BUDGET);
+        self.host.arm(LOAD_BUDGET, Duration::ZERO);
         self.context.with(|ctx| {
             let namespace = slot(&ctx, NAMESPACE)?;
             let mut names = Vec::new();
@@ -136,15 +136,18 @@ impl Instance {
 
     /// Calls `function` with `args` (and the `ctx` object last if `with_ctx`).
     pub(crate) fn call(&mut self, call: Invocation<'_>, kv: Option<Box<dyn Kv>>) -> Ran {
-        self.runtime.set_memory_limit(call.memory_bytes);
-        self.host.begin(kv, call.cpu);
+        self.runtime.set_memory_limit(call.limits.memory_bytes);
+        self.host.begin(kv, &call.limits);
         let outcome = self.context.with(|ctx| invoke(&ctx, &self.host, &call));
         let logs = self.host.end();
         self.calls += 1;
+        // A stopped run failed whatever it returned: it may have caught the error a
+        // refused `ctx.kv` call threw and returned before the interrupt handler ran.
+        let outcome = match self.host.stop_fault() {
+            Some(stopped) => Err(stopped),
+            None => outcome,
+        };
         let (result, reusable) = match outcome {
-            _ if self.host.broken.load(Ordering::Relaxed) => {
-                (Err(RunError::Unavailable(KV_PANICKED.to_owned())), false)
-            }
             Ok(value) => (Ok(value), true),
             Err(fault) => {
                 let reusable = fault.reusable();
@@ -167,8 +170,7 @@ pub(crate) struct Invocation<'a> {
     pub(crate) function: &'a str,
     pub(crate) args: &'a [serde_json::Value],
     pub(crate) with_ctx: bool,
-    pub(crate) memory_bytes: usize,
-    pub(crate) cpu: Duration,
+    pub(crate) limits: Limits,
     pub(crate) max_output_bytes: usize,
 }
 
@@ -179,13 +181,16 @@ fn measure(runtime: &Runtime) -> usize {
 /// State shared by the instance, its interrupt handler and the `ctx` functions.
 #[derive(Default)]
 struct Host {
-    /// Nanoseconds since [`epoch`] after which the interrupt handler stops the script.
+    /// Nanoseconds since [`epoch`] after which the interrupt handler stops the script:
+    /// the CPU budget after the start, moved by the time spent in `ctx.kv` calls, but
+    /// never past `cap`.
     deadline: AtomicU64,
-    /// Set once the interrupt handler stopped the script in the current call.
-    fired: AtomicBool,
-    /// Set when the caller's store panicked: the script is stopped and the instance
-    /// dropped.
-    broken: AtomicBool,
+    /// Nanoseconds since [`epoch`] by which the run ends whatever its `ctx.kv` calls
+    /// took: the CPU budget plus [`Limits::kv_time`] after the start.
+    cap: AtomicU64,
+    /// Why the run was stopped ([`Stop`] as a number), 0 while it may go on. Once set,
+    /// the interrupt handler stops the script and `ctx.kv` calls are refused.
+    stop: AtomicU8,
     call: Mutex<CallState>,
 }
 
@@ -194,23 +199,43 @@ struct CallState {
     kv: Option<Box<dyn Kv>>,
     logs: Vec<String>,
     logs_truncated: bool,
+    /// `ctx.kv` calls made in this run.
+    kv_calls: u32,
+    /// The most this run may make.
+    max_kv_calls: u32,
+}
+
+/// Why a run was stopped before it returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Stop {
+    /// Its deadline passed: the CPU budget, or the wall-clock cap.
+    Deadline = 1,
+    /// It tried one `ctx.kv` call more than its limit.
+    KvCalls = 2,
+    /// The caller's store panicked: the instance is dropped.
+    KvPanicked = 3,
 }
 
 impl Host {
-    fn arm(&self, budget: Duration) {
-        self.fired.store(false, Ordering::Relaxed);
-        let budget = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX);
-        self.deadline
-            .store(now_nanos().saturating_add(budget), Ordering::Relaxed);
+    /// Starts a run with `budget` of CPU and `kv_time` more for its `ctx.kv` calls.
+    fn arm(&self, budget: Duration, kv_time: Duration) {
+        self.stop.store(0, Ordering::Relaxed);
+        let deadline = now_nanos().saturating_add(nanos(budget));
+        self.deadline.store(deadline, Ordering::Relaxed);
+        self.cap
+            .store(deadline.saturating_add(nanos(kv_time)), Ordering::Relaxed);
     }
 
-    fn begin(&self, kv: Option<Box<dyn Kv>>, budget: Duration) {
+    fn begin(&self, kv: Option<Box<dyn Kv>>, limits: &Limits) {
         let mut state = self.state();
         state.kv = kv;
         state.logs.clear();
         state.logs_truncated = false;
+        state.kv_calls = 0;
+        state.max_kv_calls = limits.kv_calls;
         drop(state);
-        self.arm(budget);
+        self.arm(limits.cpu, limits.kv_time);
     }
 
     /// Drops the store and returns the logs.
@@ -224,22 +249,42 @@ impl Host {
         logs
     }
 
-    /// The interrupt handler: QuickJS calls it every few thousand operations.
+    /// The interrupt handler: QuickJS calls it every few thousand operations (10,000
+    /// in QuickJS-ng: a few microseconds of script).
     fn expired(&self) -> bool {
-        if self.broken.load(Ordering::Relaxed)
-            || now_nanos() > self.deadline.load(Ordering::Relaxed)
-        {
-            self.fired.store(true, Ordering::Relaxed);
-            true
-        } else {
-            false
+        if self.stopped().is_none() && now_nanos() > self.deadline.load(Ordering::Relaxed) {
+            self.halt(Stop::Deadline);
+        }
+        self.stopped().is_some()
+    }
+
+    /// Stops the run for `why`, unless it was stopped already (the first reason stays).
+    fn halt(&self, why: Stop) {
+        let _ = self
+            .stop
+            .compare_exchange(0, why as u8, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn stopped(&self) -> Option<Stop> {
+        match self.stop.load(Ordering::Relaxed) {
+            1 => Some(Stop::Deadline),
+            2 => Some(Stop::KvCalls),
+            3 => Some(Stop::KvPanicked),
+            _ => None,
         }
     }
 
+    /// What the run failed with, if it was stopped.
+    fn stop_fault(&self) -> Option<Fault> {
+        Some(match self.stopped()? {
+            Stop::Deadline => Fault::Timeout,
+            Stop::KvCalls => Fault::KvCalls(self.state().max_kv_calls),
+            Stop::KvPanicked => Fault::Internal(KV_PANICKED.to_owned()),
+        })
+    }
+
     fn timed_out(&self) -> bool {
-        self.fired.load(Ordering::Relaxed)
-            || self.broken.load(Ordering::Relaxed)
-            || now_nanos() > self.deadline.load(Ordering::Relaxed)
+        self.stopped().is_some() || now_nanos() > self.deadline.load(Ordering::Relaxed)
     }
 
     /// The lock is never held while calling the store or JavaScript, so it can only be
@@ -266,7 +311,19 @@ impl Host {
         }
     }
 
-    /// Runs `f` on the store, outside the CPU budget.
+    /// Runs `f` on the store, giving it the run's cap as its deadline; an `Err` is the
+    /// message of the exception the script gets.
+    ///
+    /// Time spent here does not count against the CPU budget, up to the run's
+    /// [`Limits::kv_time`]: the deadline moves by the time spent, but never past the
+    /// cap. So a script that loops on `ctx.kv` ends by `cpu + kv_time` however slow the
+    /// store (a store that ignores its deadline can make it late by one call). Until
+    /// issue 23 the deadline moved without bound: `for (;;) ctx.kv.get(k)` with a 10 ms
+    /// budget ran 1.1 s, with 1000 ms 155 s.
+    ///
+    /// A call past the run's limit of calls, past its deadline or after it was stopped
+    /// is refused: it throws, and the run fails with the reason whatever the script
+    /// does next (see [`Instance::call`]).
     ///
     /// A panic in the store is caught here rather than left to rquickjs, which would
     /// turn it into an exception the script can catch and resume the panic at some later
@@ -274,35 +331,79 @@ impl Host {
     /// interrupt handler, and the call reported as `Unavailable`.
     fn with_kv<T>(
         &self,
-        f: impl FnOnce(&mut dyn Kv) -> Result<T, String>,
-    ) -> Option<Result<T, String>> {
-        let mut kv = self.state().kv.take()?;
-        let started = Instant::now();
-        let Ok(result) = panic::catch_unwind(AssertUnwindSafe(|| f(kv.as_mut()))) else {
-            self.broken.store(true, Ordering::Relaxed);
-            return Some(Err(KV_PANICKED.to_owned()));
+        f: impl FnOnce(&mut dyn Kv, Instant) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let mut state = self.state();
+        if now_nanos() > self.deadline.load(Ordering::Relaxed) {
+            self.halt(Stop::Deadline);
+        }
+        if state.kv_calls >= state.max_kv_calls {
+            self.halt(Stop::KvCalls);
+        }
+        if let Some(stop) = self.stopped() {
+            return Err(match stop {
+                Stop::Deadline => OUT_OF_TIME.to_owned(),
+                Stop::KvCalls => too_many_kv_calls(state.max_kv_calls),
+                Stop::KvPanicked => KV_PANICKED.to_owned(),
+            });
+        }
+        let Some(mut kv) = state.kv.take() else {
+            return Err(KV_UNAVAILABLE.to_owned());
         };
-        let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        state.kv_calls += 1;
+        drop(state);
+        let started = now_nanos();
+        let cap = self.cap.load(Ordering::Relaxed);
+        let deadline = epoch() + Duration::from_nanos(cap);
+        let Ok(result) = panic::catch_unwind(AssertUnwindSafe(|| f(kv.as_mut(), deadline))) else {
+            self.halt(Stop::KvPanicked);
+            return Err(KV_PANICKED.to_owned());
+        };
+        let now = now_nanos();
+        let spent = now.saturating_sub(started);
         // Only fails if the closure returns None, which it does not.
         let _ = self
             .deadline
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |deadline| {
-                Some(deadline.saturating_add(spent))
+                Some(deadline.saturating_add(spent).min(cap))
             });
         self.state().kv = Some(kv);
-        Some(result)
+        if now > self.deadline.load(Ordering::Relaxed) {
+            self.halt(Stop::Deadline);
+            return Err(OUT_OF_TIME.to_owned());
+        }
+        result
     }
 }
 
-fn now_nanos() -> u64 {
+/// The message a refused `ctx.kv` call throws once the run has no time left.
+const OUT_OF_TIME: &str = "out of time";
+
+/// The message a `ctx.kv` call past the run's limit throws.
+fn too_many_kv_calls(max: u32) -> String {
+    format!("more than {max} ctx.kv calls in one run")
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The instant the deadlines count from.
+fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_nanos() -> u64 {
+    nanos(epoch().elapsed())
 }
 
 /// Why something failed inside the engine.
 enum Fault {
     Timeout,
     OutOfMemory,
+    /// One `ctx.kv` call more than the limit, the number.
+    KvCalls(u32),
     /// A JavaScript exception; `overflow` if it was the stack limit.
     Thrown {
         message: String,
@@ -322,7 +423,7 @@ impl Fault {
         match self {
             Self::Thrown { overflow, .. } => !overflow,
             Self::Missing(_) | Self::Output(_) => true,
-            Self::Timeout | Self::OutOfMemory | Self::Internal(_) => false,
+            Self::Timeout | Self::OutOfMemory | Self::KvCalls(_) | Self::Internal(_) => false,
         }
     }
 
@@ -330,6 +431,7 @@ impl Fault {
         match self {
             Self::Timeout => RunError::Timeout,
             Self::OutOfMemory => RunError::OutOfMemory,
+            Self::KvCalls(max) => RunError::KvCalls { max },
             Self::Thrown { message, .. } => RunError::Thrown(message),
             Self::Missing(name) => RunError::Missing(name),
             Self::Output(why) => RunError::Output(why),
@@ -379,9 +481,9 @@ fn position(stack: &str) -> Option<(u32, u32)> {
 
 /// Turns an rquickjs error into a [`Fault`], taking the pending exception if there is one.
 fn fault(ctx: &Ctx<'_>, host: &Host, error: JsError) -> Fault {
-    if host.fired.load(Ordering::Relaxed) {
+    if let Some(stopped) = host.stop_fault() {
         drop(ctx.catch());
-        return Fault::Timeout;
+        return stopped;
     }
     match error {
         JsError::Exception => {
@@ -415,8 +517,8 @@ fn thrown_fault<'js>(ctx: &Ctx<'js>, host: &Host, thrown: &Value<'js>) -> Fault 
             && message.as_deref() == Some("Maximum call stack size exceeded")
     });
     let message = describe(ctx, thrown);
-    if host.fired.load(Ordering::Relaxed) {
-        return Fault::Timeout;
+    if let Some(stopped) = host.stop_fault() {
+        return stopped;
     }
     Fault::Thrown {
         message,
@@ -554,11 +656,10 @@ fn ctx_object<'js>(ctx: &Ctx<'js>, host: &Arc<Host>) -> rquickjs::Result<Object<
     let get_host = Arc::clone(host);
     let get = move |ctx: Ctx<'js>, key: Value<'js>| -> rquickjs::Result<Value<'js>> {
         let key = kv_key(&ctx, &key)?;
-        match get_host.with_kv(|kv| kv.get(&key)) {
-            Some(Ok(Some(value))) => json_to_js(&ctx, &value, 0),
-            Some(Ok(None)) => Ok(Value::new_null(ctx)),
-            Some(Err(message)) => Err(Exception::throw_message(&ctx, &message)),
-            None => Err(Exception::throw_message(&ctx, KV_UNAVAILABLE)),
+        match get_host.with_kv(|kv, deadline| kv.get(&key, deadline)) {
+            Ok(Some(value)) => json_to_js(&ctx, &value, 0),
+            Ok(None) => Ok(Value::new_null(ctx)),
+            Err(message) => Err(Exception::throw_message(&ctx, &message)),
         }
     };
     kv.set("get", Function::new(ctx.clone(), get)?.with_name("get")?)?;
@@ -567,22 +668,18 @@ fn ctx_object<'js>(ctx: &Ctx<'js>, host: &Arc<Host>) -> rquickjs::Result<Object<
     let set = move |ctx: Ctx<'js>, key: Value<'js>, value: Value<'js>| -> rquickjs::Result<()> {
         let key = kv_key(&ctx, &key)?;
         let value = js_to_json(&ctx, value).map_err(|why| Exception::throw_type(&ctx, &why))?;
-        match set_host.with_kv(|kv| kv.set(&key, value)) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(message)) => Err(Exception::throw_message(&ctx, &message)),
-            None => Err(Exception::throw_message(&ctx, KV_UNAVAILABLE)),
-        }
+        set_host
+            .with_kv(|kv, deadline| kv.set(&key, value, deadline))
+            .map_err(|message| Exception::throw_message(&ctx, &message))
     };
     kv.set("set", Function::new(ctx.clone(), set)?.with_name("set")?)?;
 
     let delete_host = Arc::clone(host);
     let delete = move |ctx: Ctx<'js>, key: Value<'js>| -> rquickjs::Result<()> {
         let key = kv_key(&ctx, &key)?;
-        match delete_host.with_kv(|kv| kv.delete(&key)) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(message)) => Err(Exception::throw_message(&ctx, &message)),
-            None => Err(Exception::throw_message(&ctx, KV_UNAVAILABLE)),
-        }
+        delete_host
+            .with_kv(|kv, deadline| kv.delete(&key, deadline))
+            .map_err(|message| Exception::throw_message(&ctx, &message))
     };
     kv.set(
         "delete",
@@ -650,8 +747,8 @@ fn settle<'js>(ctx: &Ctx<'js>, host: &Host, value: Value<'js>) -> Result<Value<'
             return Err(Fault::Timeout);
         }
     }
-    if host.fired.load(Ordering::Relaxed) {
-        return Err(Fault::Timeout);
+    if let Some(stopped) = host.stop_fault() {
+        return Err(stopped);
     }
     settled
 }

@@ -33,9 +33,12 @@
 //!
 //! **Limits.** Each call sets the runtime's memory limit and a deadline, an atomic that
 //! the interrupt handler compares with the clock; the stack is limited to 256 KiB so that
-//! deep recursion is a clean `RangeError`. Time spent in host calls (`ctx.kv.*`) extends
-//! the deadline, so a slow store does not count against the script. Loading a module runs
-//! its top-level code under [`LOAD_BUDGET`].
+//! deep recursion is a clean `RangeError`. Time spent in host calls (`ctx.kv.*`) moves
+//! the deadline, so a slow store does not count against the script, but only up to
+//! [`Limits::kv_time`]: whatever the store does, a call ends by `cpu + kv_time` of
+//! wall-clock time (the store is given that instant as its deadline), and it makes at
+//! most [`Limits::kv_calls`] host calls. Loading a module runs its top-level code under
+//! [`LOAD_BUDGET`].
 //!
 //! **Threads.** Script calls are synchronous and CPU-bound, so they never run on the
 //! async workers: [`SandboxConfig::threads`] OS threads take jobs from one channel, and
@@ -54,7 +57,7 @@ mod worker;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -97,32 +100,45 @@ impl Default for SandboxConfig {
 pub struct Limits {
     /// Memory of the instance's runtime (module state included).
     pub memory_bytes: usize,
-    /// Time the script may run, not counting host calls.
+    /// Time the script may run, not counting host calls (up to `kv_time` of them).
     pub cpu: Duration,
+    /// Time the call's host calls (`ctx.kv.*`) may take on top of `cpu`: the call ends
+    /// by `cpu + kv_time` of wall-clock time, whatever they took, with
+    /// [`RunError::Timeout`].
+    pub kv_time: Duration,
+    /// Most host calls in one call: the one after them throws, and the call fails with
+    /// [`RunError::KvCalls`] whatever the script does next.
+    pub kv_calls: u32,
 }
 
 impl Default for Limits {
-    /// 4 MiB and 10 ms.
+    /// 4 MiB, 10 ms, 100 ms more for host calls, and 1000 of them (Cloudflare Workers
+    /// allow 1000 KV operations per invocation).
     fn default() -> Self {
         Self {
             memory_bytes: 4 << 20,
             cpu: Duration::from_millis(10),
+            kv_time: Duration::from_millis(100),
+            kv_calls: 1000,
         }
     }
 }
 
 /// A key-value store that a script reaches through `ctx.kv`.
 ///
-/// Called synchronously on a sandbox thread while the script waits; the time spent here
-/// is not counted against the call's CPU budget. An `Err` becomes a JavaScript `Error`
-/// with that message, which the script can catch.
+/// Called synchronously on a sandbox thread while the script waits. The time spent here
+/// is not counted against the call's CPU budget, up to [`Limits::kv_time`]; `deadline`
+/// is when the call's time is up whatever the store does: answer by then (an `Err`
+/// is fine), for the sandbox cannot interrupt a store that does not. An `Err` becomes
+/// a JavaScript `Error` with that message, which the script can catch.
 pub trait Kv: Send {
     /// The value stored under `key`, if any (`ctx.kv.get` returns `null` otherwise).
-    fn get(&mut self, key: &str) -> Result<Option<serde_json::Value>, String>;
+    fn get(&mut self, key: &str, deadline: Instant) -> Result<Option<serde_json::Value>, String>;
     /// Stores `value` under `key`.
-    fn set(&mut self, key: &str, value: serde_json::Value) -> Result<(), String>;
+    fn set(&mut self, key: &str, value: serde_json::Value, deadline: Instant)
+    -> Result<(), String>;
     /// Removes `key`, if present.
-    fn delete(&mut self, key: &str) -> Result<(), String>;
+    fn delete(&mut self, key: &str, deadline: Instant) -> Result<(), String>;
 }
 
 /// One call of a function exported by a script.
@@ -198,12 +214,18 @@ pub enum RunError {
     /// The script threw: `String(e)` for errors, the JSON or string form of other values.
     #[error("the script threw: {0}")]
     Thrown(String),
-    /// The CPU budget ran out.
+    /// The CPU budget ran out, or the wall-clock cap (`cpu + kv_time`) passed.
     #[error("the script ran out of time")]
     Timeout,
     /// The memory limit was reached.
     #[error("the script ran out of memory")]
     OutOfMemory,
+    /// The script made more host calls (`ctx.kv.*`) than [`Limits::kv_calls`].
+    #[error("the script made more than {max} ctx.kv calls")]
+    KvCalls {
+        /// The limit.
+        max: u32,
+    },
     /// The returned value is not JSON-representable, or too large.
     #[error("unusable return value: {0}")]
     Output(String),
@@ -229,6 +251,7 @@ impl RunError {
             Self::Thrown(_) => "thrown",
             Self::Timeout => "timeout",
             Self::OutOfMemory => "out_of_memory",
+            Self::KvCalls { .. } => "kv_calls",
             Self::Output(_) => "output",
             Self::Unavailable(_) => "unavailable",
         }

@@ -137,8 +137,7 @@ impl<'a> Session<'a> {
             function: &function,
             args: &args,
             with_ctx,
-            memory_bytes: limits.memory_bytes,
-            cpu: limits.cpu,
+            limits,
             max_output_bytes,
         };
         let ran = instance.call(invocation, kv);

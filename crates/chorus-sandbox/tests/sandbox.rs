@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chorus_sandbox::{
     Call, Failure, Kv, LOGS_TRUNCATED, Limits, MAX_LOG_LINE_CHARS, MAX_LOG_LINES, Outcome,
@@ -54,14 +54,14 @@ async fn error(source: &str) -> RunError {
 struct MapKv(Arc<Mutex<HashMap<String, Value>>>);
 
 impl Kv for MapKv {
-    fn get(&mut self, key: &str) -> Result<Option<Value>, String> {
+    fn get(&mut self, key: &str, _: Instant) -> Result<Option<Value>, String> {
         Ok(self.0.lock().unwrap().get(key).cloned())
     }
-    fn set(&mut self, key: &str, value: Value) -> Result<(), String> {
+    fn set(&mut self, key: &str, value: Value, _: Instant) -> Result<(), String> {
         self.0.lock().unwrap().insert(key.to_owned(), value);
         Ok(())
     }
-    fn delete(&mut self, key: &str) -> Result<(), String> {
+    fn delete(&mut self, key: &str, _: Instant) -> Result<(), String> {
         self.0.lock().unwrap().remove(key);
         Ok(())
     }
@@ -71,29 +71,47 @@ impl Kv for MapKv {
 struct BrokenKv;
 
 impl Kv for BrokenKv {
-    fn get(&mut self, _: &str) -> Result<Option<Value>, String> {
+    fn get(&mut self, _: &str, _: Instant) -> Result<Option<Value>, String> {
         Err("store is down".to_owned())
     }
-    fn set(&mut self, _: &str, _: Value) -> Result<(), String> {
+    fn set(&mut self, _: &str, _: Value, _: Instant) -> Result<(), String> {
         Err("store is down".to_owned())
     }
-    fn delete(&mut self, _: &str) -> Result<(), String> {
+    fn delete(&mut self, _: &str, _: Instant) -> Result<(), String> {
         Err("store is down".to_owned())
     }
 }
 
-/// A store that takes longer than a call's CPU budget to answer.
-struct SlowKv(Duration);
+/// A store that takes a while to answer each `get`, or until the deadline if that comes
+/// first, as the contract asks: a slow database.
+#[derive(Clone, Default)]
+struct SlowKv {
+    delay: Duration,
+    /// `get`s answered.
+    gets: Arc<Mutex<u32>>,
+}
+
+impl SlowKv {
+    fn new(delay: Duration) -> Self {
+        Self {
+            delay,
+            gets: Arc::default(),
+        }
+    }
+}
 
 impl Kv for SlowKv {
-    fn get(&mut self, _: &str) -> Result<Option<Value>, String> {
-        std::thread::sleep(self.0);
+    fn get(&mut self, _: &str, deadline: Instant) -> Result<Option<Value>, String> {
+        let now = Instant::now();
+        // Sleeping is the point here: this is the slow store, not a wait for an event.
+        std::thread::sleep(self.delay.min(deadline.saturating_duration_since(now)));
+        *self.gets.lock().unwrap() += 1;
         Ok(Some(json!("slow")))
     }
-    fn set(&mut self, _: &str, _: Value) -> Result<(), String> {
+    fn set(&mut self, _: &str, _: Value, _: Instant) -> Result<(), String> {
         Ok(())
     }
-    fn delete(&mut self, _: &str) -> Result<(), String> {
+    fn delete(&mut self, _: &str, _: Instant) -> Result<(), String> {
         Ok(())
     }
 }
@@ -269,17 +287,95 @@ async fn kv_without_a_store_throws() {
 }
 
 #[tokio::test]
-async fn time_in_kv_calls_is_not_counted() {
+async fn time_in_kv_calls_is_not_counted_up_to_the_allowance() {
     // Counted, the three answers would take more than twice the budget.
     let source =
         r#"export function f(ctx) { return [ctx.kv.get("a"), ctx.kv.get("b"), ctx.kv.get("c")]; }"#;
     let mut c = call("kv", source, "f", vec![]);
     c.limits.cpu = Duration::from_millis(50);
-    c.kv = Some(Box::new(SlowKv(Duration::from_millis(40))));
+    c.limits.kv_time = Duration::from_secs(5);
+    c.kv = Some(Box::new(SlowKv::new(Duration::from_millis(40))));
     assert_eq!(
         sandbox().call(c).await.unwrap().value,
         json!(["slow", "slow", "slow"])
     );
+}
+
+#[tokio::test]
+async fn a_script_looping_on_a_slow_store_ends_by_the_wall_clock_cap() {
+    // The attack of issue 23: host time used to move the deadline without bound, so
+    // this loop ran for as long as the store answered.
+    let source = r#"export function f(ctx) {
+        for (;;) { try { ctx.kv.get("k"); } catch (e) { ctx.log(String(e)); } }
+    }"#;
+    let mut c = call("kv", source, "f", vec![]);
+    c.limits.cpu = Duration::from_millis(10);
+    c.limits.kv_time = Duration::from_millis(100);
+    c.limits.kv_calls = u32::MAX;
+    let store = SlowKv::new(Duration::from_millis(5));
+    c.kv = Some(Box::new(store.clone()));
+    let sandbox = sandbox();
+    let failure = sandbox.call(c).await.unwrap_err();
+    assert_eq!(failure.error, RunError::Timeout);
+    assert_eq!(failure.error.code(), "timeout");
+    // The cap is 110 ms; the margin is for a loaded machine, far below the seconds the
+    // loop ran before.
+    assert!(
+        failure.elapsed < Duration::from_millis(110 + 400),
+        "{:?}",
+        failure.elapsed
+    );
+    // At most 110 ms / 5 ms, the last one cut short by the deadline.
+    let gets = *store.gets.lock().unwrap();
+    assert!((1..=23).contains(&gets), "{gets} gets");
+    // The refused call threw; catching it did not let the loop go on for long.
+    assert_eq!(failure.logs[0], "Error: out of time");
+    assert_eq!(sandbox.pooled().0, 0, "the stopped instance is dropped");
+}
+
+#[tokio::test]
+async fn a_pure_cpu_loop_still_ends_at_the_cpu_budget() {
+    let mut c = call("loop", "export function f() { for (;;) {} }", "f", vec![]);
+    c.limits.cpu = Duration::from_millis(20);
+    c.limits.kv_time = Duration::from_secs(60);
+    let failure = sandbox().call(c).await.unwrap_err();
+    assert_eq!(failure.error, RunError::Timeout);
+    assert!(
+        failure.elapsed < Duration::from_secs(1),
+        "{:?}",
+        failure.elapsed
+    );
+}
+
+#[tokio::test]
+async fn the_kv_call_past_the_limit_throws_and_fails_the_run() {
+    let source = r#"export function f(ctx) {
+        let answered = 0;
+        for (let i = 0; i < 20; i++) {
+            try { ctx.kv.get("k"); answered += 1; } catch (e) { ctx.log(String(e)); }
+        }
+        return answered;
+    }"#;
+    let mut c = call("kv", source, "f", vec![]);
+    c.limits.kv_calls = 10;
+    let store = SlowKv::new(Duration::ZERO);
+    c.kv = Some(Box::new(store.clone()));
+    let sandbox = sandbox();
+    let failure = sandbox.call(c).await.unwrap_err();
+    assert_eq!(failure.error, RunError::KvCalls { max: 10 });
+    assert_eq!(failure.error.code(), "kv_calls");
+    assert_eq!(
+        failure.error.to_string(),
+        "the script made more than 10 ctx.kv calls"
+    );
+    assert_eq!(*store.gets.lock().unwrap(), 10, "the store saw 10 calls");
+    // Caught, the refusal did not let the script finish with a value; it may have
+    // logged it a few times before the interrupt handler stopped it.
+    assert_eq!(
+        failure.logs[0],
+        "Error: more than 10 ctx.kv calls in one run"
+    );
+    assert_eq!(sandbox.pooled().0, 0, "the stopped instance is dropped");
 }
 
 #[tokio::test]
@@ -838,6 +934,7 @@ fn error_codes_are_stable() {
         RunError::Thrown(String::new()),
         RunError::Timeout,
         RunError::OutOfMemory,
+        RunError::KvCalls { max: 0 },
         RunError::Output(String::new()),
         RunError::Unavailable(String::new()),
     ]
@@ -852,6 +949,7 @@ fn error_codes_are_stable() {
             "thrown",
             "timeout",
             "out_of_memory",
+            "kv_calls",
             "output",
             "unavailable"
         ]
@@ -881,13 +979,13 @@ async fn atomics_wait_cannot_block_the_thread() {
 struct PanickingKv;
 
 impl Kv for PanickingKv {
-    fn get(&mut self, _: &str) -> Result<Option<Value>, String> {
+    fn get(&mut self, _: &str, _: Instant) -> Result<Option<Value>, String> {
         panic!("store bug");
     }
-    fn set(&mut self, _: &str, _: Value) -> Result<(), String> {
+    fn set(&mut self, _: &str, _: Value, _: Instant) -> Result<(), String> {
         Ok(())
     }
-    fn delete(&mut self, _: &str) -> Result<(), String> {
+    fn delete(&mut self, _: &str, _: Instant) -> Result<(), String> {
         Ok(())
     }
 }
@@ -929,7 +1027,7 @@ fn the_api_can_cross_threads() {
 struct Rendezvous(Arc<(Mutex<usize>, std::sync::Condvar)>, usize);
 
 impl Kv for Rendezvous {
-    fn get(&mut self, _: &str) -> Result<Option<Value>, String> {
+    fn get(&mut self, _: &str, _: Instant) -> Result<Option<Value>, String> {
         let (arrived, all_here) = &*self.0;
         let mut arrived = arrived.lock().unwrap();
         *arrived += 1;
@@ -942,10 +1040,10 @@ impl Kv for Rendezvous {
         }
         Ok(Some(json!("met")))
     }
-    fn set(&mut self, _: &str, _: Value) -> Result<(), String> {
+    fn set(&mut self, _: &str, _: Value, _: Instant) -> Result<(), String> {
         Ok(())
     }
-    fn delete(&mut self, _: &str) -> Result<(), String> {
+    fn delete(&mut self, _: &str, _: Instant) -> Result<(), String> {
         Ok(())
     }
 }
