@@ -97,6 +97,7 @@ impl Engine {
             dry_run,
         );
         Call {
+            owner: script.owner_id.to_string(),
             key: format!("script:{}:{}", script.id, script.version),
             source: Arc::from(script.source.as_str()),
             function: hook.function().to_owned(),

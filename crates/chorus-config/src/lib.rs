@@ -113,8 +113,31 @@ pub struct JobsConfig {
     /// configuration and create invites. Ids, not usernames: a name belongs to whoever
     /// registers it first, an id only to the account it was given to.
     pub admins: Vec<String>,
+    /// Bytes of all idle job instances together (top-level state kept between one
+    /// owner's jobs of the same code); the least recently used are dropped first.
+    pub pool_max_bytes: usize,
+    /// Bytes of one owner's idle job instances: one user's never push out another's.
+    pub pool_max_owner_bytes: usize,
+    /// Bytes a job instance may use after its run and still be kept; a larger one is
+    /// dropped, and the next run starts afresh.
+    pub pool_max_instance_bytes: usize,
     /// The observer's defaults (an administrator may change them at run time).
     pub observer: ObserverConfig,
+}
+
+/// Checks that the pool caps of `section` nest: instance <= owner <= total.
+fn check_pool(
+    section: &str,
+    total: usize,
+    owner: usize,
+    instance: usize,
+) -> Result<(), ConfigError> {
+    if instance > owner || owner > total {
+        return Err(ConfigError::Invalid(format!(
+            "{section}: pool_max_instance_bytes <= pool_max_owner_bytes <= pool_max_bytes must hold"
+        )));
+    }
+    Ok(())
 }
 
 /// How the observer scales the workers.
@@ -156,6 +179,10 @@ impl Default for JobsConfig {
             git_timeout_secs: 30,
             key: None,
             admins: Vec::new(),
+            // A job may ask for 256 MiB; what jobs keep between runs is bounded lower.
+            pool_max_bytes: 256 << 20,
+            pool_max_owner_bytes: 64 << 20,
+            pool_max_instance_bytes: 32 << 20,
             observer: ObserverConfig::default(),
         }
     }
@@ -376,8 +403,16 @@ pub struct AutomationConfig {
     /// `ctx.kv` calls in one run; the one after them throws and fails the run
     /// (`kv_calls`).
     pub kv_max_calls: u32,
-    /// Threads running scripts (0: one per core).
+    /// Threads running scripts on messages (0: one per core).
     pub threads: usize,
+    /// Bytes of all idle script instances together (module state kept between runs);
+    /// the least recently used are dropped first.
+    pub pool_max_bytes: usize,
+    /// Bytes of one owner's idle script instances: one user's never push out another's.
+    pub pool_max_owner_bytes: usize,
+    /// Bytes a script instance may use after a run and still be kept; a larger one is
+    /// dropped, and the next run starts from a fresh instance.
+    pub pool_max_instance_bytes: usize,
 }
 
 /// Who sees whose presence (`[presence]`).
@@ -452,6 +487,10 @@ impl Default for AutomationConfig {
             // `kv_max_keys` (256) keys.
             kv_max_calls: 1000,
             threads: 0,
+            // A hook keeping a counter uses ~110 KB: 256 MiB is ~2,400 of them.
+            pool_max_bytes: 256 << 20,
+            pool_max_owner_bytes: 32 << 20,
+            pool_max_instance_bytes: 16 << 20,
         }
     }
 }
@@ -586,6 +625,12 @@ impl Config {
         if a.kv_time_ms > 60_000 || a.kv_max_calls == 0 {
             return bad("automation.kv_time_ms must be at most 60000 and kv_max_calls positive");
         }
+        check_pool(
+            "automation",
+            a.pool_max_bytes,
+            a.pool_max_owner_bytes,
+            a.pool_max_instance_bytes,
+        )?;
         if a.max_source_bytes == 0 || a.max_scripts_per_user == 0 || a.disable_after_failures == 0 {
             return bad(
                 "automation.max_source_bytes, max_scripts_per_user and disable_after_failures must be positive",
@@ -607,6 +652,12 @@ impl Config {
                 "jobs.git_timeout_secs, git_max_bytes, max_output_bytes and max_stored_per_user must be positive",
             );
         }
+        check_pool(
+            "jobs",
+            j.pool_max_bytes,
+            j.pool_max_owner_bytes,
+            j.pool_max_instance_bytes,
+        )?;
         j.observer.validate()?;
         if let Some(name) = j.admins.iter().find(|a| Uuid::parse_str(a.trim()).is_err()) {
             return Err(ConfigError::Invalid(format!(
@@ -773,6 +824,39 @@ mod tests {
         let mut c = Config::default();
         c.auth.jwt_secret = Some("a-real-secret-of-at-least-32-bytes-kept-private".into());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn pool_caps_are_read_per_section_and_must_nest() {
+        let c = Config::from_toml(
+            "[automation]\npool_max_bytes = 1000\npool_max_owner_bytes = 100\npool_max_instance_bytes = 10\n[jobs]\npool_max_instance_bytes = 0\n",
+        )
+        .unwrap();
+        let a = &c.automation;
+        assert_eq!(
+            (
+                a.pool_max_bytes,
+                a.pool_max_owner_bytes,
+                a.pool_max_instance_bytes
+            ),
+            (1000, 100, 10)
+        );
+        assert_eq!(c.jobs.pool_max_instance_bytes, 0);
+        assert_eq!(c.jobs.pool_max_bytes, 256 << 20);
+        for bad in [
+            "[automation]\npool_max_owner_bytes = 1000000000000\n",
+            "[jobs]\npool_max_instance_bytes = 1000000000000\n",
+            "[automation]\nkv_max_calls = 0\n",
+        ] {
+            assert!(
+                matches!(Config::from_toml(bad), Err(ConfigError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            Config::from_toml("[jobs]\npool_max_byte = 1\n"),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

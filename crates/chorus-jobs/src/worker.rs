@@ -167,6 +167,7 @@ async fn run(ctx: &JobsContext, request: &JobRequest) -> Result<(Value, Duration
         }
     };
     let call = Call {
+        owner: request.owner_id.to_string(),
         key,
         source,
         function: "main".into(),

@@ -43,6 +43,7 @@ fn message() -> Value {
 
 fn hook_call(key: &str, source: &Arc<str>, msg: &Value) -> Call {
     Call {
+        owner: key.to_owned(),
         key: key.to_owned(),
         source: Arc::clone(source),
         function: "onIncoming".to_owned(),
@@ -111,6 +112,7 @@ async fn new_keys(max_pooled: usize, source: &Arc<str>, msg: &Value) -> (Sandbox
     let sandbox = Sandbox::new(SandboxConfig {
         threads: 1,
         max_pooled,
+        ..SandboxConfig::default()
     });
     let keys = 1000;
     let started = Instant::now();

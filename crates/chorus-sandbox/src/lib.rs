@@ -24,12 +24,28 @@
 //!
 //! **Instances.** An instance is one QuickJS runtime with one context and the module
 //! evaluated in it, so a script's top-level state (`let count = 0`) lives as long as its
-//! instance. Instances are pooled by a key chosen by the caller (`script:<id>:<version>`)
-//! and reused only for that key; an instance serves one call at a time, and when every
-//! instance of a key is busy another is created. At most [`SandboxConfig::max_pooled`]
-//! idle instances are kept in total, the least recently used are dropped first. An
+//! instance. Instances are pooled by the call's owner and a key chosen by the caller
+//! (`script:<id>:<version>`) and reused only for that owner and key; an instance serves
+//! one call at a time, and when every instance of a key is busy another is created. An
 //! instance that hit a limit (time, memory, stack) is dropped rather than pooled: its
 //! heap may be half-built, and a fresh one costs less than reasoning about it.
+//!
+//! **Idle memory.** Module state is kept on a best-effort basis, within caps: an instance
+//! is measured each time it goes back to the pool, and one that grew beyond
+//! [`SandboxConfig::max_instance_bytes`] is dropped; the idle instances of one owner stay
+//! within [`SandboxConfig::max_owner_bytes`] (the owner's least recently used go first,
+//! so one user cannot push out everybody else's), and all of them within
+//! [`SandboxConfig::max_pooled`] and [`SandboxConfig::max_pooled_bytes`] (the least
+//! recently used go first). Before issue 23 only the count was bounded: eight jobs each
+//! keeping a 240 MiB array raised the process from 175 MB to 2.1 GB for as long as they
+//! stayed pooled. A dropped runtime's memory goes back to the C allocator, and glibc
+//! gives it back to the system. Measured with the benchmark `memory` (release, this
+//! 2-core machine): eight calls each keeping a 240 MiB array leave the process at
+//! 1926 MB with only the count bounded, 5 MB with the default caps (such arrays are
+//! mmapped blocks, unmapped when freed); eight each keeping a million small objects
+//! (~190 MB each) leave 11 MB in five runs of six, 66 MB in one, where glibc kept part
+//! of a freed heap for later allocations. `malloc_trim` would return that part too, but
+//! calling it takes `unsafe` (forbidden here) and no safe crate wraps it.
 //!
 //! **Limits.** Each call sets the runtime's memory limit and a deadline, an atomic that
 //! the interrupt handler compares with the clock; the stack is limited to 256 KiB so that
@@ -61,7 +77,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::pool::Pool;
+use crate::instance::Instance;
+use crate::pool::{Caps, Pool};
 use crate::worker::Job;
 
 /// CPU budget for a module's top-level code, when it is loaded or checked.
@@ -81,16 +98,27 @@ pub const LOGS_TRUNCATED: &str = "… (logs truncated)";
 pub struct SandboxConfig {
     /// OS threads that run scripts (at least one is started).
     pub threads: usize,
-    /// Idle instances kept in total, over all keys; the least recently used go first.
+    /// Idle instances kept in total, over all owners; the least recently used go first.
     pub max_pooled: usize,
+    /// Bytes of the idle instances in total; the least recently used go first.
+    pub max_pooled_bytes: usize,
+    /// Bytes of one owner's idle instances; the owner's least recently used go first.
+    pub max_owner_bytes: usize,
+    /// Bytes an instance may use when it goes back to the pool; a larger one (module
+    /// state that grew) is dropped instead, and the next call starts afresh.
+    pub max_instance_bytes: usize,
 }
 
 impl Default for SandboxConfig {
-    /// One thread per available core, and up to 4096 idle instances.
+    /// One thread per available core; up to 4096 idle instances and 256 MiB in total,
+    /// 32 MiB per owner and 16 MiB per instance (a hook keeping a counter uses ~110 KB).
     fn default() -> Self {
         Self {
             threads: std::thread::available_parallelism().map_or(1, usize::from),
             max_pooled: 4096,
+            max_pooled_bytes: 256 << 20,
+            max_owner_bytes: 32 << 20,
+            max_instance_bytes: 16 << 20,
         }
     }
 }
@@ -143,8 +171,12 @@ pub trait Kv: Send {
 
 /// One call of a function exported by a script.
 pub struct Call {
+    /// Whose code this is, e.g. the user id: instances are reused only for the same
+    /// owner, and the idle instances of one owner are bounded by
+    /// [`SandboxConfig::max_owner_bytes`].
+    pub owner: String,
     /// Pool key chosen by the caller, e.g. `script:<id>:<version>`: instances are reused
-    /// only for the same key, so it must change whenever `source` does.
+    /// only for the same owner and key, so it must change whenever `source` does.
     pub key: String,
     /// The ES module.
     pub source: Arc<str>,
@@ -267,14 +299,19 @@ pub struct Sandbox {
 
 struct Inner {
     jobs: mpsc::Sender<Job>,
-    pool: Arc<Mutex<Pool>>,
+    pool: Arc<Mutex<Pool<Instance>>>,
     threads: usize,
 }
 
 impl Sandbox {
     /// Starts `config.threads` sandbox threads (at least one).
     pub fn new(config: SandboxConfig) -> Self {
-        let pool = Arc::new(Mutex::new(Pool::new(config.max_pooled)));
+        let pool = Arc::new(Mutex::new(Pool::new(Caps {
+            instances: config.max_pooled,
+            bytes: config.max_pooled_bytes,
+            owner_bytes: config.max_owner_bytes,
+            instance_bytes: config.max_instance_bytes,
+        })));
         let (jobs, receiver) = mpsc::channel();
         let threads = worker::spawn(config.threads.max(1), receiver, &pool);
         Self {
@@ -317,18 +354,20 @@ impl Sandbox {
 
     /// Runs a batch of calls and returns their results in the same order.
     ///
-    /// Calls with the same key run one after another, in order, on one instance (so each
-    /// sees the module state the previous one left); different keys are spread over the
-    /// threads. One channel round trip per thread used instead of one per call.
+    /// Calls with the same owner and key run one after another, in order, on one
+    /// instance (so each sees the module state the previous one left); different keys
+    /// are spread over the threads. One channel round trip per thread used instead of
+    /// one per call.
     pub async fn call_batch(&self, calls: Vec<Call>) -> Vec<Result<Outcome, Failure>> {
         let total = calls.len();
         let mut groups: Vec<Vec<(usize, Call)>> = Vec::new();
-        let mut group_of: HashMap<String, usize> = HashMap::new();
+        let mut group_of: HashMap<(String, String), usize> = HashMap::new();
         for (index, call) in calls.into_iter().enumerate() {
-            if let Some(&group) = group_of.get(&call.key) {
+            let slot = (call.owner.clone(), call.key.clone());
+            if let Some(&group) = group_of.get(&slot) {
                 groups[group].push((index, call));
             } else {
-                group_of.insert(call.key.clone(), groups.len());
+                group_of.insert(slot, groups.len());
                 groups.push(vec![(index, call)]);
             }
         }
@@ -361,8 +400,8 @@ impl Sandbox {
             .collect()
     }
 
-    /// Idle instances currently pooled, and about how many bytes they use (the sum of
-    /// QuickJS's `memory_used_size`, measured when each was created and every 64 calls).
+    /// Idle instances currently pooled, and how many bytes they use (the sum of what
+    /// each runtime held from the allocator when it was put back).
     pub fn pooled(&self) -> (usize, usize) {
         let pool = self
             .inner

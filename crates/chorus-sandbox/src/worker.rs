@@ -35,7 +35,11 @@ pub(crate) enum Job {
 const THREAD_STACK_BYTES: usize = 2 << 20;
 
 /// Starts up to `threads` threads; returns how many started.
-pub(crate) fn spawn(threads: usize, jobs: mpsc::Receiver<Job>, pool: &Arc<Mutex<Pool>>) -> usize {
+pub(crate) fn spawn(
+    threads: usize,
+    jobs: mpsc::Receiver<Job>,
+    pool: &Arc<Mutex<Pool<Instance>>>,
+) -> usize {
     let jobs = Arc::new(Mutex::new(jobs));
     (0..threads)
         .filter(|index| {
@@ -51,7 +55,7 @@ pub(crate) fn spawn(threads: usize, jobs: mpsc::Receiver<Job>, pool: &Arc<Mutex<
 }
 
 /// Runs jobs until every sender is gone.
-fn work(jobs: &Mutex<mpsc::Receiver<Job>>, pool: &Mutex<Pool>) {
+fn work(jobs: &Mutex<mpsc::Receiver<Job>>, pool: &Mutex<Pool<Instance>>) {
     loop {
         // Holding the lock while waiting is the point: one idle thread waits on the
         // channel, the others on the lock. Poisoning cannot leave a receiver inconsistent.
@@ -64,7 +68,7 @@ fn work(jobs: &Mutex<mpsc::Receiver<Job>>, pool: &Mutex<Pool>) {
     }
 }
 
-fn run(job: Job, pool: &Mutex<Pool>) {
+fn run(job: Job, pool: &Mutex<Pool<Instance>>) {
     match job {
         Job::Check { source, reply } => {
             let exports = Instance::load(&source, Limits::default().memory_bytes)
@@ -89,15 +93,22 @@ fn run(job: Job, pool: &Mutex<Pool>) {
     }
 }
 
-/// Calls run by one thread in a row: the instance of the last key is held on to, so
-/// consecutive calls with one key use the pool once.
+/// Calls run by one thread in a row: the instance of the last owner and key is held on
+/// to, so consecutive calls with one key use the pool once.
 struct Session<'a> {
-    pool: &'a Mutex<Pool>,
-    current: Option<(String, Instance)>,
+    pool: &'a Mutex<Pool<Instance>>,
+    current: Option<Held>,
+}
+
+/// An instance a session holds, with the owner and key it belongs to.
+struct Held {
+    owner: String,
+    key: String,
+    instance: Instance,
 }
 
 impl<'a> Session<'a> {
-    fn new(pool: &'a Mutex<Pool>) -> Self {
+    fn new(pool: &'a Mutex<Pool<Instance>>) -> Self {
         Self {
             pool,
             current: None,
@@ -107,6 +118,7 @@ impl<'a> Session<'a> {
     fn run(&mut self, call: Call) -> Result<Outcome, Failure> {
         let started = Instant::now();
         let Call {
+            owner,
             key,
             source,
             function,
@@ -122,12 +134,14 @@ impl<'a> Session<'a> {
             elapsed: started.elapsed(),
         };
         let mut instance = match self.current.take() {
-            Some((held, instance)) if held == key && instance.runs(&source) => instance,
+            Some(held) if held.owner == owner && held.key == key && held.instance.runs(&source) => {
+                held.instance
+            }
             other => {
-                if let Some((held, instance)) = other {
-                    self.put_back(&held, instance);
+                if let Some(held) = other {
+                    self.put_back(held);
                 }
-                match self.take(&key, &source).map_err(fail)? {
+                match self.take(&owner, &key, &source).map_err(fail)? {
                     Some(instance) => instance,
                     None => Instance::load(&source, limits.memory_bytes).map_err(fail)?,
                 }
@@ -142,7 +156,11 @@ impl<'a> Session<'a> {
         };
         let ran = instance.call(invocation, kv);
         if ran.reusable {
-            self.current = Some((key, instance));
+            self.current = Some(Held {
+                owner,
+                key,
+                instance,
+            });
         }
         let elapsed = started.elapsed();
         match ran.result {
@@ -159,29 +177,36 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// An idle instance of `key` loaded from `source`, if the pool has one.
-    fn take(&self, key: &str, source: &Arc<str>) -> Result<Option<Instance>, RunError> {
+    /// An idle instance of `owner` and `key` loaded from `source`, if the pool has one.
+    fn take(
+        &self,
+        owner: &str,
+        key: &str,
+        source: &Arc<str>,
+    ) -> Result<Option<Instance>, RunError> {
         let taken = self
             .pool
             .lock()
             .map_err(|_| RunError::Unavailable("the instance pool is poisoned".to_owned()))?
-            .take(key);
+            .take(owner, key);
         // A key reused for another source (a caller's mistake) gets a fresh instance.
         Ok(taken.filter(|instance| instance.runs(source)))
     }
 
-    fn put_back(&self, key: &str, instance: Instance) {
-        // Evicted instances (or this one, if the pool is poisoned) are dropped here,
-        // after the lock is released.
-        let _evicted = match self.pool.lock() {
-            Ok(mut pool) => pool.put(key, instance),
-            Err(_) => vec![instance],
+    /// Measures the instance (outside the lock: it walks the heap) and pools it.
+    fn put_back(&self, held: Held) {
+        let bytes = held.instance.measure();
+        // Instances not kept (this one if it grew too large or the pool is poisoned,
+        // or those evicted) are dropped here, after the lock is released.
+        let _dropped = match self.pool.lock() {
+            Ok(mut pool) => pool.put(&held.owner, &held.key, bytes, held.instance),
+            Err(_) => vec![held.instance],
         };
     }
 
     fn finish(mut self) {
-        if let Some((key, instance)) = self.current.take() {
-            self.put_back(&key, instance);
+        if let Some(held) = self.current.take() {
+            self.put_back(held);
         }
     }
 }

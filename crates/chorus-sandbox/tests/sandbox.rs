@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 fn sandbox() -> Sandbox {
     Sandbox::new(SandboxConfig {
         threads: 2,
-        max_pooled: 4096,
+        ..SandboxConfig::default()
     })
 }
 
@@ -22,6 +22,7 @@ fn sandbox() -> Sandbox {
 /// not make an ordinary call time out.
 fn call(key: &str, source: &str, function: &str, args: Vec<Value>) -> Call {
     Call {
+        owner: "ada".to_owned(),
         key: key.to_owned(),
         source: Arc::from(source),
         function: function.to_owned(),
@@ -833,12 +834,14 @@ async fn a_thousand_keys_run_concurrently() {
             let source = format!(
                 "export function onIncoming(msg, ctx) {{ return {{ reply: msg.n + {n} }}; }}"
             );
-            let c = call(
+            let mut c = call(
                 &format!("script:{n}:1"),
                 &source,
                 "onIncoming",
                 vec![json!({"n": n})],
             );
+            // A thousand users: one owner's instances would be bounded by its cap.
+            c.owner = format!("user-{n}");
             (n, sandbox.call(c).await)
         });
     }
@@ -902,6 +905,7 @@ async fn the_least_recently_used_instances_are_evicted() {
     let sandbox = Sandbox::new(SandboxConfig {
         threads: 1,
         max_pooled: 2,
+        ..SandboxConfig::default()
     });
     for key in ["a", "b", "a", "c"] {
         sandbox.call(call(key, COUNTER, "f", vec![])).await.unwrap();
@@ -917,9 +921,95 @@ async fn the_least_recently_used_instances_are_evicted() {
     let none = Sandbox::new(SandboxConfig {
         threads: 1,
         max_pooled: 0,
+        ..SandboxConfig::default()
     });
     none.call(call("a", COUNTER, "f", vec![])).await.unwrap();
     assert_eq!(none.pooled(), (0, 0));
+}
+
+/// Keeps `mib` MiB in a module variable and says how many the previous call kept.
+const HOARDER: &str = "let kept = new Uint8Array(0);
+    export function f(mib) { const before = kept.length >> 20; kept = new Uint8Array(mib << 20).fill(1); return before; }";
+
+fn hoard(owner: &str, key: &str, mib: u32) -> Call {
+    let mut c = call(key, HOARDER, "f", vec![json!(mib)]);
+    c.with_ctx = false;
+    c.owner = owner.to_owned();
+    c.limits.memory_bytes = 64 << 20;
+    c
+}
+
+#[tokio::test]
+async fn idle_instances_with_large_module_state_stay_within_the_byte_caps() {
+    const MIB: usize = 1 << 20;
+    let sandbox = Sandbox::new(SandboxConfig {
+        threads: 1,
+        max_pooled_bytes: 8 * MIB,
+        max_owner_bytes: 5 * MIB,
+        max_instance_bytes: 3 * MIB,
+        ..SandboxConfig::default()
+    });
+    // The attack of issue 23, scaled down: calls that each leave 2 MiB behind.
+    for n in 0..10 {
+        let owner = format!("user-{}", n % 5);
+        sandbox
+            .call(hoard(&owner, &format!("job:{n}"), 2))
+            .await
+            .unwrap();
+        let (count, bytes) = sandbox.pooled();
+        assert!(bytes <= 8 * MIB, "{count} instances, {bytes} bytes");
+        assert!(bytes >= count * 2 * MIB, "{count} instances, {bytes} bytes");
+    }
+    // Three of ~2.1 MiB fit in 8 MiB; the three most recent, of three owners.
+    assert_eq!(sandbox.pooled().0, 3);
+    let kept = sandbox.call(hoard("user-4", "job:9", 1)).await.unwrap();
+    assert_eq!(
+        kept.value,
+        json!(2),
+        "the most recent instance kept its state"
+    );
+    let evicted = sandbox.call(hoard("user-0", "job:0", 1)).await.unwrap();
+    assert_eq!(evicted.value, json!(0), "the oldest was evicted");
+
+    // An instance that grew past 3 MiB is dropped, not pooled: its state is gone.
+    sandbox.call(hoard("ada", "big", 4)).await.unwrap();
+    let again = sandbox.call(hoard("ada", "big", 1)).await.unwrap();
+    assert_eq!(again.value, json!(0));
+}
+
+#[tokio::test]
+async fn one_owner_cannot_push_out_the_instances_of_others() {
+    const MIB: usize = 1 << 20;
+    let sandbox = Sandbox::new(SandboxConfig {
+        threads: 1,
+        max_pooled_bytes: 8 * MIB,
+        max_owner_bytes: 5 * MIB,
+        max_instance_bytes: 3 * MIB,
+        ..SandboxConfig::default()
+    });
+    sandbox.call(hoard("bob", "bob's", 2)).await.unwrap();
+    for n in 0..10 {
+        sandbox
+            .call(hoard("mallory", &format!("job:{n}"), 2))
+            .await
+            .unwrap();
+    }
+    // Mallory keeps two of hers (4.2 of her 5 MiB); bob's is still there.
+    assert_eq!(sandbox.pooled().0, 3);
+    let bob = sandbox.call(hoard("bob", "bob's", 1)).await.unwrap();
+    assert_eq!(bob.value, json!(2));
+}
+
+#[tokio::test]
+async fn instances_are_reused_for_their_owner_only() {
+    let sandbox = sandbox();
+    let mut ada = call("shared key", COUNTER, "f", vec![]);
+    ada.owner = "ada".to_owned();
+    assert_eq!(sandbox.call(ada).await.unwrap().value, json!(1));
+    let mut bob = call("shared key", COUNTER, "f", vec![]);
+    bob.owner = "bob".to_owned();
+    assert_eq!(sandbox.call(bob).await.unwrap().value, json!(1));
+    assert_eq!(sandbox.pooled().0, 2);
 }
 
 #[test]
@@ -995,6 +1085,7 @@ async fn a_panicking_store_fails_the_call_not_the_sandbox() {
     let sandbox = Sandbox::new(SandboxConfig {
         threads: 1,
         max_pooled: 16,
+        ..SandboxConfig::default()
     });
     let source = r#"export function f(ctx) { try { ctx.kv.get("a"); } catch (e) {} return 1; }"#;
     let mut c = call("k", source, "f", vec![]);

@@ -110,11 +110,15 @@ impl Node {
             .load()
             .await
             .context("loading users' scripts and auto-replies")?;
+        let a = &config.automation;
         let sandbox = chorus_sandbox::Sandbox::new(chorus_sandbox::SandboxConfig {
-            threads: match config.automation.threads {
+            threads: match a.threads {
                 0 => chorus_sandbox::SandboxConfig::default().threads,
                 n => n,
             },
+            max_pooled_bytes: a.pool_max_bytes,
+            max_owner_bytes: a.pool_max_owner_bytes,
+            max_instance_bytes: a.pool_max_instance_bytes,
             ..Default::default()
         });
         let engine =
@@ -407,6 +411,9 @@ fn jobs_context(
         .context("jobs key (CHORUS_JOBS_KEY)")?;
     let sandbox = chorus_sandbox::Sandbox::new(chorus_sandbox::SandboxConfig {
         threads: j.observer.max_workers.clamp(1, 64) as usize,
+        max_pooled_bytes: j.pool_max_bytes,
+        max_owner_bytes: j.pool_max_owner_bytes,
+        max_instance_bytes: j.pool_max_instance_bytes,
         ..Default::default()
     });
     let git = chorus_jobs::git::GitCache::new(config.data_dir.join("jobs").join("git"), j);
