@@ -55,9 +55,11 @@ impl StoreKv {
         operation: impl Future<Output = Result<T, chorus_store::StoreError>>,
     ) -> Result<T, String> {
         let deadline = tokio::time::Instant::from_std(deadline);
+        // The timer is made inside the runtime: made on this thread (a sandbox thread,
+        // outside any runtime), it would panic.
         match self
             .runtime
-            .block_on(tokio::time::timeout_at(deadline, operation))
+            .block_on(async { tokio::time::timeout_at(deadline, operation).await })
         {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(format!("kv unavailable: {e}")),

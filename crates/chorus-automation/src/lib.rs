@@ -45,11 +45,21 @@ pub struct HookInput {
     pub origin: Origin,
 }
 
-/// Runs users' hooks: the sandbox with the configured limits and the store behind
+/// Runs users' hooks: the sandboxes with the configured limits and the store behind
 /// `ctx.kv`. Cheap to clone.
+///
+/// Two sandboxes, so that what users ask for over the API cannot starve the scripts
+/// that run on messages: `hooks` runs those, `lane` the dry runs and the checks of
+/// uploaded sources. Before issue 23 both shared the hook threads, and two dry runs of
+/// a script looping on `ctx.kv` delayed another user's reply from 0.05 s to 152 s. The
+/// lane has threads of its own (`dry_run_threads`, 1 by default), so whatever it runs,
+/// message hooks keep all of theirs (the lane only competes for the CPU, as one more
+/// thread); the gateway lets each user have one dry run at a time, so the lane's queue
+/// holds at most one per user.
 #[derive(Clone)]
 pub struct Engine {
-    sandbox: Sandbox,
+    hooks: Sandbox,
+    lane: Sandbox,
     config: Arc<AutomationConfig>,
     directory: Directory,
 }
@@ -58,18 +68,32 @@ pub struct Engine {
 pub type RunResult = Result<Outcome, Failure>;
 
 impl Engine {
-    /// An engine on `sandbox` with `config`, keeping state in `directory`'s store.
-    pub fn new(sandbox: Sandbox, config: AutomationConfig, directory: Directory) -> Self {
+    /// An engine running message hooks on `hooks` and dry runs and checks on `lane`,
+    /// with `config`, keeping state in `directory`'s store.
+    pub fn new(
+        hooks: Sandbox,
+        lane: Sandbox,
+        config: AutomationConfig,
+        directory: Directory,
+    ) -> Self {
         Self {
-            sandbox,
+            hooks,
+            lane,
             config: Arc::new(config),
             directory,
         }
     }
 
-    /// The sandbox (to compile-check sources).
-    pub fn sandbox(&self) -> &Sandbox {
-        &self.sandbox
+    /// Compiles `source` on the lane and returns the functions it exports, sorted.
+    pub async fn check(&self, source: &str) -> Result<Vec<String>, RunError> {
+        self.lane.check(source).await
+    }
+
+    /// Runs `script`'s `hook` on `input` on the lane, from a fresh instance; `ctx.kv`
+    /// reads the stored state but keeps its writes to this run.
+    pub async fn dry_run(&self, script: &Script, hook: Hook, input: &HookInput) -> RunResult {
+        let call = self.call_with(script, hook, input, true);
+        self.lane.call(call).await
     }
 
     /// The limits and defaults.
@@ -87,9 +111,14 @@ impl Engine {
         Duration::from_secs(self.config.auto_reply_window_secs)
     }
 
+    /// A call of `script`'s `hook` on `input`, for [`Engine::run`].
+    pub fn call(&self, script: &Script, hook: Hook, input: &HookInput) -> Call {
+        self.call_with(script, hook, input, false)
+    }
+
     /// A call of `script`'s `hook` on `input`. With `dry_run`, `ctx.kv` reads the
     /// stored state but keeps its writes to this call.
-    pub fn call(&self, script: &Script, hook: Hook, input: &HookInput, dry_run: bool) -> Call {
+    fn call_with(&self, script: &Script, hook: Hook, input: &HookInput, dry_run: bool) -> Call {
         let kv = StoreKv::new(
             self.directory.store().clone(),
             script.id,
@@ -114,9 +143,9 @@ impl Engine {
         }
     }
 
-    /// Runs calls (a batch's worth), results in the same order.
+    /// Runs calls (a batch's worth) on the hook threads, results in the same order.
     pub async fn run(&self, calls: Vec<Call>) -> Vec<RunResult> {
-        self.sandbox.call_batch(calls).await
+        self.hooks.call_batch(calls).await
     }
 
     /// The routing slip of a message `sender` sends to a conversation with `members`:

@@ -405,6 +405,10 @@ pub struct AutomationConfig {
     pub kv_max_calls: u32,
     /// Threads running scripts on messages (0: one per core).
     pub threads: usize,
+    /// Threads running dry runs (`POST /scripts/{id}/test`) and the checks of uploaded
+    /// sources: their own, so that work users ask for over the API never occupies the
+    /// threads that run scripts on messages (at least one).
+    pub dry_run_threads: usize,
     /// Bytes of all idle script instances together (module state kept between runs);
     /// the least recently used are dropped first.
     pub pool_max_bytes: usize,
@@ -487,6 +491,7 @@ impl Default for AutomationConfig {
             // `kv_max_keys` (256) keys.
             kv_max_calls: 1000,
             threads: 0,
+            dry_run_threads: 1,
             // A hook keeping a counter uses ~110 KB: 256 MiB is ~2,400 of them.
             pool_max_bytes: 256 << 20,
             pool_max_owner_bytes: 32 << 20,
@@ -624,6 +629,9 @@ impl Config {
         }
         if a.kv_time_ms > 60_000 || a.kv_max_calls == 0 {
             return bad("automation.kv_time_ms must be at most 60000 and kv_max_calls positive");
+        }
+        if a.dry_run_threads == 0 || a.dry_run_threads > 64 {
+            return bad("automation.dry_run_threads must be 1..=64");
         }
         check_pool(
             "automation",
@@ -847,6 +855,7 @@ mod tests {
             "[automation]\npool_max_owner_bytes = 1000000000000\n",
             "[jobs]\npool_max_instance_bytes = 1000000000000\n",
             "[automation]\nkv_max_calls = 0\n",
+            "[automation]\ndry_run_threads = 0\n",
         ] {
             assert!(
                 matches!(Config::from_toml(bad), Err(ConfigError::Invalid(_))),

@@ -19,7 +19,8 @@ use chorus_log::Outgoing;
 use chorus_sandbox::RunError;
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 type Shared = State<Arc<AppState>>;
 
@@ -156,7 +157,6 @@ async fn apply(state: &AppState, script: &mut Script, draft: ScriptDraft) -> Res
     }
     let exported = state
         .engine
-        .sandbox()
         .check(&script.source)
         .await
         .map_err(compile_error)?;
@@ -293,6 +293,49 @@ async fn delete_script(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Users with a dry run under way. A user gets one at a time, so that one user's dry
+/// runs cannot fill the lane they run on (see `chorus_automation::Engine`): its queue
+/// holds at most one per user, and any user's dry run waits for at most one of each
+/// other user's. A request given up by its client frees its place at once; the sandbox
+/// skips its run if it has not started.
+#[derive(Default)]
+pub struct DryRuns {
+    running: Mutex<HashSet<UserId>>,
+}
+
+/// A user's place in [`DryRuns`], given back when dropped.
+pub struct DryRunning<'a> {
+    runs: &'a DryRuns,
+    user: UserId,
+}
+
+impl DryRuns {
+    /// The place of `user`, unless they have a dry run under way.
+    pub fn begin(&self, user: UserId) -> Option<DryRunning<'_>> {
+        let inserted = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(user);
+        // Made after the lock is released, and only then: its drop takes the lock.
+        inserted.then(|| DryRunning { runs: self, user })
+    }
+}
+
+impl Drop for DryRunning<'_> {
+    fn drop(&mut self) {
+        self.runs
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.user);
+    }
+}
+
+/// When a user with a dry run under way may try again: a dry run takes at most its
+/// `cpu_ms` and `kv_time_ms`, often much less.
+const DRY_RUN_RETRY_MS: u64 = 1000;
+
 /// A dry run's message: what is missing is made up.
 #[derive(Deserialize)]
 struct TestMessage {
@@ -316,6 +359,10 @@ async fn test_script(
     ApiJson(run): ApiJson<TestRun>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let script = owned(&state, me.id, id).await?;
+    let _running = state.dry_runs.begin(me.id).ok_or_else(|| ApiError {
+        message: "you have a dry run under way: one at a time".to_owned(),
+        ..ApiError::rate_limited(DRY_RUN_RETRY_MS)
+    })?;
     let hook = match run.hook {
         Some(h) => h,
         None => *script
@@ -344,8 +391,7 @@ async fn test_script(
         sent_at: now_millis(),
         origin: m.origin.unwrap_or(Origin::User),
     };
-    let call = state.engine.call(&script, hook, &input, true);
-    let result = state.engine.sandbox().call(call).await;
+    let result = state.engine.dry_run(&script, hook, &input).await;
     let (logs, elapsed, outcome) = match result {
         Ok(o) => (o.logs, o.elapsed, Ok(o.value)),
         Err(f) => (f.logs, f.elapsed, Err(f.error)),

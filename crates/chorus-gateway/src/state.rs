@@ -55,6 +55,8 @@ pub struct AppState {
     pub registration: Registration,
     /// How long an invite stays valid.
     pub invite_ttl: Duration,
+    /// Users with a dry run under way (one each).
+    pub dry_runs: crate::automation::DryRuns,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Cancelled when the node shuts down: sessions close with "going away".

@@ -69,6 +69,16 @@ fn work(jobs: &Mutex<mpsc::Receiver<Job>>, pool: &Mutex<Pool<Instance>>) {
 }
 
 fn run(job: Job, pool: &Mutex<Pool<Instance>>) {
+    // A caller that gave up (a dry run whose client went away) waits for nothing: its
+    // work is skipped rather than run for no one.
+    let abandoned = match &job {
+        Job::Check { reply, .. } => reply.is_closed(),
+        Job::Call { reply, .. } => reply.is_closed(),
+        Job::Batch { reply, .. } => reply.is_closed(),
+    };
+    if abandoned {
+        return;
+    }
     match job {
         Job::Check { source, reply } => {
             let exports = Instance::load(&source, Limits::default().memory_bytes)

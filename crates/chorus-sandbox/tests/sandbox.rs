@@ -1154,3 +1154,79 @@ async fn a_busy_key_gets_another_instance() {
     assert_eq!(second.unwrap().value, json!("met"));
     assert_eq!(sandbox.pooled().0, 2);
 }
+
+/// A store whose `get` says it was entered, then waits until it is let go.
+struct Gate {
+    entered: std::sync::mpsc::Sender<()>,
+    release: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl Kv for Gate {
+    fn get(&mut self, _: &str, _: Instant) -> Result<Option<Value>, String> {
+        let _ = self.entered.send(());
+        let _ = self.release.lock().unwrap().recv();
+        Ok(None)
+    }
+    fn set(&mut self, _: &str, _: Value, _: Instant) -> Result<(), String> {
+        Ok(())
+    }
+    fn delete(&mut self, _: &str, _: Instant) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_caller_gave_up_before_it_started_is_skipped() {
+    let sandbox = Sandbox::new(SandboxConfig {
+        threads: 1,
+        ..SandboxConfig::default()
+    });
+    let (entered, was_entered) = std::sync::mpsc::channel();
+    let (let_go, release) = std::sync::mpsc::channel();
+    let mut busy = call(
+        "busy",
+        r#"export function f(ctx) { ctx.kv.get("k"); }"#,
+        "f",
+        vec![],
+    );
+    busy.kv = Some(Box::new(Gate {
+        entered,
+        release: Arc::new(Mutex::new(release)),
+    }));
+    let busy = tokio::spawn({
+        let sandbox = sandbox.clone();
+        async move { sandbox.call(busy).await }
+    });
+    // The one thread is inside the first call.
+    tokio::task::spawn_blocking(move || was_entered.recv().unwrap())
+        .await
+        .unwrap();
+    let store = MapKv::default();
+    let mut given_up = call(
+        "given up",
+        r#"export function f(ctx) { ctx.kv.set("ran", true); }"#,
+        "f",
+        vec![],
+    );
+    given_up.kv = Some(Box::new(store.clone()));
+    // Polled once, so the job is queued; then given up.
+    let mut waiting = Box::pin(sandbox.call(given_up));
+    tokio::select! {
+        biased;
+        _ = &mut waiting => panic!("the only thread is busy"),
+        () = std::future::ready(()) => {}
+    }
+    drop(waiting);
+    let_go.send(()).unwrap();
+    busy.await.unwrap().unwrap();
+    // The thread takes jobs in order: once this one is done, the one given up was
+    // skipped or run.
+    sandbox
+        .call(call("after", COUNTER, "f", vec![]))
+        .await
+        .unwrap();
+    assert!(
+        store.0.lock().unwrap().is_empty(),
+        "the call given up never ran"
+    );
+}

@@ -61,7 +61,7 @@ impl StageWorker for AutomateIn {
                         input = Some(self.names.input(ctx, m).await?);
                     }
                     if let Some(input) = &input {
-                        calls.push(ctx.engine.call(script, Hook::Incoming, input, false));
+                        calls.push(ctx.engine.call(script, Hook::Incoming, input));
                         who.push((owner, script.clone()));
                     }
                 }

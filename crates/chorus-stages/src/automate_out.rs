@@ -72,7 +72,7 @@ impl StageWorker for AutomateOut {
                     continue;
                 };
                 let input = self.names.input(ctx, &f.m).await?;
-                calls.push(ctx.engine.call(script, Hook::Outgoing, &input, false));
+                calls.push(ctx.engine.call(script, Hook::Outgoing, &input));
                 who.push((i, script.clone()));
             }
             if calls.is_empty() {

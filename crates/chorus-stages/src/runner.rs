@@ -319,6 +319,7 @@ mod tests {
             log: Arc::new(log.clone()),
             engine: chorus_automation::Engine::new(
                 chorus_sandbox::Sandbox::new(Default::default()),
+                chorus_sandbox::Sandbox::new(Default::default()),
                 Default::default(),
                 directory.clone(),
             ),

@@ -121,8 +121,21 @@ impl Node {
             max_instance_bytes: a.pool_max_instance_bytes,
             ..Default::default()
         });
-        let engine =
-            chorus_automation::Engine::new(sandbox, config.automation.clone(), directory.clone());
+        // Dry runs and checks on threads of their own (see `Engine`), each from a fresh
+        // instance: nothing is pooled there.
+        let lane = chorus_sandbox::Sandbox::new(chorus_sandbox::SandboxConfig {
+            threads: a.dry_run_threads,
+            max_pooled: 0,
+            max_pooled_bytes: 0,
+            max_owner_bytes: 0,
+            max_instance_bytes: 0,
+        });
+        let engine = chorus_automation::Engine::new(
+            sandbox,
+            lane,
+            config.automation.clone(),
+            directory.clone(),
+        );
         let node = NodeId(config.node_id.clone());
         let listener =
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
@@ -154,6 +167,7 @@ impl Node {
             auth_limits: AuthLimits::new(&config.auth),
             registration: config.auth.registration,
             invite_ttl: Duration::from_secs(config.auth.invite_ttl_secs),
+            dry_runs: Default::default(),
             metrics: crate::telemetry::metrics(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

@@ -791,4 +791,111 @@ async fn what_scripts_send_counts_against_their_owners_send_rate() {
     );
     // Ten asked for, five in bob's burst: the rest waited on nothing and were refused.
     assert_eq!(settle(&mut ada_ws, &chat, "2").await, 7);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_looping_on_kv_never_hold_up_another_users_reply() {
+    // The attack of issue 23: dry runs of scripts that loop on `ctx.kv`, asked for
+    // without end by several users, used to hold every hook thread for minutes. Here each
+    // lasts its whole cap (1 s of CPU plus 2 s for kv calls, the call limit out of the
+    // way), more of them are asked for than there are hook threads, and a reply another
+    // user's script sends must still arrive.
+    let app = TestApp::spawn_with(|c| {
+        c.automation.threads = 2;
+        c.automation.kv_time_ms = 2000;
+        c.automation.kv_max_calls = u32::MAX;
+    })
+    .await;
+    let (bob, carol) = (app.register("bob").await, app.register("carol").await);
+    let chat = app.direct(&bob, &carol).await;
+    app.script(
+        &carol,
+        &["incoming"],
+        r#"export function onIncoming(msg) { if (msg.body === "ping") return { reply: "pong" }; }"#,
+    )
+    .await;
+    let (results, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut hammers = tokio::task::JoinSet::new();
+    for n in 0..3 {
+        let attacker = app.register(&format!("mallory{n}")).await;
+        let (status, script) = app
+            .post(
+                Some(&attacker.token),
+                "/api/v1/scripts",
+                json!({
+                    "name": "kv loop",
+                    "hooks": ["incoming"],
+                    "cpu_ms": 1000,
+                    "source": r#"export function onIncoming(msg, ctx) { for (;;) ctx.kv.get("k"); }"#,
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "{script}");
+        let path = format!("/api/v1/scripts/{}/test", script["id"].as_str().unwrap());
+        for _ in 0..2 {
+            let (api, token, path, results) = (
+                Api::new(app.addr),
+                attacker.token.clone(),
+                path.clone(),
+                results.clone(),
+            );
+            hammers.spawn(async move {
+                loop {
+                    let (status, body) = api
+                        .post(Some(&token), &path, json!({ "message": { "body": "x" } }))
+                        .await;
+                    // Pacing by the server's own hint, as a client would; not a wait
+                    // for an event.
+                    let retry = body["error"]["retry_after_ms"].as_u64();
+                    if results.send((n, status, body)).is_err() {
+                        return;
+                    }
+                    if let Some(ms) = retry {
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
+                }
+            });
+        }
+    }
+    // Every attacker has a dry run under way once one of their requests is refused.
+    let mut refused = [false; 3];
+    let mut finished = Vec::new();
+    while refused.contains(&false) {
+        let (n, status, body) = answers.recv().await.unwrap();
+        match status {
+            429 => {
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                refused[n] = true;
+            }
+            // Before every attacker was refused once, a dry run can only have ended at
+            // its cap.
+            200 => {
+                assert_eq!(body["error"]["code"], "timeout", "{body}");
+                finished.push(body);
+            }
+            _ => panic!("{status} {body}"),
+        }
+    }
+
+    let mut bob_ws = app.ws(&bob).await;
+    bob_ws.send_message(&chat, "1", "ping").await;
+    loop {
+        let m = bob_ws.expect("message").await["message"].clone();
+        if m["body"] == "pong" {
+            assert_eq!(m["origin"], "script");
+            break;
+        }
+    }
+
+    // The dry runs end at their cap, with `timeout`.
+    while finished.is_empty() {
+        let (_, status, body) = answers.recv().await.unwrap();
+        if status == 200 {
+            finished.push(body);
+        }
+    }
+    let run = &finished[0];
+    assert_eq!(run["error"]["code"], "timeout", "{run}");
+    // 3 s of cap; the margin is for a loaded machine.
+    assert!(run["elapsed_us"].as_u64().unwrap() < 4_000_000, "{run}");
+    hammers.abort_all();
 }
