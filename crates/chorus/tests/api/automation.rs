@@ -791,6 +791,7 @@ async fn what_scripts_send_counts_against_their_owners_send_rate() {
     );
     // Ten asked for, five in bob's burst: the rest waited on nothing and were refused.
     assert_eq!(settle(&mut ada_ws, &chat, "2").await, 7);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_runs_looping_on_kv_never_hold_up_another_users_reply() {
