@@ -15,16 +15,16 @@
 //!   after the freed ones in the thread's heap), with the default caps.
 //! - `pooled_mb`: what the pool holds then, as it measures it.
 //!
-//! Each scenario runs in a process of its own (this program again, told which by
-//! [`SCENARIO`]): a sandbox frees its instances on its own thread after it is dropped,
-//! so one scenario's memory would still be there in the next.
+//! Each scenario runs in a process of its own (this program again, told which by a
+//! `--scenario=NAME` argument): a sandbox frees its instances on its own thread after
+//! it is dropped, so one scenario's memory would still be there in the next.
 
 use std::sync::Arc;
 
 use chorus_sandbox::{Call, Limits, Sandbox, SandboxConfig};
 
-/// The environment variable that makes this program run one scenario.
-const SCENARIO: &str = "CHORUS_BENCH_MEMORY_SCENARIO";
+/// The argument that makes this program run one scenario.
+const SCENARIO: &str = "--scenario=";
 
 const ARRAY: &str = "let kept; export function f() { kept = new Array(15e6).fill(1); }";
 const OBJECTS: &str = "let kept = []; export function f() { for (let i = 0; i < 1e6; i++) kept.push({ i, s: 'v' + i }); }";
@@ -88,13 +88,14 @@ async fn hoard(config: SandboxConfig, big: &str, small: Option<&str>) -> Sandbox
 }
 
 fn main() {
-    match std::env::var(SCENARIO).as_deref() {
-        Ok(scenario) => run(scenario),
-        Err(_) => {
+    let scenario = std::env::args().find_map(|a| a.strip_prefix(SCENARIO).map(str::to_owned));
+    match scenario {
+        Some(scenario) => run(&scenario),
+        None => {
             let program = std::env::current_exe().expect("this program's path");
             for scenario in ["start", "array_unbounded", "array_capped", "objects_capped"] {
                 let status = std::process::Command::new(&program)
-                    .env(SCENARIO, scenario)
+                    .arg(format!("{SCENARIO}{scenario}"))
                     .status()
                     .expect("the scenario runs");
                 assert!(status.success(), "{scenario}: {status}");
