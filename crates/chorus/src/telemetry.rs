@@ -53,6 +53,22 @@ fn describe() {
         "WebSocket sessions open on this node"
     );
     describe_gauge!(
+        "chorus_http_connections",
+        "HTTP connections open on this node, WebSocket sessions included"
+    );
+    describe_counter!(
+        "chorus_http_connections_refused_total",
+        "Connections closed at once for a limit, by limit (total or per_address)"
+    );
+    describe_counter!(
+        "chorus_http_accept_errors_total",
+        "Failed accepts (out of file descriptors, ...)"
+    );
+    describe_counter!(
+        "chorus_membership_notices_lost_total",
+        "Membership change notices the log never took (other nodes catch up as their cache expires)"
+    );
+    describe_gauge!(
         "chorus_ws_sessions_local",
         "Sessions in this node's local fan-out table (set on each scrape)"
     );
@@ -143,6 +159,10 @@ fn describe() {
     describe_counter!(
         "chorus_automation_chain_stopped_total",
         "Automation chains stopped at the hop limit"
+    );
+    describe_counter!(
+        "chorus_automation_refused_total",
+        "Messages automation was not let send, by reason (budget, rate_limited)"
     );
     describe_counter!(
         "chorus_messages_blocked_total",
