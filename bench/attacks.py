@@ -203,7 +203,7 @@ async def kvloop(server: Server, ctx: dict) -> str:
 async def memory(server: Server, ctx: dict) -> str:
     attacker = await server.register("mem")
     before = rss_mb(ctx["pid"])
-    source = ("let keep; export function main() { keep = new Array(20_000_000).fill(1.5); "
+    source = ("let keep; export function main() { keep = new Array(10_000_000).fill(1.5); "
               "return keep.length; }")
     ids = []
     for _ in range(8):
