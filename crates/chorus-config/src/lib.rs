@@ -45,8 +45,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// This node's name: names its delivery topic; unique in a cluster.
     pub node_id: String,
-    /// Event log URL: `memory://` or `kafka://HOST:PORT[,HOST:PORT]`.
+    /// Event log URL: `local://[DIR]` (in-process and durable, its journal in DIR,
+    /// default `log` in the data directory), `memory://` (in-process, not durable) or
+    /// `kafka://HOST:PORT[,HOST:PORT]`.
     pub log: String,
+    /// Whether the embedded parts (the `local://` log's journal, the SQLite database)
+    /// sync every write to the disk before it counts: what was acknowledged then
+    /// survives a power loss, not only the process being killed.
+    pub sync_to_disk: bool,
     /// Database URL: `sqlite://PATH` or `postgres://…`; default: `chorus.db` in the data
     /// directory.
     pub db: Option<String>,
@@ -452,7 +458,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./chorus-data"),
             node_id: "local".into(),
-            log: "memory://".into(),
+            log: "local://".into(),
+            sync_to_disk: false,
             db: None,
             registry: "memory://".into(),
             roles: Vec::new(),
@@ -734,7 +741,7 @@ mod tests {
     fn defaults_are_the_embedded_setup() {
         let c = Config::default();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.log, "memory://");
+        assert_eq!(c.log, "local://");
         assert_eq!(c.db_url(), "sqlite://./chorus-data/chorus.db");
         c.validate().unwrap();
     }

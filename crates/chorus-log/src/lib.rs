@@ -6,7 +6,8 @@
 //! holds the contract ([`EventLog`], [`Consumer`]) and its backends:
 //!
 //! - [`memory`]: in-process, partitioned, with consumer groups and committed offsets;
-//!   the embedded default (`memory://`).
+//!   durable with a journal in a directory (`local://`, the embedded default) or in
+//!   memory only (`memory://`).
 //! - `kafka` (feature `kafka`): Apache Kafka or any Kafka-protocol broker (`kafka://`).
 //!
 //! # Contract
@@ -25,6 +26,7 @@
 //! - `publish` returns once the backend holds the record (for Kafka: acknowledged by
 //!   all in-sync replicas).
 
+mod journal;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;

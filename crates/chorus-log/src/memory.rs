@@ -2,15 +2,21 @@
 //! offsets and rebalancing, retention up to the slowest group's committed offset.
 //!
 //! It keeps the same contract as Kafka so that every role and test runs unchanged on
-//! either. It is not durable: records not yet committed by their consumers are lost if
-//! the process dies (clients retry unconfirmed sends with the same `client_msg_id`).
+//! either. Opened on a directory ([`MemoryLog::open`], `local://`, the embedded
+//! default) it is durable: every change is written to a journal there before a publish
+//! returns ([`crate::journal`]), and the log is read back from it when the process
+//! starts again, consumer groups' offsets included. Made with [`MemoryLog::new`]
+//! (`memory://`) it is not: records not yet committed by their consumers are lost if
+//! the process dies.
 
+use crate::journal::{self, Encoder, End, Entry, Segment};
 use crate::{
     Consumer, EventLog, LogError, Outgoing, Pending, Record, commit_positions, partition_for,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
 use tokio::sync::watch;
 
 /// Records kept per partition of a topic that no group has ever consumed (the dead-
@@ -28,6 +34,61 @@ struct State {
     topics: HashMap<String, Topic>,
     groups: HashMap<String, Group>,
     next_member: u64,
+    /// The journal of a durable log.
+    journal: Option<Journal>,
+}
+
+/// Highest record offset per partition written in a segment.
+type SegmentRecords = HashMap<(Arc<str>, u32), u64>;
+
+/// A durable log's side of its journal (the writer thread has the other).
+struct Journal {
+    encoder: Encoder,
+    /// Rings the writer: something is waiting in `encoder`.
+    bell: mpsc::SyncSender<()>,
+    /// How far the writer has got.
+    written: watch::Receiver<Written>,
+    /// Records in the segment being written.
+    open: SegmentRecords,
+    /// Earlier segments still kept, oldest first: each until all its records are
+    /// committed by every group reading them.
+    closed: Vec<(u64, SegmentRecords)>,
+}
+
+/// How far the journal's writer has got.
+#[derive(Clone, Copy, Debug, Default)]
+struct Written {
+    /// Bytes of the encoder's stream written (and synced, if so configured).
+    upto: u64,
+    /// A write failed: nothing more will be written.
+    failed: bool,
+}
+
+impl Journal {
+    fn ring(&self) {
+        // Full: the writer will find this too when it wakes. Gone: it failed, which
+        // `written` says.
+        let _ = self.bell.try_send(());
+    }
+
+    /// A future that resolves once everything encoded so far is written.
+    fn written(&self) -> Pending {
+        let target = self.encoder.position();
+        let mut written = self.written.clone();
+        self.ring();
+        Box::pin(async move {
+            let reached = written
+                .wait_for(|w| w.failed || w.upto >= target)
+                .await
+                .map_err(|_| LogError::Closed)?;
+            if reached.failed {
+                return Err(LogError::Backend(
+                    "the log's journal could not be written (see the node's log)".into(),
+                ));
+            }
+            Ok(())
+        })
+    }
 }
 
 struct Topic {
@@ -82,9 +143,88 @@ impl Group {
 }
 
 impl MemoryLog {
-    /// An empty log.
+    /// An empty log, in memory only.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The durable log whose journal is in `dir` (created if missing), read back from
+    /// it. With `sync`, every write of the journal is synced to the disk before the
+    /// publishes it holds return (what survives a power loss); without, it is handed to
+    /// the operating system (what survives the process being killed).
+    pub fn open(dir: &Path, sync: bool) -> Result<Self, LogError> {
+        Self::open_with(dir, sync, journal::SEGMENT_BYTES)
+    }
+
+    /// [`MemoryLog::open`] with segments of `segment_bytes`.
+    fn open_with(dir: &Path, sync: bool, segment_bytes: u64) -> Result<Self, LogError> {
+        let io = |what: &str, e: std::io::Error| {
+            LogError::Backend(format!("journal {}: {what}: {e}", dir.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("creating it", e))?;
+        let segments = journal::segments(dir).map_err(|e| io("listing it", e))?;
+        let mut state = State::default();
+        let mut closed = Vec::new();
+        let mut open = (0, SegmentRecords::new(), 0);
+        for (i, (number, path)) in segments.iter().enumerate() {
+            let mut records = SegmentRecords::new();
+            let end = journal::read_segment(path, |entry| state.apply(entry, &mut records))
+                .map_err(|e| io("reading it", e))?;
+            let last = i + 1 == segments.len();
+            let at = match end {
+                End::Clean => std::fs::metadata(path)
+                    .map_err(|e| io("reading it", e))?
+                    .len(),
+                // What a crash left half-written at the end: cut off below.
+                End::Torn(at) if last => {
+                    tracing::warn!(segment = %path.display(), at, "journal: an interrupted write is cut off");
+                    at
+                }
+                End::Torn(at) => {
+                    return Err(LogError::Backend(format!(
+                        "journal segment {} is damaged at byte {at}; restore it or remove the journal (losing what it holds)",
+                        path.display()
+                    )));
+                }
+            };
+            if last {
+                open = (*number, records, at);
+            } else {
+                closed.push((*number, records));
+            }
+        }
+        let names: Vec<String> = state.topics.keys().cloned().collect();
+        for name in &names {
+            state.trim(name);
+        }
+        let (number, records, at) = open;
+        let segment =
+            Segment::open(dir, number, at, sync).map_err(|e| io("opening a segment", e))?;
+        let (bell, rung) = mpsc::sync_channel(1);
+        let (written_tx, written) = watch::channel(Written::default());
+        state.journal = Some(Journal {
+            encoder: Encoder::default(),
+            bell,
+            written,
+            open: records,
+            closed,
+        });
+        let log = Self {
+            state: Arc::new(Mutex::new(state)),
+        };
+        let writer = Writer {
+            log: Arc::downgrade(&log.state),
+            dir: dir.to_owned(),
+            sync,
+            segment,
+            segment_bytes,
+            written: written_tx,
+        };
+        std::thread::Builder::new()
+            .name("log-journal".into())
+            .spawn(move || writer.run(&rung))
+            .map_err(|e| io("starting its writer", e))?;
+        Ok(log)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -102,6 +242,138 @@ impl MemoryLog {
 }
 
 impl State {
+    /// Applies a journal entry read back; notes the records it holds in `records`.
+    fn apply(&mut self, entry: Entry, records: &mut SegmentRecords) {
+        match entry {
+            Entry::Topic { name, partitions } => self.add_topic(&name, partitions),
+            Entry::Deleted { name } => self.remove_topic(&name),
+            Entry::Record {
+                topic,
+                partition,
+                offset,
+                key,
+                payload,
+            } => {
+                let Some(t) = self.topics.get_mut(&topic) else {
+                    return;
+                };
+                let Some(part) = t.partitions.get_mut(partition as usize) else {
+                    return;
+                };
+                if offset < part.end() {
+                    return;
+                }
+                if offset > part.end() {
+                    // What came before was committed and its segment removed.
+                    part.records.clear();
+                    part.base = offset;
+                }
+                part.records.push_back((key, payload));
+                records.insert((t.name.clone(), partition), offset);
+            }
+            Entry::Commit {
+                group,
+                topic,
+                partition,
+                next,
+            } => {
+                let g = self.groups.entry(group).or_default();
+                if !g.topics.contains(&topic) {
+                    g.topics.push(topic.clone());
+                }
+                let entry = g.committed.entry((topic, partition)).or_insert(0);
+                *entry = (*entry).max(next);
+            }
+            Entry::PartitionEnd {
+                topic,
+                partition,
+                end,
+            } => {
+                if let Some(part) = self
+                    .topics
+                    .get_mut(&topic)
+                    .and_then(|t| t.partitions.get_mut(partition as usize))
+                    && part.end() < end
+                {
+                    part.records.clear();
+                    part.base = end;
+                }
+            }
+            Entry::Reads { group, topic } => {
+                let g = self.groups.entry(group).or_default();
+                if !g.topics.contains(&topic) {
+                    g.topics.push(topic);
+                }
+            }
+            // Topics deleted in segments since removed.
+            Entry::Topics { names } => {
+                let gone: Vec<String> = self
+                    .topics
+                    .keys()
+                    .filter(|t| !names.contains(t))
+                    .cloned()
+                    .collect();
+                for topic in gone {
+                    self.remove_topic(&topic);
+                }
+            }
+        }
+    }
+
+    /// What a new segment starts with: enough to read the log back from it alone,
+    /// once the segments before it hold nothing uncommitted.
+    fn checkpoint(&self) -> Vec<u8> {
+        let mut e = Encoder::default();
+        e.topics(self.topics.keys().map(String::as_str));
+        for t in self.topics.values() {
+            e.topic(&t.name, t.partitions.len() as u32);
+            for (p, part) in t.partitions.iter().enumerate() {
+                e.partition_end(&t.name, p as u32, part.end());
+            }
+        }
+        for (name, g) in &self.groups {
+            for topic in &g.topics {
+                e.reads(name, topic);
+            }
+            for ((topic, partition), next) in &g.committed {
+                e.commit(name, topic, *partition, *next);
+            }
+        }
+        e.take()
+    }
+
+    fn add_topic(&mut self, topic: &str, partitions: u32) {
+        if self.topics.contains_key(topic) {
+            return;
+        }
+        let (changed, _) = watch::channel(0);
+        self.topics.insert(
+            topic.to_owned(),
+            Topic {
+                name: Arc::from(topic),
+                partitions: (0..partitions.max(1))
+                    .map(|_| Partition::default())
+                    .collect(),
+                changed,
+            },
+        );
+        let State { groups, topics, .. } = self;
+        for g in groups.values_mut() {
+            if g.topics.iter().any(|t| t == topic) {
+                g.rebalance(topics);
+            }
+        }
+    }
+
+    fn remove_topic(&mut self, topic: &str) {
+        if let Some(t) = self.topics.remove(topic) {
+            t.changed.send_modify(|v| *v += 1);
+        }
+        for g in self.groups.values_mut() {
+            g.committed.retain(|(t, _), _| t != topic);
+        }
+    }
+
     fn notify_topics(&self, names: &[String]) {
         for n in names {
             if let Some(t) = self.topics.get(n) {
@@ -148,36 +420,29 @@ impl State {
 #[async_trait]
 impl EventLog for MemoryLog {
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
-        let mut state = self.lock();
-        if !state.topics.contains_key(topic) {
-            let (changed, _) = watch::channel(0);
-            state.topics.insert(
-                topic.to_owned(),
-                Topic {
-                    name: Arc::from(topic),
-                    partitions: (0..partitions.max(1))
-                        .map(|_| Partition::default())
-                        .collect(),
-                    changed,
-                },
-            );
-            let State { groups, topics, .. } = &mut *state;
-            for g in groups.values_mut() {
-                if g.topics.iter().any(|t| t == topic) {
-                    g.rebalance(topics);
-                }
+        let pending = {
+            let mut state = self.lock();
+            if state.topics.contains_key(topic) {
+                return Ok(());
             }
+            state.add_topic(topic, partitions);
+            state.journal.as_mut().map(|j| {
+                j.encoder.topic(topic, partitions.max(1));
+                j.written()
+            })
+        };
+        match pending {
+            Some(written) => written.await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn delete_topic(&self, topic: &str) -> Result<(), LogError> {
         let mut state = self.lock();
-        if let Some(t) = state.topics.remove(topic) {
-            t.changed.send_modify(|v| *v += 1);
-        }
-        for g in state.groups.values_mut() {
-            g.committed.retain(|(t, _), _| t != topic);
+        state.remove_topic(topic);
+        if let Some(j) = &mut state.journal {
+            j.encoder.deleted(topic);
+            j.ring();
         }
         Ok(())
     }
@@ -190,11 +455,27 @@ impl EventLog for MemoryLog {
         {
             return Err(LogError::UnknownTopic(missing.topic.clone()));
         }
+        if let Some(j) = &state.journal
+            && j.written.borrow().failed
+        {
+            return Err(LogError::Backend(
+                "the log's journal could not be written (see the node's log)".into(),
+            ));
+        }
         let mut touched: Vec<String> = Vec::new();
+        let State {
+            topics, journal, ..
+        } = &mut *state;
         for r in records {
-            let t = state.topics.get_mut(&r.topic).expect("checked above");
-            let p = partition_for(&r.key, t.partitions.len() as u32) as usize;
-            t.partitions[p].records.push_back((r.key, r.payload));
+            let t = topics.get_mut(&r.topic).expect("checked above");
+            let p = partition_for(&r.key, t.partitions.len() as u32);
+            let part = &mut t.partitions[p as usize];
+            if let Some(j) = journal {
+                let offset = part.end();
+                j.encoder.record(&t.name, p, offset, &r.key, &r.payload);
+                j.open.insert((t.name.clone(), p), offset);
+            }
+            part.records.push_back((r.key, r.payload));
             if !touched.contains(&r.topic) {
                 touched.push(r.topic);
             }
@@ -203,8 +484,11 @@ impl EventLog for MemoryLog {
             state.trim_unconsumed(name);
         }
         state.notify_topics(&touched);
-        // In memory, appended is held.
-        Ok(Box::pin(std::future::ready(Ok(()))))
+        match &state.journal {
+            Some(j) => Ok(j.written()),
+            // In memory, appended is held.
+            None => Ok(Box::pin(std::future::ready(Ok(())))),
+        }
     }
 
     async fn subscribe(
@@ -226,12 +510,17 @@ impl EventLog for MemoryLog {
         let State {
             groups,
             topics: all_topics,
+            journal,
             ..
         } = &mut *state;
         let g = groups.entry(group.to_owned()).or_default();
         for t in topics {
             if !g.topics.contains(t) {
                 g.topics.push(t.clone());
+                if let Some(j) = journal {
+                    j.encoder.reads(group, t);
+                    j.ring();
+                }
             }
         }
         g.members.push(member);
@@ -255,9 +544,11 @@ impl EventLog for MemoryLog {
     }
 
     async fn drained(&self, topics: &[String]) -> bool {
-        topics
-            .iter()
-            .all(|t| self.retained(t).is_none_or(|n| n == 0))
+        // A durable log keeps what is left for the next start.
+        self.lock().journal.is_some()
+            || topics
+                .iter()
+                .all(|t| self.retained(t).is_none_or(|n| n == 0))
     }
 }
 
@@ -370,7 +661,10 @@ impl Consumer for MemoryConsumer {
 
     async fn commit(&mut self, records: &[Record]) -> Result<(), LogError> {
         let mut state = self.log.lock();
-        let Some(g) = state.groups.get_mut(&self.group) else {
+        let State {
+            groups, journal, ..
+        } = &mut *state;
+        let Some(g) = groups.get_mut(&self.group) else {
             return Ok(());
         };
         let mine = g.generation == self.generation;
@@ -385,12 +679,19 @@ impl Consumer for MemoryConsumer {
             let next = offset + 1;
             let entry = g.committed.entry(tp).or_insert(0);
             *entry = (*entry).max(next);
+            if let Some(j) = journal {
+                j.encoder.commit(&self.group, &topic, partition, next);
+            }
             if !touched.contains(&topic) {
                 touched.push(topic);
             }
         }
         for t in touched {
             state.trim(&t);
+        }
+        // Not waited for: a commit lost in a crash only means its records come again.
+        if let Some(j) = &state.journal {
+            j.ring();
         }
         Ok(())
     }
@@ -419,6 +720,269 @@ impl Drop for MemoryConsumer {
             g.rebalance(topics);
             let names = g.topics.clone();
             state.notify_topics(&names);
+        }
+    }
+}
+
+/// The thread that writes a durable log's journal.
+struct Writer {
+    log: Weak<Mutex<State>>,
+    dir: PathBuf,
+    sync: bool,
+    segment: Segment,
+    /// Size after which a new segment is started.
+    segment_bytes: u64,
+    written: watch::Sender<Written>,
+}
+
+impl Writer {
+    /// Writes what the log's journal holds each time the bell rings, until the log is
+    /// dropped or a write fails.
+    fn run(mut self, bell: &mpsc::Receiver<()>) {
+        while bell.recv().is_ok() {
+            let Some(log) = self.log.upgrade() else {
+                return;
+            };
+            if let Err(e) = self.write(&log) {
+                metrics::counter!("chorus_log_journal_failures_total").increment(1);
+                tracing::error!(dir = %self.dir.display(), error = %e, "the log's journal could not be written: publishing fails from now on");
+                self.written.send_modify(|w| w.failed = true);
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, log: &Mutex<State>) -> std::io::Result<()> {
+        let (bytes, upto) = {
+            let mut state = log.lock().unwrap_or_else(|e| e.into_inner());
+            let j = state.journal.as_mut().expect("a durable log has a journal");
+            (j.encoder.take(), j.encoder.position())
+        };
+        self.append(&bytes, upto)?;
+        if self.segment.bytes >= self.segment_bytes {
+            self.rotate(log)?;
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, bytes: &[u8], upto: u64) -> std::io::Result<()> {
+        if !bytes.is_empty() {
+            let started = std::time::Instant::now();
+            self.segment.append(bytes)?;
+            metrics::histogram!("chorus_log_journal_write_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("chorus_log_journal_bytes_total").increment(bytes.len() as u64);
+        }
+        self.written.send_modify(|w| w.upto = upto);
+        Ok(())
+    }
+
+    /// Ends the segment with what is left for it and starts the next with a
+    /// checkpoint; then removes the segments whose records are all committed.
+    fn rotate(&mut self, log: &Mutex<State>) -> std::io::Result<()> {
+        let (rest, upto, checkpoint) = {
+            let mut state = log.lock().unwrap_or_else(|e| e.into_inner());
+            let checkpoint = state.checkpoint();
+            let number = self.segment.number;
+            let j = state.journal.as_mut().expect("a durable log has a journal");
+            let records = std::mem::take(&mut j.open);
+            j.closed.push((number, records));
+            (j.encoder.take(), j.encoder.position(), checkpoint)
+        };
+        self.append(&rest, upto)?;
+        let mut next = Segment::open(&self.dir, self.segment.number + 1, 0, self.sync)?;
+        next.append(&checkpoint)?;
+        self.segment = next;
+        let unneeded: Vec<u64> = {
+            let mut state = log.lock().unwrap_or_else(|e| e.into_inner());
+            let State {
+                topics, journal, ..
+            } = &mut *state;
+            let j = journal.as_mut().expect("a durable log has a journal");
+            let mut unneeded = Vec::new();
+            j.closed.retain(|(number, records)| {
+                let committed = records.iter().all(|((topic, p), last)| {
+                    topics
+                        .get(&**topic)
+                        .and_then(|t| t.partitions.get(*p as usize))
+                        .is_none_or(|part| part.base > *last)
+                });
+                if committed {
+                    unneeded.push(*number);
+                }
+                !committed
+            });
+            unneeded
+        };
+        for number in unneeded {
+            std::fs::remove_file(journal::segment_path(&self.dir, number))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Consumer;
+
+    async fn publish(log: &MemoryLog, topic: &str, from: usize, to: usize) {
+        let records = (from..to)
+            .map(|i| Outgoing::new(topic, format!("k{}", i % 3), format!("r{i}")))
+            .collect();
+        log.publish(records).await.unwrap();
+    }
+
+    async fn take(consumer: &mut Box<dyn Consumer>, n: usize) -> Vec<Record> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.extend(consumer.next_batch(n - out.len()).await.unwrap());
+        }
+        out
+    }
+
+    fn payloads(records: &[Record]) -> Vec<String> {
+        let mut out: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+            .collect();
+        out.sort_by_key(|p| p[1..].parse::<usize>().unwrap());
+        out
+    }
+
+    fn names(from: usize, to: usize) -> Vec<String> {
+        (from..to).map(|i| format!("r{i}")).collect()
+    }
+
+    /// Drops the log and waits until its writer has let go of the journal.
+    fn close(log: MemoryLog) {
+        let weak = Arc::downgrade(&log.state);
+        drop(log);
+        while weak.strong_count() > 0 {
+            std::thread::yield_now();
+        }
+    }
+
+    #[tokio::test]
+    async fn records_topics_and_offsets_are_read_back_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MemoryLog::open(dir.path(), false).unwrap();
+        log.create_topic("t", 3).await.unwrap();
+        publish(&log, "t", 0, 100).await;
+        let mut consumer = log.subscribe("g", &["t".into()]).await.unwrap();
+        let first = take(&mut consumer, 100).await;
+        let committed: Vec<Record> = first.iter().filter(|r| r.offset < 10).cloned().collect();
+        consumer.commit(&committed).await.unwrap();
+        // The commit is written before anything published after it.
+        publish(&log, "t", 100, 110).await;
+        drop(consumer);
+        close(log);
+
+        let log = MemoryLog::open(dir.path(), false).unwrap();
+        let mut consumer = log.subscribe("g", &["t".into()]).await.unwrap();
+        let again = take(&mut consumer, 110 - committed.len()).await;
+        let mut expected: Vec<String> = payloads(&first)
+            .into_iter()
+            .filter(|p| !payloads(&committed).contains(p))
+            .collect();
+        expected.extend(names(100, 110));
+        assert_eq!(payloads(&again), expected);
+        let mut other = log.subscribe("new", &["t".into()]).await.unwrap();
+        assert_eq!(
+            take(&mut other, 110 - committed.len()).await.len(),
+            110 - committed.len(),
+            "a new group starts at the earliest record kept: nothing committed by g is"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_cut_short_at_the_end_is_dropped_and_the_journal_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MemoryLog::open(dir.path(), false).unwrap();
+        log.create_topic("t", 1).await.unwrap();
+        publish(&log, "t", 0, 5).await;
+        close(log);
+        let (_, last) = journal::segments(dir.path()).unwrap().pop().unwrap();
+        let mut file = OpenOptionsForTest::append(&last);
+        std::io::Write::write_all(&mut file, &[42, 0, 0, 0, 1, 2]).unwrap();
+        drop(file);
+
+        let log = MemoryLog::open(dir.path(), false).unwrap();
+        publish(&log, "t", 5, 8).await;
+        close(log);
+        let log = MemoryLog::open(dir.path(), false).unwrap();
+        let mut consumer = log.subscribe("g", &["t".into()]).await.unwrap();
+        assert_eq!(payloads(&take(&mut consumer, 8).await), names(0, 8));
+    }
+
+    #[tokio::test]
+    async fn damage_before_the_end_refuses_to_open_rather_than_guess() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MemoryLog::open_with(dir.path(), false, 256).unwrap();
+        log.create_topic("t", 1).await.unwrap();
+        for i in 0..20 {
+            publish(&log, "t", i * 5, i * 5 + 5).await;
+        }
+        close(log);
+        let segments = journal::segments(dir.path()).unwrap();
+        assert!(segments.len() > 2, "{segments:?}");
+        let (_, first) = &segments[0];
+        let mut bytes = std::fs::read(first).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(first, bytes).unwrap();
+        let Err(e) = MemoryLog::open(dir.path(), false) else {
+            panic!("a damaged journal opened");
+        };
+        assert!(e.to_string().contains("is damaged at byte"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn segments_whose_records_are_all_committed_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MemoryLog::open_with(dir.path(), false, 1024).unwrap();
+        log.create_topic("t", 2).await.unwrap();
+        log.create_topic("other", 1).await.unwrap();
+        log.create_topic("gone", 1).await.unwrap();
+        let mut consumer = log.subscribe("g", &["t".into()]).await.unwrap();
+        // Never consumed: the dead-letter topic of a node, kept up to its bound.
+        publish(&log, "other", 0, 1).await;
+        for round in 0..50 {
+            if round == 25 {
+                log.delete_topic("gone").await.unwrap();
+            }
+            publish(&log, "t", round * 10, round * 10 + 10).await;
+            let got = take(&mut consumer, 10).await;
+            consumer.commit(&got).await.unwrap();
+        }
+        publish(&log, "t", 500, 510).await;
+        let kept = journal::segments(dir.path()).unwrap();
+        assert!(
+            kept.len() < 10,
+            "{} segments kept for 510 records, 500 of them committed",
+            kept.len()
+        );
+        drop(consumer);
+        close(log);
+        let log = MemoryLog::open(dir.path(), false).unwrap();
+        let mut consumer = log.subscribe("g", &["t".into()]).await.unwrap();
+        assert_eq!(payloads(&take(&mut consumer, 10).await), names(500, 510));
+        let mut dead = log.subscribe("dead", &["other".into()]).await.unwrap();
+        assert_eq!(payloads(&take(&mut dead, 1).await), names(0, 1));
+        // Created in the first segment (kept for "other"), deleted in one since
+        // removed: the checkpoints of the later ones say it is gone.
+        assert!(matches!(
+            log.publish(vec![Outgoing::new("gone", "k", "x")]).await,
+            Err(LogError::UnknownTopic(_))
+        ));
+    }
+
+    /// Opens a file to append to it.
+    struct OpenOptionsForTest;
+
+    impl OpenOptionsForTest {
+        fn append(path: &Path) -> std::fs::File {
+            std::fs::OpenOptions::new().append(true).open(path).unwrap()
         }
     }
 }

@@ -188,6 +188,16 @@ contract_tests!(
     split_is_immediate: true
 );
 
+contract_tests!(
+    local,
+    async {
+        // Kept for the test process's life: the log writes there until then.
+        let dir = tempfile::tempdir().unwrap().keep();
+        Some(Arc::new(chorus_log::memory::MemoryLog::open(&dir, false).unwrap()) as Arc<dyn EventLog>)
+    },
+    split_is_immediate: true
+);
+
 #[cfg(feature = "kafka")]
 contract_tests!(
     kafka,

@@ -85,20 +85,32 @@ impl SqliteStore {
             SqliteConnectOptions::new()
                 .filename(path)
                 .create_if_missing(true),
+            false,
         )
         .await
     }
 
-    /// Opens the database named by a `sqlite://PATH` URL.
-    pub async fn open_url(url: &str) -> Result<Self> {
-        Self::connect(SqliteConnectOptions::from_str(url)?.create_if_missing(true)).await
+    /// Opens the database named by a `sqlite://PATH` URL. In WAL mode a commit is in
+    /// the log file when it returns, so it survives the process being killed; with
+    /// `sync_to_disk` the log is synced at every commit too (`synchronous = FULL`), so
+    /// it survives a power loss.
+    pub async fn open_url(url: &str, sync_to_disk: bool) -> Result<Self> {
+        Self::connect(
+            SqliteConnectOptions::from_str(url)?.create_if_missing(true),
+            sync_to_disk,
+        )
+        .await
     }
 
-    async fn connect(options: SqliteConnectOptions) -> Result<Self> {
+    async fn connect(options: SqliteConnectOptions, sync_to_disk: bool) -> Result<Self> {
         private_files(options.get_filename()).map_err(sqlx::Error::Io)?;
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(if sync_to_disk {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         // The writer never checkpoints on commit: a checkpoint copies the log into the

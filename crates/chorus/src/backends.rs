@@ -1,4 +1,4 @@
-//! Backends by URL scheme: `memory://` and `kafka://` logs, `sqlite://` and
+//! Backends by URL scheme: `local://`, `memory://` and `kafka://` logs, `sqlite://` and
 //! `postgres://` stores, `memory://` and `redis://` registries. A scheme that is not
 //! compiled into this build is a clear error naming the cargo feature that adds it.
 
@@ -11,6 +11,7 @@ use chorus_registry::redis::RedisRegistry;
 use chorus_store::Store;
 use chorus_store::postgres::PostgresStore;
 use chorus_store::sqlite::SqliteStore;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +19,27 @@ fn scheme(url: &str) -> &str {
     url.split_once("://").map_or(url, |(s, _)| s)
 }
 
-/// The event log at `url`.
-pub async fn event_log(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
+/// The event log at `url`; a `local://` one without a directory keeps its journal in
+/// `log` under `data_dir`, synced to the disk with `sync_to_disk`.
+pub async fn event_log(
+    url: &str,
+    data_dir: &Path,
+    sync_to_disk: bool,
+) -> anyhow::Result<Arc<dyn EventLog>> {
     match scheme(url) {
         "memory" => Ok(Arc::new(MemoryLog::new())),
+        "local" => {
+            let dir = match url.trim_start_matches("local://") {
+                "" => data_dir.join("log"),
+                dir => dir.into(),
+            };
+            // Reading the journal back is file I/O: off the async workers.
+            let log = tokio::task::spawn_blocking(move || MemoryLog::open(&dir, sync_to_disk))
+                .await
+                .context("opening the event log")?
+                .with_context(|| format!("opening event log {url}"))?;
+            Ok(Arc::new(log))
+        }
         #[cfg(feature = "kafka")]
         "kafka" => Ok(Arc::new(
             chorus_log::kafka::KafkaLog::connect(url)
@@ -32,16 +50,19 @@ pub async fn event_log(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
             bail!("event log {url}: this build has no Kafka support (build with --features kafka)")
         }
         other => {
-            bail!("event log {url}: unknown scheme `{other}` (expected memory:// or kafka://)")
+            bail!(
+                "event log {url}: unknown scheme `{other}` (expected local://, memory:// or kafka://)"
+            )
         }
     }
 }
 
-/// The store at `url`, migrated to the current schema.
-pub async fn store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+/// The store at `url`, migrated to the current schema; a SQLite one syncs every commit
+/// to the disk with `sync_to_disk`.
+pub async fn store(url: &str, sync_to_disk: bool) -> anyhow::Result<Arc<dyn Store>> {
     match scheme(url) {
         "sqlite" => {
-            let store = SqliteStore::open_url(url)
+            let store = SqliteStore::open_url(url, sync_to_disk)
                 .await
                 .with_context(|| format!("opening database {url}"))?;
             Ok(Arc::new(store))

@@ -18,15 +18,16 @@ pub struct Cli {
 /// Which backends this build has, and what `chorus serve` does with no flags.
 fn after_help() -> String {
     let log = if cfg!(feature = "kafka") {
-        "memory://, kafka://"
+        "local://, memory://, kafka://"
     } else {
-        "memory:// (kafka:// needs a build with --features kafka)"
+        "local://, memory:// (kafka:// needs a build with --features kafka)"
     };
     format!(
         "Backends compiled into this build: event log {log}; database sqlite://, \
          postgres://; registry memory://, redis://.\n\
          Run `chorus serve` with no flags for the embedded default: one process, SQLite \
-         in ./chorus-data, in-process event log and registry, listening on 127.0.0.1:8080."
+         and the event log's journal in ./chorus-data, in-process registry, listening on \
+         127.0.0.1:8080."
     )
 }
 
@@ -110,9 +111,16 @@ pub struct ServeArgs {
     /// This node's name, unique in a cluster; names its delivery topic [default: local].
     #[arg(long, env = "CHORUS_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
-    /// Event log URL: memory:// or kafka://HOST:PORT[,HOST:PORT] [default: memory://].
+    /// Event log URL: local://[DIR] (in-process, durable: its journal in DIR, default
+    /// <data-dir>/log), memory:// (in-process, lost when the process ends) or
+    /// kafka://HOST:PORT[,HOST:PORT] [default: local://].
     #[arg(long, env = "CHORUS_LOG_URL", value_name = "URL")]
     pub log: Option<String>,
+    /// Sync the embedded log's journal and the SQLite database to the disk at every
+    /// write: what was acknowledged survives a power loss, not only a killed process
+    /// [default: false].
+    #[arg(long, env = "CHORUS_SYNC_TO_DISK", value_name = "BOOL")]
+    pub sync_to_disk: Option<bool>,
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB
     /// [default: sqlite://<data-dir>/chorus.db].
     #[arg(long, env = "CHORUS_DB", value_name = "URL")]
@@ -238,6 +246,7 @@ impl ServeArgs {
             data_dir => c.data_dir,
             node_id => c.node_id,
             log => c.log,
+            sync_to_disk => c.sync_to_disk,
             registry => c.registry,
             roles => c.roles,
             topic_prefix => c.topic_prefix,
@@ -306,7 +315,7 @@ mod tests {
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.roles, vec!["gateway", "store"]);
         assert_eq!(c.limits.rate_per_sec, 7);
-        assert_eq!(c.log, "memory://");
+        assert_eq!(c.log, "local://");
     }
 
     #[test]

@@ -88,8 +88,8 @@ impl Node {
         }
         private_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let store = backends::store(&config.db_url()).await?;
-        let log = backends::event_log(&config.log).await?;
+        let store = backends::store(&config.db_url(), config.sync_to_disk).await?;
+        let log = backends::event_log(&config.log, &config.data_dir, config.sync_to_disk).await?;
         let registry = backends::registry(&config.registry, &config.topic_prefix).await?;
         let topics = Topics::new(config.topic_prefix.clone());
         for stage in Stage::ALL {

@@ -82,7 +82,7 @@ impl UsersArgs {
 
     /// Runs the command, writing what it prints to `output`.
     pub async fn run(&self, output: &mut dyn Write) -> anyhow::Result<()> {
-        let store = crate::backends::store(&self.db_url()?).await?;
+        let store = crate::backends::store(&self.db_url()?, false).await?;
         match &self.command {
             UsersCommand::Show { username } => {
                 let account = store

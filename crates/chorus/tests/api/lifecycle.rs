@@ -66,6 +66,11 @@ struct Server {
 
 impl Server {
     async fn start(data_dir: &std::path::Path) -> Server {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// Started with `env` besides (e.g. `CHORUS_RATE_PER_SEC`).
+    async fn start_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
         // Bind port 0 first to find a free port, then hand it to the child.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -77,6 +82,7 @@ impl Server {
             .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .env("CHORUS_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -175,4 +181,180 @@ async fn a_client_that_stops_reading_is_closed_not_buffered() {
     let tail = resumed.messages(10).await;
     assert_eq!(tail.last().unwrap()["seq"], 1500);
     assert_eq!(resumed.expect("synced").await["last_seq"][&conv], 1500);
+}
+
+/// What the senders of the SIGKILL test were told was accepted, per conversation.
+type Accepted = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>;
+
+/// Sends into `conversation` as fast as the server confirms, `window` sends in flight,
+/// noting every `accepted`, until the connection dies.
+async fn send_until_killed(
+    addr: std::net::SocketAddr,
+    token: String,
+    conversation: String,
+    window: usize,
+    accepted: Accepted,
+    count: tokio::sync::watch::Sender<usize>,
+) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("ws://{addr}/api/v1/ws?token={token}");
+    let Ok((ws, _)) = tokio_tungstenite::connect_async(url).await else {
+        return;
+    };
+    let (mut tx, mut rx) = ws.split();
+    let mut in_flight = 0;
+    loop {
+        while in_flight < window {
+            let frame = json!({
+                "type": "send",
+                "client_msg_id": uuid::Uuid::now_v7().to_string(),
+                "conversation_id": conversation,
+                "body": "under load",
+            });
+            if tx.send(Message::text(frame.to_string())).await.is_err() {
+                return;
+            }
+            in_flight += 1;
+        }
+        let Some(Ok(Message::Text(text))) = rx.next().await else {
+            return;
+        };
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        match frame["type"].as_str() {
+            Some("accepted") => {
+                in_flight -= 1;
+                let id = frame["message_id"].as_str().unwrap().to_owned();
+                accepted
+                    .lock()
+                    .unwrap()
+                    .entry(conversation.clone())
+                    .or_default()
+                    .push(id);
+                count.send_modify(|n| *n += 1);
+            }
+            Some("error") => in_flight -= 1,
+            _ => {}
+        }
+    }
+}
+
+/// Once a client has `accepted` for a message, a SIGKILL at any moment loses nothing:
+/// after a restart every accepted message is stored exactly once, with `seq` gapless,
+/// and nobody retried anything. Eight senders, two to a conversation, 32 sends in
+/// flight each; killed four times, each after a random number of acceptances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_accepted_message() {
+    use rand::Rng;
+    const ROUNDS: usize = 4;
+    let data_dir = tempfile::tempdir().unwrap();
+    let unlimited = [
+        ("CHORUS_RATE_PER_SEC", "1000000"),
+        ("CHORUS_RATE_BURST", "1000000"),
+    ];
+    let mut server = Server::start_with(data_dir.path(), &unlimited).await;
+    let api = Api::new(server.addr);
+    let mut users = Vec::new();
+    for i in 0..8 {
+        users.push(api.register(&format!("sender{i}")).await);
+    }
+    let mut pairs = Vec::new();
+    for pair in users.chunks(2) {
+        pairs.push(api.direct(&pair[0], &pair[1]).await);
+    }
+    let accepted: Accepted = Default::default();
+    for round in 0..ROUNDS {
+        if round > 0 {
+            server = Server::start_with(data_dir.path(), &unlimited).await;
+        }
+        let (count, mut counted) = tokio::sync::watch::channel(0usize);
+        let kill_after = rand::rng().random_range(200..3000);
+        let mut senders = tokio::task::JoinSet::new();
+        for (i, user) in users.iter().enumerate() {
+            senders.spawn(send_until_killed(
+                server.addr,
+                user.token.clone(),
+                pairs[i / 2].clone(),
+                32,
+                accepted.clone(),
+                count.clone(),
+            ));
+        }
+        tokio::time::timeout(PATIENCE, counted.wait_for(|n| *n >= kill_after))
+            .await
+            .expect("the senders get acceptances")
+            .unwrap();
+        server.child.kill().await.unwrap(); // SIGKILL
+        while senders.join_next().await.is_some() {}
+    }
+    let server = Server::start(data_dir.path()).await;
+    let api = Api::new(server.addr);
+    let accepted = accepted.lock().unwrap().clone();
+    let mut total = 0;
+    for (conversation, pair) in pairs.iter().zip(users.chunks(2)) {
+        let stored = api.history(&pair[0], conversation).await;
+        let seqs: Vec<i64> = stored.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=stored.len() as i64).collect::<Vec<_>>(),
+            "gapless"
+        );
+        let mut ids: Vec<&str> = stored
+            .iter()
+            .map(|m| m["message_id"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        let before = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), before, "each message stored once");
+        for id in &accepted[conversation] {
+            assert!(
+                ids.binary_search(&id.as_str()).is_ok(),
+                "accepted {id} was lost"
+            );
+        }
+        total += accepted[conversation].len();
+    }
+    assert!(total >= ROUNDS * 200, "{total} acceptances");
+}
+
+/// A job the server took (202) runs after a SIGKILL and a restart, queued or running
+/// when the process died.
+#[tokio::test]
+async fn accepted_jobs_run_after_a_sigkill() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(data_dir.path()).await;
+    let api = Api::new(server.addr);
+    let ada = api.register("ada").await;
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = api
+            .post(
+                Some(&ada.token),
+                "/api/v1/jobs",
+                json!({
+                    "source": { "script": "export function main() { let x = 0; for (let i = 0; i < 2e7; i++) x += i; return 'done'; }" },
+                    "cpu_ms": 30000,
+                }),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        jobs.push(body["job_id"].as_str().unwrap().to_owned());
+    }
+    server.child.kill().await.unwrap(); // SIGKILL
+    let server = Server::start(data_dir.path()).await;
+    let api = Api::new(server.addr);
+    for job in &jobs {
+        let path = format!("/api/v1/jobs/{job}/result");
+        poll_until(&format!("job {job} never finished"), || async {
+            api.get(&ada.token, &path).await.0 == 200
+        })
+        .await;
+        let (_, result) = api.get(&ada.token, &path).await;
+        assert_eq!(
+            (&result["status"], &result["output"]),
+            (&json!("succeeded"), &json!("done")),
+            "{result}"
+        );
+    }
 }
