@@ -150,7 +150,9 @@ pub struct BenchArgs {
     #[arg(long, env = "CHORUS_BENCH_IDLE")]
     pub idle: bool,
     /// Process id of a server on this machine: its RSS (VmRSS in /proc/PID/status) is
-    /// read before the connections open and at the end.
+    /// read before the connections open and at the end, and its CPU time (utime and
+    /// stime in /proc/PID/stat) over the measured window: the report gives the server's
+    /// CPU per send.
     #[arg(long, env = "CHORUS_BENCH_SERVER_PID", value_name = "PID")]
     pub server_pid: Option<u32>,
     /// After the warm-up every client drops its connection and reconnects at once,

@@ -156,6 +156,12 @@ pub(crate) struct Report {
     /// RSS growth per open connection, KiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_connection_kib: Option<f64>,
+    /// CPU time the server used during the measured window, seconds (`--server-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_s: Option<f64>,
+    /// That, per send of the window, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_send: Option<f64>,
     /// Reconnect storm: the numbers below.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm: Option<Storm>,
@@ -232,6 +238,13 @@ impl Report {
                     a as f64 / 1024.0,
                     self.rss_per_connection_kib.unwrap_or(0.0)
                 ),
+            );
+        }
+        if let (Some(cpu), Some(per_send)) = (self.server_cpu_s, self.server_cpu_us_per_send) {
+            row(
+                &mut o,
+                "server CPU",
+                format!("{cpu:.2} s in the window: {per_send:.1} us per send"),
             );
         }
         if self.scenario == "idle" {

@@ -231,6 +231,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ));
 
     let mut tail_s = 0.0;
+    let mut server_cpu_us = None;
     if args.idle {
         progress.start_timed("hold", args.duration);
         let ticker = progress.ticker(ctx.clone(), now_ns());
@@ -247,6 +248,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let measure_start = start + secs_to_ns(args.warmup);
         let measure_end = measure_start + secs_to_ns(args.duration);
         ctx.window.set(measure_start, measure_end);
+        // The server's CPU time at the start of the measured window.
+        let cpu_at_start = args.server_pid.map(|pid| {
+            tokio::spawn(async move {
+                sleep_until_ns(measure_start).await;
+                setup::read_cpu_us(pid)
+            })
+        });
         if args.reconnect_storm {
             let ctx = ctx.clone();
             tokio::spawn(async move {
@@ -266,6 +274,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             sleep_until_ns(measure_end).await;
         } else {
             schedule(&ctx, &senders, args.rate, start, measure_end).await;
+        }
+        if let (Some(started), Some(pid)) = (cpu_at_start, args.server_pid) {
+            let start_us = started.await.context("reading the server's CPU time")??;
+            server_cpu_us = Some(setup::read_cpu_us(pid)?.saturating_sub(start_us));
         }
         let tail_started = Instant::now();
         let c = &ctx.counters;
@@ -328,6 +340,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         open_at_end,
         server_rss_before_kib: rss_before,
         server_rss_after_kib: rss_after,
+        server_cpu_s: server_cpu_us.map(|us| us as f64 / 1e6),
+        server_cpu_us_per_send: server_cpu_us
+            .filter(|_| get(&c.sent) > 0)
+            .map(|us| us as f64 / get(&c.sent) as f64),
         ..Report::default()
     };
     r.connect_rate = report::per_second(r.connections as u64, connect_s);

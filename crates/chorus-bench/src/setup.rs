@@ -386,6 +386,27 @@ pub(crate) fn read_rss_kib(pid: u32) -> anyhow::Result<u64> {
     parse_vm_rss(&status).with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// CPU time process `pid` has used, all its threads (live or ended), in microseconds
+/// (`utime` + `stime` of `/proc/PID/stat`, in clock ticks of 10 ms).
+pub(crate) fn read_cpu_us(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    parse_cpu_us(&stat).with_context(|| format!("no CPU times in /proc/{pid}/stat"))
+}
+
+/// Linux reports process times in USER_HZ ticks, 100 a second on every architecture.
+const TICK_US: u64 = 10_000;
+
+fn parse_cpu_us(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces: count fields after its `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the line: the 12th and 13th after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * TICK_US)
+}
+
 fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let mut parts = line["VmRSS:".len()..].split_whitespace();
@@ -400,6 +421,14 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_times_are_read_after_the_command_name() {
+        let stat =
+            "4242 (chorus serve) S 1 4242 4242 0 -1 4194560 1200 0 0 0 250 75 0 0 20 0 9 0 1 2 3";
+        assert_eq!(parse_cpu_us(stat), Some(325 * 10_000));
+        assert!(read_cpu_us(std::process::id()).is_ok());
+    }
 
     #[test]
     fn direct_pairs_neighbours() {
