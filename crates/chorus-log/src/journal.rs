@@ -337,6 +337,74 @@ pub(crate) fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("journal-{number:020}.log"))
 }
 
+/// The segments of a journal on disk: the one being written, and the start of the
+/// next when it is full.
+pub(crate) struct Files {
+    dir: PathBuf,
+    segment: Segment,
+    segment_bytes: u64,
+}
+
+impl Files {
+    /// Appends to `segment`, in `dir`; a new segment is started past `segment_bytes`.
+    pub(crate) fn new(dir: PathBuf, segment: Segment, segment_bytes: u64) -> Self {
+        Self {
+            dir,
+            segment,
+            segment_bytes,
+        }
+    }
+
+    /// The directory the journal is in (for messages).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends `bytes` to the segment being written.
+    pub(crate) fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.segment.append(bytes)?;
+        metrics::histogram!("chorus_log_journal_write_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("chorus_log_journal_bytes_total").increment(bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Whether the segment being written is full.
+    pub(crate) fn full(&self) -> bool {
+        self.segment.bytes >= self.segment_bytes
+    }
+
+    /// The number of the segment being written.
+    pub(crate) fn number(&self) -> u64 {
+        self.segment.number
+    }
+
+    /// Starts the next segment with `checkpoint`.
+    pub(crate) fn start_next(&mut self, checkpoint: &[u8]) -> io::Result<()> {
+        let mut next = Segment::open(
+            &self.dir,
+            self.segment.number + 1,
+            0,
+            self.segment.sync,
+        )?;
+        next.append(checkpoint)?;
+        self.segment = next;
+        Ok(())
+    }
+
+    /// Removes the segments `numbers`.
+    pub(crate) fn remove(&self, numbers: &[u64]) -> io::Result<()> {
+        for number in numbers {
+            std::fs::remove_file(segment_path(&self.dir, *number))?;
+        }
+        Ok(())
+    }
+}
+
 /// The segment being written.
 pub(crate) struct Segment {
     pub(crate) number: u64,

@@ -198,6 +198,15 @@ contract_tests!(
     split_is_immediate: true
 );
 
+contract_tests!(
+    local_synced,
+    async {
+        let dir = tempfile::tempdir().unwrap().keep();
+        Some(Arc::new(chorus_log::memory::MemoryLog::open(&dir, true).unwrap()) as Arc<dyn EventLog>)
+    },
+    split_is_immediate: true
+);
+
 #[cfg(feature = "kafka")]
 contract_tests!(
     kafka,
