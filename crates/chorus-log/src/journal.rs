@@ -385,12 +385,7 @@ impl Files {
 
     /// Starts the next segment with `checkpoint`.
     pub(crate) fn start_next(&mut self, checkpoint: &[u8]) -> io::Result<()> {
-        let mut next = Segment::open(
-            &self.dir,
-            self.segment.number + 1,
-            0,
-            self.segment.sync,
-        )?;
+        let mut next = Segment::open(&self.dir, self.segment.number + 1, 0, self.segment.sync)?;
         next.append(checkpoint)?;
         self.segment = next;
         Ok(())

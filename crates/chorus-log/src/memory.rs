@@ -89,10 +89,7 @@ enum Sink {
     /// Written by whoever appends, under the log's lock: handing a write to the
     /// operating system's cache costs less than waking another thread for it (25 us of
     /// CPU per message at 5,000 msg/s with a writer thread).
-    Inline {
-        files: journal::Files,
-        failed: bool,
-    },
+    Inline { files: journal::Files, failed: bool },
     /// Synced to the disk by a thread of its own: a sync takes milliseconds, and
     /// every append waiting meanwhile shares the next one (group commit).
     Synced {
