@@ -138,6 +138,18 @@ fn describe() {
         "chorus_kafka_producer_renewed_total",
         "Kafka producers replaced after a fatal error"
     );
+    describe_counter!(
+        "chorus_log_journal_bytes_total",
+        "Bytes written to the embedded log's journal"
+    );
+    describe_histogram!(
+        "chorus_log_journal_write_seconds",
+        "Time of one write (and sync, with sync_to_disk) of the embedded log's journal"
+    );
+    describe_counter!(
+        "chorus_log_journal_failures_total",
+        "Writes of the embedded log's journal that failed (publishing fails from then on)"
+    );
     describe_histogram!(
         "chorus_db_query_seconds",
         "Database call latency, by operation"
@@ -209,4 +221,64 @@ fn describe() {
         "chorus_observer_panic",
         "1 while the observer is in panic mode"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The names in `source` right after `macro!(`, for each macro.
+    fn names_after<'a>(source: &'a str, macros: &[&str]) -> Vec<&'a str> {
+        let mut names = Vec::new();
+        for mac in macros {
+            for (at, _) in source.match_indices(mac) {
+                let rest = source[at + mac.len()..].trim_start();
+                if let Some(rest) = rest.strip_prefix('"')
+                    && let Some(end) = rest.find('"')
+                {
+                    names.push(&rest[..end]);
+                }
+            }
+        }
+        names
+    }
+
+    fn sources(dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+
+    /// Prometheus tools (promtool, the conformance suite) want help text for every
+    /// metric family, and a family gets it only from a `describe_*!` here.
+    #[test]
+    fn every_metric_the_code_records_is_described() {
+        let crates = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut all = Vec::new();
+        sources(crates, &mut all);
+        let described = names_after(
+            include_str!("telemetry.rs"),
+            &[
+                "describe_counter!(",
+                "describe_gauge!(",
+                "describe_histogram!(",
+            ],
+        );
+        let mut missing: Vec<&str> = all
+            .iter()
+            .flat_map(|s| names_after(s, &["counter!(", "gauge!(", "histogram!("]))
+            .filter(|name| name.starts_with("chorus_") && !described.contains(name))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        assert!(
+            missing.is_empty(),
+            "not described in telemetry.rs: {missing:?}"
+        );
+    }
 }
