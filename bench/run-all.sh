@@ -41,7 +41,7 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 
 if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build --release --features kafka -p chorus
+  cargo build --release --features kafka,bench -p chorus
   cargo build --release -p chorus-bench --bin chorus-relay
 fi
 bench/ejabberd/setup.sh install

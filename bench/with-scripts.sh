@@ -8,7 +8,7 @@
 # ROUNDS times so that drift in the machine's load hits both alike; the medians are
 # compared.
 #
-# Usage: bench/with-scripts.sh [OUT_DIR]   (needs `cargo build --release` first)
+# Usage: bench/with-scripts.sh [OUT_DIR]   (needs `cargo build --release -p chorus --features bench` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/bench-scripts}

@@ -81,36 +81,16 @@ pub struct BenchArgs {
     )]
     pub xmpp_domain: String,
     /// Number of users, each with one WebSocket session.
-    #[arg(
-        long,
-        env = "CHORUS_BENCH_USERS",
-        value_name = "N",
-        default_value_t = 100
-    )]
+    #[arg(long, env = "CHORUS_BENCH_USERS", value_name = "N", default_value_t = 100)]
     pub users: usize,
     /// Offered sends per second in total, spread over all users (open loop).
-    #[arg(
-        long,
-        env = "CHORUS_BENCH_RATE",
-        value_name = "MSGS_PER_S",
-        default_value_t = 1000.0
-    )]
+    #[arg(long, env = "CHORUS_BENCH_RATE", value_name = "MSGS_PER_S", default_value_t = 1000.0)]
     pub rate: f64,
     /// Measured time in seconds (after the warm-up).
-    #[arg(
-        long,
-        env = "CHORUS_BENCH_DURATION",
-        value_name = "SECONDS",
-        default_value_t = 10.0
-    )]
+    #[arg(long, env = "CHORUS_BENCH_DURATION", value_name = "SECONDS", default_value_t = 10.0)]
     pub duration: f64,
     /// Warm-up in seconds: load at the same rate, not measured.
-    #[arg(
-        long,
-        env = "CHORUS_BENCH_WARMUP",
-        value_name = "SECONDS",
-        default_value_t = 2.0
-    )]
+    #[arg(long, env = "CHORUS_BENCH_WARMUP", value_name = "SECONDS", default_value_t = 2.0)]
     pub warmup: f64,
     /// Also write the report as JSON to this file.
     #[arg(long, env = "CHORUS_BENCH_JSON", value_name = "FILE")]
@@ -125,24 +105,14 @@ pub struct BenchArgs {
     )]
     pub conversation: ConversationMode,
     /// Members per group with `--conversation group`.
-    #[arg(
-        long,
-        env = "CHORUS_BENCH_GROUP_SIZE",
-        value_name = "N",
-        default_value_t = 10
-    )]
+    #[arg(long, env = "CHORUS_BENCH_GROUP_SIZE", value_name = "N", default_value_t = 10)]
     pub group_size: usize,
     /// Closed loop: each sender keeps `--in-flight` messages outstanding and sends the
     /// next one when its own echo arrives (`--rate` is then ignored).
     #[arg(long, env = "CHORUS_BENCH_CLOSED_LOOP", conflicts_with = "idle")]
     pub closed_loop: bool,
     /// Outstanding messages per sender with `--closed-loop`.
-    #[arg(
-        long,
-        env = "CHORUS_BENCH_IN_FLIGHT",
-        value_name = "K",
-        default_value_t = 1
-    )]
+    #[arg(long, env = "CHORUS_BENCH_IN_FLIGHT", value_name = "K", default_value_t = 1)]
     pub in_flight: usize,
     /// Only open the connections and hold them for `--duration`: report the connect
     /// rate and, with `--server-pid`, the server's memory per connection (meaningful on
@@ -160,12 +130,7 @@ pub struct BenchArgs {
     #[arg(long, env = "CHORUS_BENCH_RECONNECT_STORM", conflicts_with = "idle")]
     pub reconnect_storm: bool,
     /// Usernames are PREFIX-0, PREFIX-1, …; reruns with the same prefix log in again.
-    #[arg(
-        long,
-        env = "CHORUS_BENCH_USER_PREFIX",
-        value_name = "STR",
-        default_value = "bench"
-    )]
+    #[arg(long, env = "CHORUS_BENCH_USER_PREFIX", value_name = "STR", default_value = "bench")]
     pub user_prefix: String,
     /// Keep the users' ids and access tokens in this file (one `USERNAME ID TOKEN` line
     /// each) and reuse them on the next run instead of signing in again: a sign-in
@@ -184,29 +149,14 @@ pub struct BenchArgs {
     pub password: String,
     /// Bind client sockets round-robin to 127.0.0.1 … 127.0.0.N (loopback servers
     /// only), for more source ports than one address has.
-    #[arg(
-        long,
-        env = "CHORUS_BENCH_SOURCE_ADDRS",
-        value_name = "N",
-        default_value_t = 1
-    )]
+    #[arg(long, env = "CHORUS_BENCH_SOURCE_ADDRS", value_name = "N", default_value_t = 1)]
     pub source_addrs: u8,
     /// Connections (and conversation creations) in progress at once while setting up.
     /// Sign-ins use at most 8 at once: each costs the server an argon2 hash.
-    #[arg(
-        long,
-        env = "CHORUS_BENCH_CONNECT_CONCURRENCY",
-        value_name = "N",
-        default_value_t = 200
-    )]
+    #[arg(long, env = "CHORUS_BENCH_CONNECT_CONCURRENCY", value_name = "N", default_value_t = 200)]
     pub connect_concurrency: usize,
     /// Size of each message body in bytes (at least what the timestamp and key need).
-    #[arg(
-        long,
-        env = "CHORUS_BENCH_BODY_BYTES",
-        value_name = "BYTES",
-        default_value_t = 100
-    )]
+    #[arg(long, env = "CHORUS_BENCH_BODY_BYTES", value_name = "BYTES", default_value_t = 100)]
     pub body_bytes: usize,
 }
 

@@ -30,6 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 /// A client's WebSocket.
 pub(crate) type Ws = WebSocketStream<TcpStream>;
+/// The writing half of a session.
+pub(crate) type Sink = SplitSink<Ws, Message>;
+/// What writing to a session gives.
+pub(crate) type WsResult = Result<(), tokio_tungstenite::tungstenite::Error>;
 
 /// How long connecting plus the `ready`/`synced` handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,6 +76,16 @@ pub(crate) enum Cmd {
     Send(u64),
     /// Send a message stamped with the time of writing (closed loop).
     Next,
+}
+
+impl Cmd {
+    /// The time the message is stamped with.
+    pub(crate) fn stamp(self) -> u64 {
+        match self {
+            Self::Send(ts) => ts,
+            Self::Next => now_ns(),
+        }
+    }
 }
 
 /// The conversation a client sends to.
@@ -504,11 +518,7 @@ pub(crate) trait WriteCmds {
     /// The queue of commands.
     fn commands(&mut self) -> &mut mpsc::UnboundedReceiver<Cmd>;
     /// Writes one command's message (not flushed).
-    fn write_cmd(
-        &mut self,
-        sink: &mut SplitSink<Ws, Message>,
-        cmd: Cmd,
-    ) -> impl Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>> + Send;
+    fn write_cmd(&mut self, sink: &mut Sink, cmd: Cmd) -> impl Future<Output = WsResult> + Send;
 }
 
 /// Writes commands, up to [`WRITE_BATCH`] per flush, until `broken` or the end of the
@@ -552,41 +562,8 @@ pub(crate) async fn pump<W: WriteCmds>(
 }
 
 impl WriteCmds for Writer {
-    fn commands(&mut self) -> &mut mpsc::UnboundedReceiver<Cmd> {
-        &mut self.rx
-    }
-
-    fn write_cmd(
-        &mut self,
-        sink: &mut SplitSink<Ws, Message>,
-        cmd: Cmd,
-    ) -> impl Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>> + Send {
-        self.write(sink, cmd)
-    }
-}
-
-impl Writer {
-    /// Sends again what is unconfirmed, then writes commands until `broken`; hands
-    /// itself back for the next connection.
-    async fn run(mut self, mut sink: SplitSink<Ws, Message>, broken: CancellationToken) -> Self {
-        if self.resend(&mut sink).await.is_err() {
-            broken.cancel();
-            return self;
-        }
-        pump(&mut self, &mut sink, &broken).await;
-        self
-    }
-
-    /// Writes one command's message (not flushed).
-    async fn write(
-        &mut self,
-        sink: &mut SplitSink<Ws, Message>,
-        cmd: Cmd,
-    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        let ts = match cmd {
-            Cmd::Send(ts) => ts,
-            Cmd::Next => now_ns(),
-        };
+    async fn write_cmd(&mut self, sink: &mut Sink, cmd: Cmd) -> WsResult {
+        let ts = cmd.stamp();
         let k = self.next_k;
         self.next_k += 1;
         let phase = self.ctx.window.phase(ts);
@@ -607,6 +584,23 @@ impl Writer {
             }
         }
         sink.feed(Message::text(self.buf.as_str())).await
+    }
+
+    fn commands(&mut self) -> &mut mpsc::UnboundedReceiver<Cmd> {
+        &mut self.rx
+    }
+}
+
+impl Writer {
+    /// Sends again what is unconfirmed, then writes commands until `broken`; hands
+    /// itself back for the next connection.
+    async fn run(mut self, mut sink: SplitSink<Ws, Message>, broken: CancellationToken) -> Self {
+        if self.resend(&mut sink).await.is_err() {
+            broken.cancel();
+            return self;
+        }
+        pump(&mut self, &mut sink, &broken).await;
+        self
     }
 
     /// Sends every unconfirmed message again, same key and body, oldest first.

@@ -8,7 +8,7 @@
 //! an error. Latency is measured like chorus' from the send time carried in the body.
 
 use crate::args::{BenchArgs, ConversationMode, Protocol};
-use crate::client::{Cmd, Ctx, WriteCmds, Ws, connect_tcp, pump, ws_config};
+use crate::client::{Cmd, Ctx, Sink, WriteCmds, Ws, WsResult, connect_tcp, pump, ws_config};
 use crate::codec::{BodyKey, Phase, decode_body, encode_body, encode_client_msg_id, now_ns};
 use crate::setup::{Conversation, SignIns, Target, User};
 use crate::stats::add;
@@ -67,7 +67,7 @@ pub(crate) async fn sign_in_all(
     http: &reqwest::Client,
     target: &Target,
     args: &BenchArgs,
-    tick: impl Fn() + Sync,
+    tick: &(dyn Fn() + Sync),
 ) -> anyhow::Result<(Vec<User>, SignIns)> {
     let user = |i: usize| User {
         id: format!("{}-{i}", args.user_prefix),
@@ -77,32 +77,24 @@ pub(crate) async fn sign_in_all(
         return Ok(((0..args.users).map(user).collect(), SignIns::default()));
     }
     let results: Vec<(User, bool)> = futures::stream::iter(0..args.users)
-        .map(|i| {
-            let tick = &tick;
-            async move {
-                let u = user(i);
-                let body =
-                    json!({"user": u.id, "host": args.xmpp_domain, "password": args.password});
-                let (status, text) = api(http, target, "register", &body).await?;
-                let new = match status {
-                    StatusCode::OK => true,
-                    StatusCode::CONFLICT => false,
-                    _ => bail!("registering {}: {status} {text}", u.id),
-                };
-                tick();
-                anyhow::Ok((u, new))
-            }
+        .map(|i| async move {
+            let u = user(i);
+            let body = json!({"user": u.id, "host": args.xmpp_domain, "password": args.password});
+            let (status, text) = api(http, target, "register", &body).await?;
+            let new = match status {
+                StatusCode::OK => true,
+                StatusCode::CONFLICT => false,
+                _ => bail!("registering {}: {status} {text}", u.id),
+            };
+            tick();
+            anyhow::Ok((u, new))
         })
         .buffered(args.connect_concurrency.min(64))
         .try_collect()
         .await?;
     let mut counts = SignIns::default();
     for (_, new) in &results {
-        if *new {
-            counts.registered += 1;
-        } else {
-            counts.logged_in += 1;
-        }
+        counts.add(*new);
     }
     Ok((results.into_iter().map(|(u, _)| u).collect(), counts))
 }
@@ -522,35 +514,8 @@ struct Writer {
 }
 
 impl WriteCmds for Writer {
-    fn commands(&mut self) -> &mut mpsc::UnboundedReceiver<Cmd> {
-        &mut self.rx
-    }
-
-    fn write_cmd(
-        &mut self,
-        sink: &mut SplitSink<Ws, Message>,
-        cmd: Cmd,
-    ) -> impl Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>> + Send {
-        self.write(sink, cmd)
-    }
-}
-
-impl Writer {
-    /// Writes commands until `broken` or the end of the queue.
-    async fn run(mut self, mut sink: SplitSink<Ws, Message>, broken: CancellationToken) {
-        pump(&mut self, &mut sink, &broken).await;
-    }
-
-    /// Writes one command's message (not flushed).
-    async fn write(
-        &mut self,
-        sink: &mut SplitSink<Ws, Message>,
-        cmd: Cmd,
-    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        let ts = match cmd {
-            Cmd::Send(ts) => ts,
-            Cmd::Next => now_ns(),
-        };
+    async fn write_cmd(&mut self, sink: &mut Sink, cmd: Cmd) -> WsResult {
+        let ts = cmd.stamp();
         let k = self.next_k;
         self.next_k += 1;
         let ctx = &*self.ctx;
@@ -587,6 +552,17 @@ impl Writer {
             }
         }
         sink.feed(Message::text(self.buf.as_str())).await
+    }
+
+    fn commands(&mut self) -> &mut mpsc::UnboundedReceiver<Cmd> {
+        &mut self.rx
+    }
+}
+
+impl Writer {
+    /// Writes commands until `broken` or the end of the queue.
+    async fn run(mut self, mut sink: SplitSink<Ws, Message>, broken: CancellationToken) {
+        pump(&mut self, &mut sink, &broken).await;
     }
 }
 

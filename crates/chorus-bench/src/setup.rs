@@ -141,6 +141,17 @@ pub(crate) struct SignIns {
     pub logged_in: usize,
 }
 
+impl SignIns {
+    /// Counts one user: a new account, or an existing one.
+    pub(crate) fn add(&mut self, new: bool) {
+        if new {
+            self.registered += 1;
+        } else {
+            self.logged_in += 1;
+        }
+    }
+}
+
 /// Registers `PREFIX-0 … PREFIX-(n-1)`, logging in those that exist (409), with at
 /// most [`SIGN_IN_CONCURRENCY`] requests at once. `tick` is called after each user.
 /// With `--token-cache`, users found in the file are not signed in again, and the file
@@ -180,11 +191,7 @@ pub(crate) async fn sign_in_all(
     let mut users = vec![None; args.users];
     let mut counts = SignIns::default();
     for (i, user, new) in results {
-        if new {
-            counts.registered += 1;
-        } else {
-            counts.logged_in += 1;
-        }
+        counts.add(new);
         users[i] = Some(user);
     }
     let users: Vec<User> = users.into_iter().map(Option::unwrap).collect();

@@ -30,15 +30,14 @@ async fn main() {
     let stop = CancellationToken::new();
     let running = tokio::spawn(node.run(stop.clone()));
     let http = reqwest::Client::new();
-    let body: Value = http
-        .post(format!("http://{addr}/api/v1/auth/register"))
-        .json(&json!({"username": "bench", "password": "bench-password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let credentials = json!({"username": "bench", "password": "bench-password"});
+    let body = post(
+        &http,
+        format!("http://{addr}/api/v1/auth/register"),
+        None,
+        &credentials,
+    )
+    .await;
     let token = body["token"].as_str().unwrap().to_owned();
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/ws?token={token}"))
@@ -48,16 +47,14 @@ async fn main() {
     let submit = move |n: u64| {
         let (http, token) = (http.clone(), token.clone());
         async move {
-            let r: Value = http
-                .post(format!("http://{addr}/api/v1/jobs"))
-                .bearer_auth(&token)
-                .json(&json!({"source": {"script": TRIVIAL}, "input": {"n": n}}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let job = json!({"source": {"script": TRIVIAL}, "input": {"n": n}});
+            let r = post(
+                &http,
+                format!("http://{addr}/api/v1/jobs"),
+                Some(&token),
+                &job,
+            )
+            .await;
             r["job_id"].as_str().unwrap().to_owned()
         }
     };
@@ -116,4 +113,13 @@ async fn main() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// POSTs `body` as JSON (with `token` as bearer, if any) and reads the JSON answer.
+async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: &Value) -> Value {
+    let mut request = http.post(url).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
 }

@@ -37,7 +37,16 @@ pub enum Command {
     /// Run a node: by default every role, embedded, on 127.0.0.1:8080.
     Serve(Box<ServeArgs>),
     /// Load-test a chorus server (or a peer) and report latency percentiles and throughput.
+    #[cfg(feature = "bench")]
     Bench(chorus_bench::BenchArgs),
+    /// Load-test a chorus server: not in this build (it needs `--features bench`).
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Bench {
+        /// Whatever was given: refused with a clear error.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Jobs tools: seal credentials for a user's `POST /jobs`.
     Jobs(JobsArgs),
     /// Accounts in the database: the id of a user (for `jobs.admins`), the list, invites.
@@ -65,12 +74,7 @@ pub enum JobsCommand {
         #[arg(long, value_name = "USER_ID")]
         owner: chorus_core::UserId,
         /// The server's 32-byte key, as base64 or 64 hex digits.
-        #[arg(
-            long,
-            env = "CHORUS_JOBS_KEY",
-            value_name = "KEY",
-            hide_env_values = true
-        )]
+        #[arg(long, env = "CHORUS_JOBS_KEY", value_name = "KEY", hide_env_values = true)]
         key: String,
     },
 }
@@ -130,12 +134,7 @@ pub struct ServeArgs {
     pub registry: Option<String>,
     /// Roles to run, comma-separated: gateway, automate-out, store, automate-in, route,
     /// worker, observer [default: all].
-    #[arg(
-        long,
-        env = "CHORUS_ROLES",
-        value_name = "ROLES",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "CHORUS_ROLES", value_name = "ROLES", value_delimiter = ',')]
     pub roles: Option<Vec<String>>,
     /// Prefix of every topic name [default: chorus].
     #[arg(long, env = "CHORUS_TOPIC_PREFIX", value_name = "PREFIX")]
@@ -145,12 +144,7 @@ pub struct ServeArgs {
     pub partitions: Option<u32>,
     /// HS256 secret for access tokens, at least 32 bytes [default: generated into
     /// <data-dir>/jwt.secret].
-    #[arg(
-        long,
-        env = "CHORUS_JWT_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "CHORUS_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "CHORUS_LOG_FORMAT", value_name = "FORMAT")]
@@ -174,20 +168,10 @@ pub struct ServeArgs {
     pub max_connections_per_address: Option<usize>,
     /// Key that decrypts jobs' credentials: 32 bytes as base64 or 64 hex digits
     /// [default: none; jobs with credentials fail].
-    #[arg(
-        long,
-        env = "CHORUS_JOBS_KEY",
-        value_name = "KEY",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "CHORUS_JOBS_KEY", value_name = "KEY", hide_env_values = true)]
     pub jobs_key: Option<String>,
     /// URL schemes allowed for jobs' git sources, comma-separated [default: https].
-    #[arg(
-        long,
-        env = "CHORUS_JOBS_GIT_SCHEMES",
-        value_name = "SCHEMES",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "CHORUS_JOBS_GIT_SCHEMES", value_name = "SCHEMES", value_delimiter = ',')]
     pub jobs_git_schemes: Option<Vec<String>>,
     /// Hosts jobs' git sources may reach although they are, or resolve to, loopback,
     /// private or link-local addresses, comma-separated [default: none].
@@ -200,12 +184,7 @@ pub struct ServeArgs {
     pub jobs_git_private_hosts: Option<Vec<String>>,
     /// User ids of the administrators (may change the observer's configuration),
     /// comma-separated; `chorus users show NAME` prints a user's id [default: none].
-    #[arg(
-        long,
-        env = "CHORUS_ADMINS",
-        value_name = "USER_IDS",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "CHORUS_ADMINS", value_name = "USER_IDS", value_delimiter = ',')]
     pub admins: Option<Vec<String>>,
     /// Who may sign up with a password: open, closed, or invite (an administrator's
     /// single-use code) [default: open].

@@ -18,7 +18,13 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(signal(shutdown.clone()));
             node.run(shutdown).await
         }
+        #[cfg(feature = "bench")]
         Command::Bench(args) => chorus_bench::run(args).await,
+        #[cfg(not(feature = "bench"))]
+        Command::Bench { .. } => anyhow::bail!(
+            "this chorus was built without the load generator: \
+             cargo build --release -p chorus --features bench"
+        ),
         Command::Jobs(args) => args.run(&mut std::io::stdin(), &mut std::io::stdout()),
         Command::Users(args) => args.run(&mut std::io::stdout()).await,
     }
