@@ -239,7 +239,7 @@ macro_rules! impl_automation_store {
     ($store:ty) => {
         const _: () = {
             use $crate::automation::{consecutive_after, disabled_reason, join_hooks, parse_hooks};
-            use $crate::backend::{Backend, Row};
+            use $crate::backend::{Backend, Query, Row};
             use $crate::{AutomationStore, Result, ScriptRuns, StoreError, from_millis, millis};
             use ::chorus_core::model::{AutoReply, Script, ScriptError};
             use ::chorus_core::{ConversationId, MessageId, ScriptId, UserId};
@@ -247,12 +247,31 @@ macro_rules! impl_automation_store {
             use ::sqlx::Row as _;
             use ::std::time::Duration;
 
+            /// The columns a script's author sets (see `bind_definition`).
+            const DEFINITION_COLUMNS: &str = "name, source, hooks, enabled, fail_closed, \
+                 memory_bytes, cpu_ms, version, updated_at";
+
             const SCRIPT_COLUMNS: &str = "id, owner_id, name, source, hooks, enabled, \
                  fail_closed, memory_bytes, cpu_ms, version, runs, failures, \
                  consecutive_failures, last_error_code, last_error_message, last_error_at, \
                  last_logs, disabled_reason, created_at, updated_at";
 
             impl $store {
+                /// Binds a script's definition, [`DEFINITION_COLUMNS`] in order, as the
+                /// first parameters of `query`.
+                fn bind_definition<'q>(query: Query<'q, Self>, s: &'q Script) -> Query<'q, Self> {
+                    query
+                        .bind(&s.name)
+                        .bind(&s.source)
+                        .bind(join_hooks(&s.hooks))
+                        .bind(s.enabled)
+                        .bind(s.fail_closed)
+                        .bind(s.memory_bytes as i64)
+                        .bind(s.cpu_ms as i64)
+                        .bind(s.version)
+                        .bind(millis(s.updated_at))
+                }
+
                 fn script_row(row: &Row<Self>) -> Result<Script> {
                     let code: Option<String> = row.try_get("last_error_code")?;
                     let last_error = match code {
@@ -296,25 +315,16 @@ macro_rules! impl_automation_store {
             #[::async_trait::async_trait]
             impl AutomationStore for $store {
                 async fn create_script(&self, s: &Script) -> Result<()> {
-                    ::sqlx::query(
-                        "INSERT INTO scripts (id, owner_id, name, source, hooks, enabled, \
-                         fail_closed, memory_bytes, cpu_ms, version, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    )
-                    .bind(Self::id(s.id.0))
-                    .bind(Self::id(s.owner_id.0))
-                    .bind(&s.name)
-                    .bind(&s.source)
-                    .bind(join_hooks(&s.hooks))
-                    .bind(s.enabled)
-                    .bind(s.fail_closed)
-                    .bind(s.memory_bytes as i64)
-                    .bind(s.cpu_ms as i64)
-                    .bind(s.version)
-                    .bind(millis(s.created_at))
-                    .bind(millis(s.updated_at))
-                    .execute(self.writer())
-                    .await?;
+                    let insert = format!(
+                        "INSERT INTO scripts ({DEFINITION_COLUMNS}, id, owner_id, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                    );
+                    Self::bind_definition(::sqlx::query(&insert), s)
+                        .bind(Self::id(s.id.0))
+                        .bind(Self::id(s.owner_id.0))
+                        .bind(millis(s.created_at))
+                        .execute(self.writer())
+                        .await?;
                     Ok(())
                 }
 
@@ -342,21 +352,15 @@ macro_rules! impl_automation_store {
                 }
 
                 async fn update_script(&self, s: &Script) -> Result<()> {
-                    let done = ::sqlx::query(
-                        "UPDATE scripts SET name = $1, source = $2, hooks = $3, enabled = $4, \
-                         fail_closed = $5, memory_bytes = $6, cpu_ms = $7, version = $8, \
-                         updated_at = $9, disabled_reason = $10, consecutive_failures = $11 \
-                         WHERE id = $12",
+                    let done = Self::bind_definition(
+                        ::sqlx::query(
+                            "UPDATE scripts SET name = $1, source = $2, hooks = $3, \
+                             enabled = $4, fail_closed = $5, memory_bytes = $6, cpu_ms = $7, \
+                             version = $8, updated_at = $9, disabled_reason = $10, \
+                             consecutive_failures = $11 WHERE id = $12",
+                        ),
+                        s,
                     )
-                    .bind(&s.name)
-                    .bind(&s.source)
-                    .bind(join_hooks(&s.hooks))
-                    .bind(s.enabled)
-                    .bind(s.fail_closed)
-                    .bind(s.memory_bytes as i64)
-                    .bind(s.cpu_ms as i64)
-                    .bind(s.version)
-                    .bind(millis(s.updated_at))
                     .bind(&s.disabled_reason)
                     .bind(s.consecutive_failures)
                     .bind(Self::id(s.id.0))

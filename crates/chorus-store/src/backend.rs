@@ -33,6 +33,10 @@ use uuid::Uuid;
 /// A row of a backend.
 pub(crate) type Row<B> = <<B as Backend>::Db as Database>::Row;
 
+/// A statement of a backend, with its parameters.
+pub(crate) type Query<'q, B> =
+    sqlx::query::Query<'q, <B as Backend>::Db, <<B as Backend>::Db as Database>::Arguments<'q>>;
+
 /// A transaction of a backend.
 pub(crate) type Tx<'c, B> = Transaction<'c, <B as Backend>::Db>;
 
@@ -73,8 +77,7 @@ pub(crate) trait Backend: Send + Sync {
     /// [`crate::Store::append_messages`] of a batch that is not empty.
     async fn append(&self, batch: &[NewMessage]) -> Result<Vec<Appended>>;
     /// [`crate::Store::direct`].
-    async fn direct_conversation(&self, a: UserId, b: UserId)
-    -> Result<(ConversationRecord, bool)>;
+    async fn direct_pair(&self, a: UserId, b: UserId) -> Result<(ConversationRecord, bool)>;
     /// [`crate::Store::conversation`].
     async fn find_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>>;
     /// [`crate::Store::conversations_of`].
@@ -412,7 +415,7 @@ macro_rules! impl_store {
                 }
 
                 async fn direct(&self, a: UserId, b: UserId) -> Result<(ConversationRecord, bool)> {
-                    self.direct_conversation(a, b).await
+                    self.direct_pair(a, b).await
                 }
 
                 async fn conversation(

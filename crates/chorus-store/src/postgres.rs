@@ -69,11 +69,14 @@ impl PostgresStore {
 
 impl Backend for PostgresStore {
     type Db = Postgres;
+    /// Native UUID.
     type Id = Uuid;
 
+    /// An identity column, numbered as members are inserted.
     const JOINED_ORDER: &'static str = "joined_order";
     const GREATEST: &'static str = "GREATEST";
     const LEAST: &'static str = "LEAST";
+    /// Several processes write at once: the rows are locked until the transaction ends.
     const FOR_UPDATE: &'static str = " FOR UPDATE";
 
     fn id(id: Uuid) -> Uuid {
@@ -187,11 +190,7 @@ impl Backend for PostgresStore {
         Ok(plan.appended)
     }
 
-    async fn direct_conversation(
-        &self,
-        a: UserId,
-        b: UserId,
-    ) -> Result<(ConversationRecord, bool)> {
+    async fn direct_pair(&self, a: UserId, b: UserId) -> Result<(ConversationRecord, bool)> {
         let key = direct_key(a, b);
         let by_key =
             format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.direct_key = $1");

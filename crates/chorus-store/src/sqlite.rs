@@ -307,7 +307,9 @@ impl Backend for SqliteStore {
     /// The hyphenated form, as TEXT.
     type Id = String;
 
+    /// The order rows were inserted in.
     const JOINED_ORDER: &'static str = "rowid";
+    /// SQLite's scalar (two-argument) `max` and `min`.
     const GREATEST: &'static str = "MAX";
     const LEAST: &'static str = "MIN";
     /// Nothing: a write transaction holds the database's only write lock (see [`BEGIN`]).
@@ -443,11 +445,7 @@ impl Backend for SqliteStore {
         Ok(plan.appended)
     }
 
-    async fn direct_conversation(
-        &self,
-        a: UserId,
-        b: UserId,
-    ) -> Result<(ConversationRecord, bool)> {
+    async fn direct_pair(&self, a: UserId, b: UserId) -> Result<(ConversationRecord, bool)> {
         let key = direct_key(a, b);
         let mut tx = self.write().await?;
         let existing = sqlx::query(&format!(
