@@ -85,11 +85,6 @@ export async function request<T>(method: string, path: string, body?: unknown): 
   return parsed as T;
 }
 
-/** True when the endpoint is not on this server (yet): 404 `not_found`. */
-export function isMissingEndpoint(e: unknown): boolean {
-  return e instanceof ApiError && e.status === 404;
-}
-
 const q = (params: Record<string, string | number | undefined>) => {
   const s = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) if (v !== undefined) s.set(k, String(v));

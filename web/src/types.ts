@@ -1,6 +1,6 @@
-// Shapes of docs/protocol.md §4, and of the endpoints that come with later features
-// (/work/shared/protocol.md). Fields the app does not use are left out; unknown fields
-// are ignored, as the protocol asks.
+// Shapes of docs/protocol.md §4, and of the automation, jobs and observer endpoints of
+// §3. Fields the app does not use are left out; unknown fields are ignored, as the
+// protocol asks.
 
 export interface User {
   id: string;
@@ -102,7 +102,7 @@ export interface ObserverConfig {
   target_response_ms: number;
 }
 
-/** Frames the server sends (§5.3), plus `job` from the functions feature. */
+/** Frames the server sends (§5.3) that the app handles; it ignores the others. */
 export type ServerFrame =
   | { type: 'ready'; session_id: string; user: User }
   | { type: 'accepted'; client_msg_id: string; message_id: string }

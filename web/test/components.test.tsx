@@ -3,7 +3,10 @@ import { act } from 'preact/test-utils';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { auth } from '../src/api';
 import { AuthScreen } from '../src/screens/Auth';
+import { Jobs } from '../src/screens/Jobs';
 import { Chart, pushSample, type Sample } from '../src/screens/Observer';
+import { Scripts } from '../src/screens/Scripts';
+import { type ChatSession, SessionContext } from '../src/session';
 
 /** Answer fetches from a table of `METHOD path` → [status, body]. */
 function mockFetch(routes: Record<string, [number, unknown]>) {
@@ -222,5 +225,38 @@ describe('Observer chart', () => {
     const points = root.querySelector('polyline')!.getAttribute('points')!.split(' ');
     expect(points).toHaveLength(3);
     expect(points.at(-1)).toBe('300.0,2.0');
+  });
+});
+
+describe('an id that does not exist', () => {
+  const id = '0191f0a5-0000-7000-8000-000000000001';
+
+  it("shows the server's message for a job that is not there", async () => {
+    const calls = mockFetch({
+      [`GET /jobs/${id}`]: [404, { error: { code: 'not_found', message: `job ${id} does not exist` } }],
+    });
+    // The screen only subscribes to `job` frames.
+    const session = { onJob: () => () => {} } as unknown as ChatSession;
+    await act(() =>
+      render(
+        <SessionContext.Provider value={session}>
+          <Jobs jobId={id} />
+        </SessionContext.Provider>,
+        root,
+      ),
+    );
+    await flush();
+    expect(root.querySelector('[role=alert]')?.textContent).toBe(`job ${id} does not exist`);
+    expect(calls).toEqual([{ method: 'GET', path: `/jobs/${id}`, body: undefined }]);
+  });
+
+  it("shows the server's message for a script that is not there", async () => {
+    const calls = mockFetch({
+      [`GET /scripts/${id}`]: [404, { error: { code: 'not_found', message: `script ${id} does not exist` } }],
+    });
+    await act(() => render(<Scripts scriptId={id} />, root));
+    await flush();
+    expect(root.querySelector('.row [role=status]')?.textContent).toBe(`Cannot load this script: script ${id} does not exist`);
+    expect(calls).toEqual([{ method: 'GET', path: `/scripts/${id}`, body: undefined }]);
   });
 });

@@ -70,7 +70,7 @@ pub trait JobStore: Send + Sync {
 pub(crate) const JOB_COLUMNS: &str = "id, owner_id, status, source, cpu_ms, memory_bytes, \
      submitted_at, started_at, finished_at, output, error_code, error_message, elapsed_ms";
 
-/// A row's values, read by each backend with its own id type.
+/// A row's values.
 pub(crate) struct JobRow {
     pub id: JobId,
     pub owner_id: UserId,
@@ -149,3 +149,166 @@ pub(crate) fn source_text(source: &JobSource) -> String {
 pub(crate) fn output_text(output: &serde_json::Value) -> Option<String> {
     (!output.is_null()).then(|| output.to_string())
 }
+
+/// Emits `impl JobStore for $store` for a `$store` implementing
+/// [`crate::backend::Backend`] (see there).
+macro_rules! impl_job_store {
+    ($store:ty) => {
+        const _: () = {
+            use $crate::backend::{Backend, Row};
+            use $crate::jobs::{JOB_COLUMNS, JobRow, output_text, source_text};
+            use $crate::{FinishedJob, JobStore, Result, StoredJob, millis};
+            use ::chorus_core::model::{Job, JobResult, JobStatus};
+            use ::chorus_core::{JobId, UserId};
+            use ::chrono::{DateTime, Utc};
+            use ::sqlx::Row as _;
+
+            impl $store {
+                fn job_row(row: &Row<Self>) -> Result<JobRow> {
+                    Ok(JobRow {
+                        id: JobId(Self::get_id(row, "id")?),
+                        owner_id: UserId(Self::get_id(row, "owner_id")?),
+                        status: row.try_get("status")?,
+                        source: row.try_get("source")?,
+                        cpu_ms: row.try_get("cpu_ms")?,
+                        memory_bytes: row.try_get("memory_bytes")?,
+                        submitted_at: row.try_get("submitted_at")?,
+                        started_at: row.try_get("started_at")?,
+                        finished_at: row.try_get("finished_at")?,
+                        output: row.try_get("output")?,
+                        error_code: row.try_get("error_code")?,
+                        error_message: row.try_get("error_message")?,
+                        elapsed_ms: row.try_get("elapsed_ms")?,
+                    })
+                }
+
+                fn stored_job(row: Option<Row<Self>>) -> Result<Option<StoredJob>> {
+                    row.as_ref().map(|r| Self::job_row(r)?.stored()).transpose()
+                }
+            }
+
+            #[::async_trait::async_trait]
+            impl JobStore for $store {
+                async fn create_job(&self, owner: UserId, job: &Job) -> Result<()> {
+                    ::sqlx::query(
+                        "INSERT INTO jobs \
+                         (id, owner_id, status, source, cpu_ms, memory_bytes, submitted_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(Self::id(job.id.0))
+                    .bind(Self::id(owner.0))
+                    .bind(job.status.as_str())
+                    .bind(source_text(&job.source))
+                    .bind(job.cpu_ms as i64)
+                    .bind(job.memory_bytes as i64)
+                    .bind(millis(job.submitted_at))
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn job(&self, id: JobId) -> Result<Option<StoredJob>> {
+                    let row = ::sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                        .bind(Self::id(id.0))
+                        .fetch_optional(self.reader())
+                        .await?;
+                    Self::stored_job(row)
+                }
+
+                async fn jobs_of(&self, owner: UserId, limit: i64) -> Result<Vec<Job>> {
+                    ::sqlx::query(&format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE owner_id = $1 \
+                         ORDER BY submitted_at DESC, id DESC LIMIT $2"
+                    ))
+                    .bind(Self::id(owner.0))
+                    .bind(limit)
+                    .fetch_all(self.reader())
+                    .await?
+                    .iter()
+                    .map(|r| Ok(Self::job_row(r)?.stored()?.job))
+                    .collect()
+                }
+
+                async fn jobs_count(&self, owner: UserId) -> Result<i64> {
+                    Ok(
+                        ::sqlx::query_scalar("SELECT count(*) FROM jobs WHERE owner_id = $1")
+                            .bind(Self::id(owner.0))
+                            .fetch_one(self.reader())
+                            .await?,
+                    )
+                }
+
+                async fn start_job(&self, id: JobId, at: DateTime<Utc>) -> Result<Option<StoredJob>> {
+                    let row = ::sqlx::query(&format!(
+                        "UPDATE jobs SET status = $1, started_at = $2 \
+                         WHERE id = $3 AND status IN ('queued', 'running') RETURNING {JOB_COLUMNS}"
+                    ))
+                    .bind(JobStatus::Running.as_str())
+                    .bind(millis(at))
+                    .bind(Self::id(id.0))
+                    .fetch_optional(self.writer())
+                    .await?;
+                    Self::stored_job(row)
+                }
+
+                async fn finish_job(&self, id: JobId, f: &FinishedJob) -> Result<Option<StoredJob>> {
+                    let row = ::sqlx::query(&format!(
+                        "UPDATE jobs SET status = $1, output = $2, error_code = $3, \
+                         error_message = $4, elapsed_ms = $5, started_at = $6, finished_at = $7 \
+                         WHERE id = $8 AND status IN ('queued', 'running') RETURNING {JOB_COLUMNS}"
+                    ))
+                    .bind(f.status.as_str())
+                    .bind(output_text(&f.output))
+                    .bind(f.error.as_ref().map(|e| e.code.as_str()))
+                    .bind(f.error.as_ref().map(|e| e.message.as_str()))
+                    .bind(f.elapsed_ms as i64)
+                    .bind(millis(f.started_at))
+                    .bind(millis(f.finished_at))
+                    .bind(Self::id(id.0))
+                    .fetch_optional(self.writer())
+                    .await?;
+                    Self::stored_job(row)
+                }
+
+                async fn job_result(&self, id: JobId) -> Result<Option<JobResult>> {
+                    let row = ::sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                        .bind(Self::id(id.0))
+                        .fetch_optional(self.reader())
+                        .await?;
+                    match row {
+                        Some(row) => Self::job_row(&row)?.result(),
+                        None => Ok(None),
+                    }
+                }
+
+                async fn delete_job(&self, id: JobId) -> Result<bool> {
+                    let done = ::sqlx::query("DELETE FROM jobs WHERE id = $1")
+                        .bind(Self::id(id.0))
+                        .execute(self.writer())
+                        .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn observer_config(&self) -> Result<Option<String>> {
+                    Ok(
+                        ::sqlx::query_scalar("SELECT config FROM observer_config WHERE id = 1")
+                            .fetch_optional(self.reader())
+                            .await?,
+                    )
+                }
+
+                async fn set_observer_config(&self, config: &str) -> Result<()> {
+                    ::sqlx::query(
+                        "INSERT INTO observer_config (id, config) VALUES (1, $1) \
+                         ON CONFLICT (id) DO UPDATE SET config = excluded.config",
+                    )
+                    .bind(config)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+            }
+        };
+    };
+}
+pub(crate) use impl_job_store;

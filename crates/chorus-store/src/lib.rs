@@ -20,7 +20,9 @@
 //!   The whole batch is one transaction.
 //! - Read markers only move forward and never past the conversation's `last_seq`.
 
+mod append;
 mod automation;
+mod backend;
 mod directory;
 mod invites;
 mod jobs;

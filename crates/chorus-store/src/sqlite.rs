@@ -4,12 +4,9 @@
 //! queues them in the pool instead of failing with `SQLITE_BUSY`, while readers in WAL
 //! mode never wait for the writer.
 
-use crate::{
-    Account, Appended, ConversationRecord, NewMessage, Page, Result, Store, StoreError, direct_key,
-    from_millis, millis, parse_id,
-};
-use async_trait::async_trait;
-use chorus_core::model::{ConversationKind, Message, Origin, User};
+use crate::backend::{Backend, MESSAGE_COLUMNS, new_direct};
+use crate::{Appended, ConversationRecord, NewMessage, Result, direct_key, millis, parse_id};
+use chorus_core::model::Message;
 use chorus_core::{ConversationId, MessageId, UserId};
 use chrono::Utc;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -19,10 +16,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-
-mod automation;
-mod invites;
-mod jobs;
+use uuid::Uuid;
 
 /// Messages looked up or inserted per statement: 8 parameters a message to insert,
 /// well under the 32766 parameters SQLite allows in one trip.
@@ -257,30 +251,6 @@ async fn checkpoints(
     }
 }
 
-fn user_row(row: &SqliteRow) -> Result<User> {
-    Ok(User {
-        id: parse_id(row.try_get::<&str, _>("id")?)?,
-        username: row.try_get("username")?,
-    })
-}
-
-fn message_row(row: &SqliteRow) -> Result<Message> {
-    let origin: &str = row.try_get("origin")?;
-    Ok(Message {
-        message_id: parse_id(row.try_get::<&str, _>("message_id")?)?,
-        client_msg_id: row.try_get("client_msg_id")?,
-        conversation_id: parse_id(row.try_get::<&str, _>("conversation_id")?)?,
-        seq: row.try_get("seq")?,
-        sender_id: parse_id(row.try_get::<&str, _>("sender_id")?)?,
-        body: row.try_get("body")?,
-        sent_at: from_millis(row.try_get("sent_at")?)?,
-        origin: Origin::parse(origin).ok_or_else(|| StoreError::Corrupt(origin.into()))?,
-    })
-}
-
-const MESSAGE_COLUMNS: &str =
-    "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin";
-
 const CONVERSATION_COLUMNS: &str = "id, kind, title, owner_id, last_seq, created_at";
 
 /// What opens the writer's transactions: it holds the write lock from its start. A
@@ -332,367 +302,55 @@ fn push_list<'a>(query: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>, values: &'a [
     }
 }
 
-fn conversation_row(row: &SqliteRow, members: Vec<UserId>) -> Result<ConversationRecord> {
-    let kind: &str = row.try_get("kind")?;
-    let owner: Option<&str> = row.try_get("owner_id")?;
-    Ok(ConversationRecord {
-        id: parse_id(row.try_get::<&str, _>("id")?)?,
-        kind: ConversationKind::parse(kind).ok_or_else(|| StoreError::Corrupt(kind.into()))?,
-        title: row.try_get("title")?,
-        owner_id: owner.map(parse_id).transpose()?,
-        members,
-        last_seq: row.try_get("last_seq")?,
-        created_at: from_millis(row.try_get("created_at")?)?,
-    })
-}
+impl Backend for SqliteStore {
+    type Db = sqlx::Sqlite;
+    /// The hyphenated form, as TEXT.
+    type Id = String;
 
-impl SqliteStore {
+    /// The order rows were inserted in.
+    const JOINED_ORDER: &'static str = "rowid";
+    /// SQLite's scalar (two-argument) `max` and `min`.
+    const GREATEST: &'static str = "MAX";
+    const LEAST: &'static str = "MIN";
+    /// Nothing: a write transaction holds the database's only write lock (see [`BEGIN`]).
+    const FOR_UPDATE: &'static str = "";
+
+    fn id(id: Uuid) -> String {
+        id.to_string()
+    }
+
+    fn get_id(row: &SqliteRow, column: &str) -> Result<Uuid> {
+        parse_id(row.try_get::<&str, _>(column)?)
+    }
+
+    fn get_opt_id(row: &SqliteRow, column: &str) -> Result<Option<Uuid>> {
+        row.try_get::<Option<&str>, _>(column)?
+            .map(parse_id)
+            .transpose()
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
     /// A write transaction that holds the write lock from its start (see [`BEGIN`]).
     async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         Ok(self.writer.begin_with(BEGIN).await?)
     }
 
-    async fn members_in<'e, E>(&self, exec: E, conversation: ConversationId) -> Result<Vec<UserId>>
-    where
-        E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-    {
-        sqlx::query(
-            "SELECT user_id FROM members WHERE conversation_id = ? ORDER BY joined_at, rowid",
-        )
-        .bind(conversation.to_string())
-        .fetch_all(exec)
-        .await?
-        .iter()
-        .map(|r| parse_id(r.try_get::<&str, _>(0)?))
-        .collect()
-    }
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn health(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+    /// Nothing to do: the write transaction holds the database's only write lock.
+    async fn lock_conversation(
+        _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        _conversation: ConversationId,
+    ) -> Result<()> {
         Ok(())
     }
 
-    async fn create_user(&self, username: &str, password_hash: &str) -> Result<User> {
-        let _timer = crate::QueryTimer::start("create_user");
-        insert_user(&self.writer, username, password_hash, millis(Utc::now())).await
-    }
-
-    async fn account(&self, username: &str) -> Result<Option<Account>> {
-        let _timer = crate::QueryTimer::start("account");
-        let row = sqlx::query("SELECT id, username, password_hash FROM users WHERE username = ?")
-            .bind(username)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.map(|r| {
-            Ok(Account {
-                user: user_row(&r)?,
-                password_hash: r.try_get("password_hash")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn user(&self, id: UserId) -> Result<Option<User>> {
-        let _timer = crate::QueryTimer::start("user");
-        sqlx::query("SELECT id, username FROM users WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.reader)
-            .await?
-            .as_ref()
-            .map(user_row)
-            .transpose()
-    }
-
-    async fn external_user(&self, issuer: &str, subject: &str) -> Result<Option<User>> {
-        let _timer = crate::QueryTimer::start("external_user");
-        sqlx::query(
-            "SELECT u.id, u.username FROM identities i JOIN users u ON u.id = i.user_id \
-             WHERE i.issuer = ? AND i.subject = ?",
-        )
-        .bind(issuer)
-        .bind(subject)
-        .fetch_optional(&self.reader)
-        .await?
-        .as_ref()
-        .map(user_row)
-        .transpose()
-    }
-
-    async fn create_external_user(
-        &self,
-        issuer: &str,
-        subject: &str,
-        username: &str,
-    ) -> Result<User> {
-        let _timer = crate::QueryTimer::start("create_external_user");
-        let now = millis(Utc::now());
-        let mut tx = self.write().await?;
-        let linked = sqlx::query("SELECT 1 FROM identities WHERE issuer = ? AND subject = ?")
-            .bind(issuer)
-            .bind(subject)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if linked.is_some() {
-            return Err(StoreError::Conflict("identity"));
-        }
-        let user = insert_user(&mut *tx, username, "", now).await?;
-        sqlx::query(
-            "INSERT INTO identities (issuer, subject, user_id, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(issuer)
-        .bind(subject)
-        .bind(user.id.to_string())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(user)
-    }
-
-    async fn search_users(&self, prefix: &str, limit: i64) -> Result<Vec<User>> {
-        // Range scan on the unique index instead of LIKE, which would treat `_` and `%`
-        // in the prefix as wildcards.
-        let upper = format!("{prefix}\u{10FFFF}");
-        sqlx::query(
-            "SELECT id, username FROM users WHERE username >= ? AND username < ? \
-             ORDER BY username LIMIT ?",
-        )
-        .bind(prefix)
-        .bind(upper)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?
-        .iter()
-        .map(user_row)
-        .collect()
-    }
-
-    async fn create_group(
-        &self,
-        owner: UserId,
-        title: &str,
-        members: &[UserId],
-    ) -> Result<ConversationRecord> {
-        let id = ConversationId::new();
-        let now = Utc::now();
-        let mut tx = self.write().await?;
-        sqlx::query(
-            "INSERT INTO conversations (id, kind, title, owner_id, created_at) \
-             VALUES (?, 'group', ?, ?, ?)",
-        )
-        .bind(id.to_string())
-        .bind(title)
-        .bind(owner.to_string())
-        .bind(millis(now))
-        .execute(&mut *tx)
-        .await?;
-        let mut all = vec![owner];
-        for m in members {
-            if !all.contains(m) {
-                all.push(*m);
-            }
-        }
-        for m in &all {
-            insert_member(&mut tx, id, *m, millis(now)).await?;
-        }
-        tx.commit().await?;
-        Ok(ConversationRecord {
-            id,
-            kind: ConversationKind::Group,
-            title: Some(title.to_owned()),
-            owner_id: Some(owner),
-            members: all,
-            last_seq: 0,
-            created_at: from_millis(millis(now))?,
-        })
-    }
-
-    async fn direct(&self, a: UserId, b: UserId) -> Result<(ConversationRecord, bool)> {
-        let key = direct_key(a, b);
-        let mut tx = self.write().await?;
-        let existing = sqlx::query(&format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE direct_key = ?"
-        ))
-        .bind(&key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = existing {
-            let id: ConversationId = parse_id(row.try_get::<&str, _>("id")?)?;
-            let members = self.members_in(&mut *tx, id).await?;
-            return Ok((conversation_row(&row, members)?, false));
-        }
-        let id = ConversationId::new();
-        let now = millis(Utc::now());
-        sqlx::query(
-            "INSERT INTO conversations (id, kind, direct_key, created_at) \
-             VALUES (?, 'direct', ?, ?)",
-        )
-        .bind(id.to_string())
-        .bind(&key)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        insert_member(&mut tx, id, a, now).await?;
-        insert_member(&mut tx, id, b, now).await?;
-        tx.commit().await?;
-        Ok((
-            ConversationRecord {
-                id,
-                kind: ConversationKind::Direct,
-                title: None,
-                owner_id: None,
-                members: vec![a, b],
-                last_seq: 0,
-                created_at: from_millis(now)?,
-            },
-            true,
-        ))
-    }
-
-    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.reader)
-        .await?;
-        match row {
-            None => Ok(None),
-            Some(row) => {
-                let members = self.members_in(&self.reader, id).await?;
-                Ok(Some(conversation_row(&row, members)?))
-            }
-        }
-    }
-
-    async fn conversations_of(&self, user: UserId) -> Result<Vec<(ConversationRecord, i64)>> {
-        let _timer = crate::QueryTimer::start("conversations_of");
-        let rows = sqlx::query(
-            "SELECT c.id, c.kind, c.title, c.owner_id, c.last_seq, c.created_at, m.read_seq \
-             FROM members m JOIN conversations c ON c.id = m.conversation_id \
-             WHERE m.user_id = ? ORDER BY c.created_at, c.id",
-        )
-        .bind(user.to_string())
-        .fetch_all(&self.reader)
-        .await?;
-        let ids: Vec<String> = rows
-            .iter()
-            .map(|r| r.try_get::<String, _>("id"))
-            .collect::<Result<_, _>>()?;
-        let mut members: HashMap<String, Vec<UserId>> = HashMap::new();
-        if !ids.is_empty() {
-            let all = sqlx::query(
-                "SELECT m.conversation_id, m.user_id FROM members m \
-                 WHERE m.conversation_id IN (SELECT conversation_id FROM members WHERE user_id = ?) \
-                 ORDER BY m.joined_at, m.rowid",
-            )
-            .bind(user.to_string())
-            .fetch_all(&self.reader)
-            .await?;
-            for r in all {
-                members
-                    .entry(r.try_get("conversation_id")?)
-                    .or_default()
-                    .push(parse_id(r.try_get::<&str, _>("user_id")?)?);
-            }
-        }
-        rows.iter()
-            .zip(ids)
-            .map(|(row, id)| {
-                let m = members.remove(&id).unwrap_or_default();
-                Ok((conversation_row(row, m)?, row.try_get("read_seq")?))
-            })
-            .collect()
-    }
-
-    async fn groups_owned(&self, user: UserId) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM conversations WHERE owner_id = ? AND kind = 'group'",
-        )
-        .bind(user.to_string())
-        .fetch_one(&self.reader)
-        .await?)
-    }
-
-    async fn read_seq(&self, conversation: ConversationId, user: UserId) -> Result<Option<i64>> {
-        let _timer = crate::QueryTimer::start("read_seq");
-        Ok(sqlx::query_scalar(
-            "SELECT read_seq FROM members WHERE conversation_id = ? AND user_id = ?",
-        )
-        .bind(conversation.to_string())
-        .bind(user.to_string())
-        .fetch_optional(&self.reader)
-        .await?)
-    }
-
-    async fn add_member(&self, conversation: ConversationId, user: UserId) -> Result<()> {
-        let mut tx = self.write().await?;
-        insert_member(&mut tx, conversation, user, millis(Utc::now())).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<()> {
-        let mut tx = self.write().await?;
-        let removed = sqlx::query("DELETE FROM members WHERE conversation_id = ? AND user_id = ?")
-            .bind(conversation.to_string())
-            .bind(user.to_string())
-            .execute(&mut *tx)
-            .await?;
-        if removed.rows_affected() == 0 {
-            return Err(StoreError::NotFound("member"));
-        }
-        sqlx::query(
-            "UPDATE conversations SET owner_id = \
-               (SELECT user_id FROM members WHERE conversation_id = ?1 \
-                ORDER BY joined_at, rowid LIMIT 1) \
-             WHERE id = ?1 AND owner_id = ?2",
-        )
-        .bind(conversation.to_string())
-        .bind(user.to_string())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
-        let _timer = crate::QueryTimer::start("members");
-        self.members_in(&self.reader, conversation).await
-    }
-
-    async fn contacts(&self, user: UserId, through_direct: bool) -> Result<Vec<UserId>> {
-        // A direct conversation has two members: the size bound covers it, and only
-        // leaving direct conversations out needs their kind.
-        let groups_only = if through_direct {
-            ""
-        } else {
-            "JOIN conversations c ON c.id = m.conversation_id AND c.kind = 'group' "
-        };
-        let sql = format!(
-            "SELECT DISTINCT o.user_id FROM members m {groups_only}\
-             JOIN members o ON o.conversation_id = m.conversation_id \
-             WHERE m.user_id = ?1 AND o.user_id <> ?1 \
-             AND (SELECT count(*) FROM members n WHERE n.conversation_id = m.conversation_id) <= ?2"
-        );
-        sqlx::query(&sql)
-            .bind(user.to_string())
-            .bind(crate::PRESENCE_MAX_GROUP)
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(|r| parse_id(r.try_get::<&str, _>(0)?))
-            .collect()
-    }
-
-    async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>> {
-        let _timer = crate::QueryTimer::start("append_messages");
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
+    async fn append(&self, batch: &[NewMessage]) -> Result<Vec<Appended>> {
         // Two round trips to sqlx's SQLite thread for a batch of up to 500 messages
         // (begin and read; write and commit), whatever it holds: each trip costs more
         // than the statements it carries, and the writer is what every message waits
@@ -701,12 +359,10 @@ impl Store for SqliteStore {
         // before the commit, on an error or when the caller drops the future.
         let mut tx = WriteTx::acquire(&self.writer).await?;
         let ids: Vec<String> = batch.iter().map(|m| m.message_id.to_string()).collect();
-        let mut conversations: Vec<String> = batch
+        let conversations: Vec<String> = crate::append::conversations(batch)
             .iter()
-            .map(|m| m.conversation_id.to_string())
+            .map(ConversationId::to_string)
             .collect();
-        conversations.sort_unstable();
-        conversations.dedup();
         // Messages already stored and the counters of the batch's conversations, both
         // in one trip per chunk: the rows of the two statements differ in width.
         let mut stored: HashMap<MessageId, Message> = HashMap::new();
@@ -735,44 +391,18 @@ impl Store for SqliteStore {
                     let id = parse_id(row.try_get::<&str, _>("id")?)?;
                     last_seq.insert(id, row.try_get("last_seq")?);
                 } else {
-                    let message = message_row(&row)?;
+                    let message = Self::message_row(&row)?;
                     stored.insert(message.message_id, message);
                 }
             }
         }
-        // Numbered in batch order; a message stored before, or earlier in this batch,
-        // is not stored again.
-        let mut out = Vec::with_capacity(batch.len());
-        let mut advanced: HashMap<ConversationId, i64> = HashMap::new();
-        for m in batch {
-            if let Some(existing) = stored.get(&m.message_id) {
-                out.push(Appended::Existing(existing.clone()));
-                continue;
-            }
-            let Some(last) = last_seq.get_mut(&m.conversation_id) else {
-                out.push(Appended::NoConversation);
-                continue;
-            };
-            *last += 1;
-            advanced.insert(m.conversation_id, *last);
-            let message = Message {
-                message_id: m.message_id,
-                client_msg_id: m.client_msg_id.clone(),
-                conversation_id: m.conversation_id,
-                seq: *last,
-                sender_id: m.sender_id,
-                body: m.body.clone(),
-                sent_at: from_millis(millis(m.sent_at))?,
-                origin: m.origin,
-            };
-            stored.insert(m.message_id, message.clone());
-            out.push(Appended::New(message));
-        }
+        let plan = crate::append::plan(batch, stored, last_seq)?;
         // The new messages and the conversations' counters, in one trip per chunk.
-        let new: Vec<&Message> = out.iter().filter_map(Appended::as_new).collect();
-        let advanced: Vec<(String, i64)> = advanced
-            .into_iter()
-            .map(|(id, last)| (id.to_string(), last))
+        let new = plan.new_messages();
+        let advanced: Vec<(String, i64)> = plan
+            .last_seqs
+            .iter()
+            .map(|(id, last)| (id.to_string(), *last))
             .collect();
         let new_chunks: Vec<&[&Message]> = new.chunks(CHUNK).collect();
         let advanced_chunks: Vec<&[(String, i64)]> = advanced.chunks(CHUNK).collect();
@@ -812,139 +442,123 @@ impl Store for SqliteStore {
             write.build().execute(tx.conn()).await?;
         }
         tx.committed();
-        Ok(out)
+        Ok(plan.appended)
     }
 
-    async fn message(&self, id: MessageId) -> Result<Option<Message>> {
-        let _timer = crate::QueryTimer::start("message");
-        sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ?"
+    async fn direct_pair(&self, a: UserId, b: UserId) -> Result<(ConversationRecord, bool)> {
+        let key = direct_key(a, b);
+        let mut tx = self.write().await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE direct_key = ?"
+        ))
+        .bind(&key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            let id: ConversationId = parse_id(row.try_get::<&str, _>("id")?)?;
+            let members = Self::members_in(&mut *tx, id).await?;
+            return Ok((Self::conversation_row(&row, members)?, false));
+        }
+        let id = ConversationId::new();
+        let now = millis(Utc::now());
+        sqlx::query(
+            "INSERT INTO conversations (id, kind, direct_key, created_at) \
+             VALUES (?, 'direct', ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(&key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_member(&mut tx, id, a, now).await?;
+        Self::insert_member(&mut tx, id, b, now).await?;
+        tx.commit().await?;
+        Ok((new_direct(id, a, b, now)?, true))
+    }
+
+    async fn find_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?"
         ))
         .bind(id.to_string())
         .fetch_optional(&self.reader)
-        .await?
-        .as_ref()
-        .map(message_row)
-        .transpose()
-    }
-
-    async fn messages(&self, conversation: ConversationId, page: Page) -> Result<Vec<Message>> {
-        let _timer = crate::QueryTimer::start("messages");
-        let before = page.before_seq.unwrap_or(i64::MAX);
-        let rows = match page.after_seq {
-            Some(after) => {
-                sqlx::query(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages \
-                     WHERE conversation_id = ? AND seq > ? AND seq < ? ORDER BY seq LIMIT ?"
-                ))
-                .bind(conversation.to_string())
-                .bind(after)
-                .bind(before)
-                .bind(page.limit)
-                .fetch_all(&self.reader)
-                .await?
-            }
-            None => {
-                let mut rows = sqlx::query(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages \
-                     WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-                ))
-                .bind(conversation.to_string())
-                .bind(before)
-                .bind(page.limit)
-                .fetch_all(&self.reader)
-                .await?;
-                rows.reverse();
-                rows
-            }
-        };
-        rows.iter().map(message_row).collect()
-    }
-
-    async fn mark_read(&self, conversation: ConversationId, user: UserId, seq: i64) -> Result<i64> {
-        let _timer = crate::QueryTimer::start("mark_read");
-        let marker: Option<i64> = sqlx::query_scalar(
-            "UPDATE members SET read_seq = MAX(read_seq, \
-               MIN(?1, (SELECT last_seq FROM conversations WHERE id = ?2))) \
-             WHERE conversation_id = ?2 AND user_id = ?3 RETURNING read_seq",
-        )
-        .bind(seq)
-        .bind(conversation.to_string())
-        .bind(user.to_string())
-        .fetch_optional(&self.writer)
         .await?;
-        marker.ok_or(StoreError::NotFound("member"))
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let members = Self::members_in(&self.reader, id).await?;
+                Ok(Some(Self::conversation_row(&row, members)?))
+            }
+        }
     }
 
-    async fn last_seqs(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>> {
-        let _timer = crate::QueryTimer::start("last_seqs");
-        sqlx::query(
-            "SELECT c.id, c.last_seq FROM members m JOIN conversations c \
-             ON c.id = m.conversation_id WHERE m.user_id = ?",
+    async fn conversations_with_markers(
+        &self,
+        user: UserId,
+    ) -> Result<Vec<(ConversationRecord, i64)>> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.kind, c.title, c.owner_id, c.last_seq, c.created_at, m.read_seq \
+             FROM members m JOIN conversations c ON c.id = m.conversation_id \
+             WHERE m.user_id = ? ORDER BY c.created_at, c.id",
         )
         .bind(user.to_string())
         .fetch_all(&self.reader)
-        .await?
-        .iter()
-        .map(|r| Ok((parse_id(r.try_get::<&str, _>(0)?)?, r.try_get(1)?)))
-        .collect()
+        .await?;
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("id"))
+            .collect::<Result<_, _>>()?;
+        let mut members: HashMap<String, Vec<UserId>> = HashMap::new();
+        if !ids.is_empty() {
+            let all = sqlx::query(
+                "SELECT m.conversation_id, m.user_id FROM members m \
+                 WHERE m.conversation_id IN (SELECT conversation_id FROM members WHERE user_id = ?) \
+                 ORDER BY m.joined_at, m.rowid",
+            )
+            .bind(user.to_string())
+            .fetch_all(&self.reader)
+            .await?;
+            for r in all {
+                members
+                    .entry(r.try_get("conversation_id")?)
+                    .or_default()
+                    .push(parse_id(r.try_get::<&str, _>("user_id")?)?);
+            }
+        }
+        rows.iter()
+            .zip(ids)
+            .map(|(row, id)| {
+                let m = members.remove(&id).unwrap_or_default();
+                Ok((Self::conversation_row(row, m)?, row.try_get("read_seq")?))
+            })
+            .collect()
     }
 }
 
-/// Inserts a new user; `Conflict("username")` when the name is taken.
-async fn insert_user<'e, E>(exec: E, username: &str, password_hash: &str, now: i64) -> Result<User>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-{
-    let user = User {
-        id: UserId::new(),
-        username: username.to_owned(),
-    };
-    let res = sqlx::query(
-        "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
-    )
-    .bind(user.id.to_string())
-    .bind(username)
-    .bind(password_hash)
-    .bind(now)
-    .execute(exec)
-    .await;
-    match res {
-        Ok(_) => Ok(user),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            Err(StoreError::Conflict("username"))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn insert_member(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    conversation: ConversationId,
-    user: UserId,
-    now: i64,
-) -> Result<()> {
-    let res = sqlx::query(
-        "INSERT INTO members (conversation_id, user_id, joined_at) VALUES (?, ?, ?) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(conversation.to_string())
-    .bind(user.to_string())
-    .bind(now)
-    .execute(&mut **tx)
-    .await;
-    match res {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-            Err(StoreError::NotFound("user"))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
+crate::backend::impl_store!(SqliteStore);
+crate::automation::impl_automation_store!(SqliteStore);
+crate::jobs::impl_job_store!(SqliteStore);
+crate::invites::impl_invite_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Store;
+
+    /// The SQL shared with PostgreSQL numbers its parameters: sqlx binds `$N` on SQLite
+    /// to the N-th bound value, wherever it stands and however often.
+    #[tokio::test]
+    async fn numbered_parameters_bind_by_position() {
+        let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let row: (i64, String, i64, String) = sqlx::query_as("SELECT $3, $1, $3 + $2, $1 || $1")
+            .bind("a")
+            .bind(10_i64)
+            .bind(5_i64)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(row, (5, "a".to_owned(), 15, "aa".to_owned()));
+    }
 
     #[tokio::test]
     async fn a_write_dropped_before_its_commit_leaves_no_open_transaction() {

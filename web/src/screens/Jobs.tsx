@@ -1,6 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
-import { api, ApiError, isMissingEndpoint } from '../api';
-import { Page, Unavailable } from '../components';
+import { api, ApiError } from '../api';
+import { Page } from '../components';
 import { formatFull, formatMillis, formatTime, pretty } from '../format';
 import { navigate } from '../router';
 import { useSession } from '../session';
@@ -36,7 +36,6 @@ function StatusTag({ status }: { status: string }) {
 function JobList() {
   const session = useSession();
   const [jobs, setJobs] = useState<Job[] | null>(null);
-  const [missing, setMissing] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const [script, setScript] = useState(JOB_TEMPLATE);
   const [input, setInput] = useState('{"name": "ada"}');
@@ -49,7 +48,7 @@ function JobList() {
         setJobs(list);
         setError(null);
       },
-      (e) => (isMissingEndpoint(e) ? setMissing(true) : setError((e as Error).message)),
+      (e) => setError((e as Error).message),
     );
 
   useEffect(() => {
@@ -90,20 +89,11 @@ function JobList() {
       setJobs((list) => [{ id: job_id, status: 'queued', submitted_at: new Date().toISOString() }, ...(list ?? [])]);
       void refresh();
     } catch (err) {
-      if (isMissingEndpoint(err)) setMissing(true);
-      else setSubmitError(err instanceof ApiError ? `Not submitted: ${err.message}` : 'Not submitted.');
+      setSubmitError(err instanceof ApiError ? `Not submitted: ${err.message}` : 'Not submitted.');
     } finally {
       setBusy(false);
     }
   };
-
-  if (missing) {
-    return (
-      <Page title="Jobs">
-        <Unavailable feature="Jobs" endpoint="GET /api/v1/jobs" />
-      </Page>
-    );
-  }
 
   const sorted = [...(jobs ?? [])].sort((a, b) => ((a.submitted_at ?? '') < (b.submitted_at ?? '') ? 1 : -1));
   return (
@@ -158,7 +148,6 @@ function JobDetail({ id }: { id: string }) {
   const session = useSession();
   const [job, setJob] = useState<Job | null>(null);
   const [result, setResult] = useState<JobResult | null>(null);
-  const [missing, setMissing] = useState(false);
   const [error, setError] = useState<string | null>(null);
 
   const refresh = async () => {
@@ -168,13 +157,8 @@ function JobDetail({ id }: { id: string }) {
       if (isFinal(j.status)) setResult(await api.jobResult(id));
     } catch (e) {
       if (e instanceof ApiError && e.status === 409) return; // not finished yet
-      if (isMissingEndpoint(e)) {
-        // This job, or the whole feature? The list tells.
-        api.jobs().then(
-          () => setError('No such job.'),
-          (e2) => (isMissingEndpoint(e2) ? setMissing(true) : setError((e2 as Error).message)),
-        );
-      } else setError((e as Error).message);
+      // Anything else, a job that does not exist or is not the caller's (404) included.
+      setError((e as Error).message);
     }
   };
 
@@ -184,10 +168,10 @@ function JobDetail({ id }: { id: string }) {
   useEffect(() => session.onJob((j) => j.id === id && void refresh()), [session, id]);
   const done = result !== null || (job !== null && isFinal(job.status));
   useEffect(() => {
-    if (done || missing || error) return;
+    if (done || error) return;
     const t = setInterval(refresh, POLL_MS);
     return () => clearInterval(t);
-  }, [done, missing, error]);
+  }, [done, error]);
 
   const remove = async () => {
     if (!confirm('Delete this job and its result?')) return;
@@ -198,14 +182,6 @@ function JobDetail({ id }: { id: string }) {
       setError((e as Error).message);
     }
   };
-
-  if (missing) {
-    return (
-      <Page title="Job">
-        <Unavailable feature="Jobs" endpoint={`GET /api/v1/jobs/${id}`} />
-      </Page>
-    );
-  }
 
   return (
     <Page title={`Job ${id.slice(0, 8)}`} actions={<a href="#/jobs">All jobs</a>}>

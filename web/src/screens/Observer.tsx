@@ -1,6 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
-import { api, ApiError, isMissingEndpoint } from '../api';
-import { Page, Unavailable } from '../components';
+import { api, ApiError } from '../api';
+import { Page } from '../components';
 import { pretty } from '../format';
 import type { ObserverStats } from '../types';
 
@@ -21,7 +21,6 @@ export function pushSample(list: Sample[], s: Sample, keep = KEEP): Sample[] {
 
 export function Observer() {
   const [samples, setSamples] = useState<Sample[]>([]);
-  const [missing, setMissing] = useState(false);
   const [error, setError] = useState<string | null>(null);
 
   useEffect(() => {
@@ -34,9 +33,7 @@ export function Observer() {
           setError(null);
         },
         (e) => {
-          if (!live) return;
-          if (isMissingEndpoint(e)) setMissing(true);
-          else setError((e as Error).message);
+          if (live) setError((e as Error).message);
         },
       );
     void poll();
@@ -46,14 +43,6 @@ export function Observer() {
       clearInterval(t);
     };
   }, []);
-
-  if (missing) {
-    return (
-      <Page title="Observer">
-        <Unavailable feature="Observer statistics" endpoint="GET /api/v1/observer" />
-      </Page>
-    );
-  }
 
   const last = samples[samples.length - 1];
   return (
@@ -200,7 +189,6 @@ function ObserverConfigForm() {
       setStatus('Saved.');
     } catch (err) {
       if (err instanceof ApiError && err.status === 403) setStatus('Only administrators can change this.');
-      else if (isMissingEndpoint(err)) setStatus('The server does not have this setting yet (404).');
       else setStatus(`Not saved: ${(err as Error).message}`);
     }
   };

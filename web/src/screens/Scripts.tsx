@@ -1,6 +1,6 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { api, ApiError, isMissingEndpoint } from '../api';
-import { Page, Unavailable } from '../components';
+import { api, ApiError } from '../api';
+import { Page } from '../components';
 import { compileErrorPosition, formatMicros, offsetOf, pretty } from '../format';
 import { navigate } from '../router';
 import type { Hook, Script, ScriptInput, ScriptTestResult } from '../types';
@@ -23,31 +23,23 @@ export function Scripts({ scriptId }: { scriptId: string | null }) {
 
 function ScriptList() {
   const [scripts, setScripts] = useState<Script[] | null>(null);
-  const [missing, setMissing] = useState(false);
   const [error, setError] = useState<string | null>(null);
 
   useEffect(() => {
-    api.scripts().then(setScripts, (e) => {
-      if (isMissingEndpoint(e)) setMissing(true);
-      else setError((e as Error).message);
-    });
+    api.scripts().then(setScripts, (e) => setError((e as Error).message));
   }, []);
 
   return (
     <Page
       title="Scripts"
       actions={
-        !missing && (
-          <a class="button primary" href="#/scripts/new">
-            New script
-          </a>
-        )
+        <a class="button primary" href="#/scripts/new">
+          New script
+        </a>
       }
     >
       <p class="muted">Scripts act on your messages: incoming ones (bots, auto-replies, filters) and outgoing ones (rewrites, checks).</p>
-      {missing ? (
-        <Unavailable feature="Scripts" endpoint="GET /api/v1/scripts" />
-      ) : error ? (
+      {error ? (
         <p class="error" role="alert">
           Cannot load scripts: {error}
         </p>
@@ -81,32 +73,17 @@ interface CompileError {
 function ScriptEditor({ id }: { id: string | null }) {
   const [script, setScript] = useState<ScriptInput>({ name: '', source: TEMPLATE, hooks: ['incoming'], enabled: true });
   const [savedId, setSavedId] = useState<string | null>(id);
-  const [load, setLoad] = useState<'loading' | 'ready' | 'missing'>(id ? 'loading' : 'ready');
   const [compile, setCompile] = useState<CompileError | null>(null);
   const [status, setStatus] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const editor = useRef<HTMLTextAreaElement>(null);
 
   useEffect(() => {
-    if (!id) {
-      // Without the feature, say so before the user writes a script.
-      api.scripts().catch((e) => isMissingEndpoint(e) && setLoad('missing'));
-      return;
-    }
+    if (!id) return;
     api.script(id).then(
-      (s) => {
-        setScript({ name: s.name, source: s.source ?? '', hooks: s.hooks ?? [], enabled: !!s.enabled });
-        setLoad('ready');
-      },
-      (e) => {
-        const failed = () => {
-          setStatus(`Cannot load this script: ${(e as Error).message}`);
-          setLoad('ready');
-        };
-        // A 404 is either this script or the whole feature: the list tells which.
-        if (!isMissingEndpoint(e)) failed();
-        else api.scripts().then(failed, (e2) => (isMissingEndpoint(e2) ? setLoad('missing') : failed()));
-      },
+      (s) => setScript({ name: s.name, source: s.source ?? '', hooks: s.hooks ?? [], enabled: !!s.enabled }),
+      // A script that does not exist or is not the caller's is a 404 like any other error.
+      (e) => setStatus(`Cannot load this script: ${(e as Error).message}`),
     );
   }, [id]);
 
@@ -144,8 +121,6 @@ function ScriptEditor({ id }: { id: string | null }) {
         const pos = compileErrorPosition(e.details);
         setCompile({ message: e.message, line: pos?.line, column: pos?.column });
         setStatus('Not saved: the script does not compile.');
-      } else if (isMissingEndpoint(e) && !savedId) {
-        setLoad('missing');
       } else {
         setStatus(`Not saved: ${(e as Error).message}`);
       }
@@ -164,14 +139,6 @@ function ScriptEditor({ id }: { id: string | null }) {
       setStatus(`Not deleted: ${(e as Error).message}`);
     }
   };
-
-  if (load === 'missing') {
-    return (
-      <Page title="Script">
-        <Unavailable feature="Scripts" endpoint={id ? `GET /api/v1/scripts/${id}` : 'GET /api/v1/scripts'} />
-      </Page>
-    );
-  }
 
   return (
     <Page title={savedId ? script.name || 'Script' : 'New script'} actions={<a href="#/scripts">All scripts</a>}>
@@ -316,7 +283,7 @@ function TestRun({ save, hooks }: { save: () => Promise<string | null>; hooks: H
       }
       setResult(await api.testScript(id, hook, { body }));
     } catch (err) {
-      setError(isMissingEndpoint(err) ? 'The server cannot test scripts yet (404).' : (err as Error).message);
+      setError((err as Error).message);
     } finally {
       setBusy(false);
     }

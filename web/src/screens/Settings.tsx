@@ -1,9 +1,9 @@
 import { useEffect, useState } from 'preact/hooks';
-import { api, ApiError, isMissingEndpoint } from '../api';
-import { Page, Unavailable } from '../components';
+import { api, ApiError } from '../api';
+import { Page } from '../components';
 import { useChat } from '../session';
 
-type Load = 'loading' | 'ready' | 'missing' | 'failed';
+type Load = 'loading' | 'ready' | 'failed';
 
 export function Settings() {
   const state = useChat();
@@ -22,7 +22,7 @@ export function Settings() {
         setLoad('ready');
       },
       (e) => {
-        setLoad(isMissingEndpoint(e) ? 'missing' : 'failed');
+        setLoad('failed');
         setError(e instanceof Error ? e.message : String(e));
       },
     );
@@ -53,47 +53,43 @@ export function Settings() {
           Signed in as <strong>{state.me?.username}</strong>.
         </p>
       </div>
-      {load === 'missing' ? (
-        <Unavailable feature="Auto-replies" endpoint="GET /api/v1/settings/auto-reply" />
-      ) : (
-        <form class="card" onSubmit={save} aria-labelledby="auto-reply-heading">
-          <h2 id="auto-reply-heading">Auto-reply</h2>
-          <p class="muted small">
-            When on, people who message you get this reply automatically (at most once per conversation in a while).
-          </p>
-          {load === 'loading' && <p role="status">Loading…</p>}
-          {load === 'failed' && <p class="error" role="alert">Cannot load the setting: {error}</p>}
-          <label class="check">
-            <input
-              type="checkbox"
-              name="auto-reply-enabled"
-              checked={enabled}
-              disabled={load !== 'ready'}
-              onChange={(e) => setEnabled(e.currentTarget.checked)}
-            />
-            Reply automatically
-          </label>
-          <label>
-            Reply text
-            <textarea
-              name="auto-reply-text"
-              rows={3}
-              value={text}
-              disabled={load !== 'ready'}
-              placeholder="I am away until Monday."
-              onInput={(e) => setText(e.currentTarget.value)}
-            />
-          </label>
-          <div class="row">
-            <button type="submit" class="primary" disabled={busy || load !== 'ready'}>
-              Save
-            </button>
-            <span role="status" class={error && load === 'ready' ? 'error' : 'ok'}>
-              {load === 'ready' ? (error ?? saved ?? '') : ''}
-            </span>
-          </div>
-        </form>
-      )}
+      <form class="card" onSubmit={save} aria-labelledby="auto-reply-heading">
+        <h2 id="auto-reply-heading">Auto-reply</h2>
+        <p class="muted small">
+          When on, people who message you get this reply automatically (at most once per conversation in a while).
+        </p>
+        {load === 'loading' && <p role="status">Loading…</p>}
+        {load === 'failed' && <p class="error" role="alert">Cannot load the setting: {error}</p>}
+        <label class="check">
+          <input
+            type="checkbox"
+            name="auto-reply-enabled"
+            checked={enabled}
+            disabled={load !== 'ready'}
+            onChange={(e) => setEnabled(e.currentTarget.checked)}
+          />
+          Reply automatically
+        </label>
+        <label>
+          Reply text
+          <textarea
+            name="auto-reply-text"
+            rows={3}
+            value={text}
+            disabled={load !== 'ready'}
+            placeholder="I am away until Monday."
+            onInput={(e) => setText(e.currentTarget.value)}
+          />
+        </label>
+        <div class="row">
+          <button type="submit" class="primary" disabled={busy || load !== 'ready'}>
+            Save
+          </button>
+          <span role="status" class={error && load === 'ready' ? 'error' : 'ok'}>
+            {load === 'ready' ? (error ?? saved ?? '') : ''}
+          </span>
+        </div>
+      </form>
     </Page>
   );
 }
