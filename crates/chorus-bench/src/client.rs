@@ -69,6 +69,24 @@ pub(crate) struct Ctx {
     pub storm: watch::Sender<u32>,
 }
 
+impl Ctx {
+    /// Counts a message written by sender `idx` for `receivers`, stamped `ts`: it
+    /// leaves the queue, and in the measured window it is expected at each receiver
+    /// (and, open loop, its write's delay after its schedule is recorded).
+    pub(crate) fn count_write(&self, idx: u32, phase: Phase, receivers: u64, cmd: Cmd, ts: u64) {
+        self.counters.queued.fetch_sub(1, Relaxed);
+        add(&self.counters.sent_total, 1);
+        if phase == Phase::Measured {
+            add(&self.counters.sent, 1);
+            add(&self.counters.expected, receivers);
+            if let Cmd::Send(_) = cmd {
+                let lag = now_ns().saturating_sub(ts) / 1000;
+                self.lag.record(idx as usize, lag);
+            }
+        }
+    }
+}
+
 /// A command for a writer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Cmd {
@@ -568,21 +586,12 @@ impl WriteCmds for Writer {
         self.next_k += 1;
         let phase = self.ctx.window.phase(ts);
         self.encode(k, ts, phase);
-        let ctx = &*self.ctx;
-        ctx.counters.queued.fetch_sub(1, Relaxed);
         self.outbox
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(k, ts);
-        add(&ctx.counters.sent_total, 1);
-        if phase == Phase::Measured {
-            add(&ctx.counters.sent, 1);
-            add(&ctx.counters.expected, self.members.load(Relaxed));
-            if let Cmd::Send(_) = cmd {
-                let lag = now_ns().saturating_sub(ts) / 1000;
-                ctx.lag.record(self.idx as usize, lag);
-            }
-        }
+        self.ctx
+            .count_write(self.idx, phase, self.members.load(Relaxed), cmd, ts);
         sink.feed(Message::text(self.buf.as_str())).await
     }
 

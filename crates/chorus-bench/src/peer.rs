@@ -541,16 +541,7 @@ impl WriteCmds for Writer {
         } else {
             relay::encode_message(&mut self.buf, &self.seat.dest, &self.body);
         }
-        ctx.counters.queued.fetch_sub(1, Relaxed);
-        add(&ctx.counters.sent_total, 1);
-        if phase == Phase::Measured {
-            add(&ctx.counters.sent, 1);
-            add(&ctx.counters.expected, self.seat.receivers.load(Relaxed));
-            if let Cmd::Send(_) = cmd {
-                let lag = now_ns().saturating_sub(ts) / 1000;
-                ctx.lag.record(self.idx as usize, lag);
-            }
-        }
+        ctx.count_write(self.idx, phase, self.seat.receivers.load(Relaxed), cmd, ts);
         sink.feed(Message::text(self.buf.as_str())).await
     }
 
