@@ -931,15 +931,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn records_topics_and_offsets_are_read_back_from_the_journal() {
+    /// Runs `test` in a directory of its own twice: with the journal synced to the disk,
+    /// and without.
+    async fn synced_and_not<F: Future<Output = ()>>(test: impl Fn(tempfile::TempDir, bool) -> F) {
         for sync in [false, true] {
-            read_back(sync).await;
+            test(tempfile::tempdir().unwrap(), sync).await;
         }
     }
 
-    async fn read_back(sync: bool) {
-        let dir = tempfile::tempdir().unwrap();
+    #[tokio::test]
+    async fn records_topics_and_offsets_are_read_back_from_the_journal() {
+        synced_and_not(read_back).await;
+    }
+
+    async fn read_back(dir: tempfile::TempDir, sync: bool) {
         let log = MemoryLog::open(dir.path(), sync).unwrap();
         log.create_topic("t", 3).await.unwrap();
         publish(&log, "t", 0, 100).await;
@@ -1013,13 +1018,10 @@ mod tests {
 
     #[tokio::test]
     async fn segments_whose_records_are_all_committed_are_removed() {
-        for sync in [false, true] {
-            removed_when_committed(sync).await;
-        }
+        synced_and_not(removed_when_committed).await;
     }
 
-    async fn removed_when_committed(sync: bool) {
-        let dir = tempfile::tempdir().unwrap();
+    async fn removed_when_committed(dir: tempfile::TempDir, sync: bool) {
         let log = MemoryLog::open_with(dir.path(), sync, 1024).unwrap();
         log.create_topic("t", 2).await.unwrap();
         log.create_topic("other", 1).await.unwrap();
