@@ -119,6 +119,15 @@ impl Journal {
     }
 }
 
+/// The journal could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("journal {}: {what}: {source}", dir.display())]
+struct JournalIo {
+    dir: std::path::PathBuf,
+    what: &'static str,
+    source: std::io::Error,
+}
+
 fn journal_failed() -> LogError {
     LogError::Backend("the log's journal could not be written (see the node's log)".into())
 }
@@ -212,8 +221,12 @@ impl MemoryLog {
 
     /// [`MemoryLog::open`] with segments of `segment_bytes`.
     fn open_with(dir: &Path, sync: bool, segment_bytes: u64) -> Result<Self, LogError> {
-        let io = |what: &str, e: std::io::Error| {
-            LogError::Backend(format!("journal {}: {what}: {e}", dir.display()))
+        let io = |what: &'static str, source: std::io::Error| {
+            LogError::Backend(Box::new(JournalIo {
+                dir: dir.to_owned(),
+                what,
+                source,
+            }))
         };
         std::fs::create_dir_all(dir).map_err(|e| io("creating it", e))?;
         let segments = journal::segments(dir).map_err(|e| io("listing it", e))?;
@@ -235,10 +248,13 @@ impl MemoryLog {
                     at
                 }
                 End::Torn(at) => {
-                    return Err(LogError::Backend(format!(
-                        "journal segment {} is damaged at byte {at}; restore it or remove the journal (losing what it holds)",
-                        path.display()
-                    )));
+                    return Err(LogError::Backend(
+                        format!(
+                            "journal segment {} is damaged at byte {at}; restore it or remove the journal (losing what it holds)",
+                            path.display()
+                        )
+                        .into(),
+                    ));
                 }
             };
             if last {
