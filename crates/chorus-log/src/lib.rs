@@ -4,8 +4,8 @@
 //! topic, each stage consumes its topic as a consumer group and publishes to the next,
 //! and the route stage publishes to the delivery topic of each gateway node. This crate
 //! holds the contract ([`EventLog`], [`Consumer`]), the loop every consumer runs
-//! ([`consume`]: decode, handle, publish, commit, set poison events aside) and the
-//! backends:
+//! ([`consume`](mod@consume): decode, handle, publish, commit, set poison events
+//! aside) and the backends:
 //!
 //! - [`memory`]: in-process, partitioned, with consumer groups and committed offsets;
 //!   durable with a journal in a directory (`local://`, the embedded default) or in

@@ -262,7 +262,7 @@ struct Wanted {
 /// The messages automation asked to send because of one message, in the order they
 /// were asked for, each with the script that asked (`None` for an auto-reply).
 #[derive(Default)]
-pub struct Asked {
+pub(crate) struct Asked {
     wanted: Vec<Wanted>,
     by: Vec<Option<Arc<Script>>>,
 }
@@ -274,7 +274,7 @@ impl Asked {
     /// the action's place in `actions` (every action counts, sent or not). A replayed
     /// batch asks again with the same tags and the store keeps each message once, so
     /// the tags must not change between versions either.
-    pub fn script_sends(
+    pub(crate) fn script_sends(
         &mut self,
         owner: UserId,
         m: &MessageEvent,
@@ -298,7 +298,7 @@ impl Asked {
     }
 
     /// `owner`'s auto-reply `text` to `m`, tagged by `m` alone (one per message).
-    pub fn auto_reply(&mut self, owner: UserId, m: &MessageEvent, text: String) {
+    pub(crate) fn auto_reply(&mut self, owner: UserId, m: &MessageEvent, text: String) {
         self.wanted.push(Wanted {
             owner,
             conversation: m.conversation_id,
@@ -367,7 +367,7 @@ impl<'a> Sends<'a> {
     /// `goes_on` to more automation (from `automate-out` to `automate-in`), it keeps a
     /// share like each message sent. Each message also takes a token from its owner's
     /// send rate.
-    pub async fn send_all(
+    pub(crate) async fn send_all(
         &mut self,
         trigger: &mut MessageEvent,
         asked: Asked,
