@@ -272,3 +272,80 @@ fn dead_letter(sub: &Subscription, record: &Record, error: &dyn Display) -> Opti
         record.payload.clone(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryLog;
+
+    /// Handling 13 fails for good.
+    #[derive(Debug)]
+    struct Unlucky;
+
+    impl Display for Unlucky {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("13 cannot be handled")
+        }
+    }
+
+    impl From<LogError> for Unlucky {
+        fn from(_: LogError) -> Self {
+            Unlucky
+        }
+    }
+
+    impl HandlerError for Unlucky {
+        fn is_poison(&self) -> bool {
+            true
+        }
+    }
+
+    async fn payloads(log: &MemoryLog, topic: &str, n: usize) -> Vec<String> {
+        let group = format!("check-{topic}");
+        let mut consumer = log.subscribe(&group, &[topic.into()]).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < n {
+            for r in consumer.next_batch(n).await.unwrap() {
+                got.push(String::from_utf8(r.payload.to_vec()).unwrap());
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn unreadable_and_poison_events_are_set_aside_and_the_rest_is_published() {
+        let log = MemoryLog::new();
+        for topic in ["in", "out", "dead"] {
+            log.create_topic(topic, 1).await.unwrap();
+        }
+        let records = ["1", "x", "13", "2"].map(|p| Outgoing::new("in", "k", p));
+        log.publish(records.to_vec()).await.unwrap();
+        let sub = Subscription {
+            name: "test",
+            group: "g".into(),
+            topics: vec!["in".into()],
+            batch: 10,
+            dead_letter: Some("dead".into()),
+        };
+        let numbers: Decoder<u32> =
+            Box::new(|r: &Record| Ok(std::str::from_utf8(&r.payload)?.parse::<u32>()?));
+        let double = each(|n: u32| {
+            std::future::ready(match n {
+                13 => Err(Unlucky),
+                n => Ok(vec![Outgoing::new("out", "k", (2 * n).to_string())]),
+            })
+        });
+        let mut consumer = ConsumerLoop::subscribe(Arc::new(log.clone()), sub, numbers, double)
+            .await
+            .unwrap();
+        let mut seen = 0;
+        while seen < records.len() {
+            let batch = consumer.next_batch().await.unwrap();
+            seen += batch.len();
+            consumer.process(batch).await.unwrap();
+        }
+        assert_eq!(payloads(&log, "out", 2).await, ["2", "4"]);
+        assert_eq!(payloads(&log, "dead", 2).await, ["x", "13"]);
+        assert_eq!(log.retained("in"), Some(0), "every record was committed");
+    }
+}
