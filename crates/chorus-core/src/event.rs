@@ -150,6 +150,60 @@ pub enum StageEvent {
     },
 }
 
+impl StageEvent {
+    /// Its partitioning key: its conversation (for presence, its user), so that the
+    /// events of one conversation keep their order.
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            StageEvent::Message(m) => m.conversation_id.0.as_bytes().to_vec(),
+            StageEvent::Typing {
+                conversation_id, ..
+            }
+            | StageEvent::Read {
+                conversation_id, ..
+            } => conversation_id.0.as_bytes().to_vec(),
+            StageEvent::Presence { user_id, .. } => user_id.0.as_bytes().to_vec(),
+        }
+    }
+
+    /// What the sessions of `recipients` on one node get of this event: the stored
+    /// message, or the notice. `None` for a message not stored yet (without `seq`).
+    pub fn delivery(&self, recipients: Vec<UserId>) -> Option<Delivery> {
+        Some(match *self {
+            StageEvent::Message(ref m) => Delivery::Message {
+                message: m.to_message()?,
+                recipients,
+            },
+            StageEvent::Typing {
+                conversation_id,
+                user_id,
+                ..
+            } => Delivery::Typing {
+                conversation_id,
+                user_id,
+                recipients,
+            },
+            StageEvent::Read {
+                conversation_id,
+                user_id,
+                seq,
+                session_id,
+            } => Delivery::Read {
+                conversation_id,
+                user_id,
+                seq,
+                recipients,
+                except_session: session_id,
+            },
+            StageEvent::Presence { user_id, online } => Delivery::Presence {
+                user_id,
+                online,
+                recipients,
+            },
+        })
+    }
+}
+
 /// Events on a gateway node's delivery topic: one per node, not per recipient.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,6 +1,7 @@
 //! The vocabulary of chorus, shared by every role, with no I/O.
 //!
 //! Layout:
+//! - [`body`]: what makes a message body storable, one check for every sender.
 //! - [`ids`]: typed identifiers (users, conversations, messages, sessions, nodes).
 //! - [`error`]: the stable error codes of the public protocol and their HTTP statuses.
 //! - [`model`]: the public shapes of users, conversations, messages, scripts and jobs.
@@ -9,6 +10,7 @@
 //! - [`topics`]: the names of the log's topics.
 //! - [`ratelimit`]: token buckets by key, behind every rate limit.
 
+pub mod body;
 pub mod error;
 pub mod event;
 pub mod ids;

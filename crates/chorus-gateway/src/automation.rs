@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chorus_automation::{HookInput, check_limits, parse_actions};
+use chorus_core::body::{BodyError, check_body};
 use chorus_core::event::{Control, encode};
 use chorus_core::model::{AutoReply, Hook, Origin, Script};
 use chorus_core::{ConversationId, MessageId, ScriptId, UserId};
@@ -73,7 +74,7 @@ async fn put_auto_reply(
     if reply.enabled && reply.text.trim().is_empty() {
         return Err(ApiError::bad_request("an enabled auto-reply needs a text"));
     }
-    check_body(&state, &reply.text)?;
+    check_auto_reply(&state, &reply.text)?;
     state
         .directory
         .store()
@@ -83,14 +84,15 @@ async fn put_auto_reply(
     Ok(Json(reply))
 }
 
-fn check_body(state: &AppState, text: &str) -> Result<(), ApiError> {
-    if text.len() > state.limits.max_body_bytes || text.contains('\0') {
-        return Err(ApiError::bad_request(format!(
+/// The text of an auto-reply is a message body, except that a disabled one may be empty.
+fn check_auto_reply(state: &AppState, text: &str) -> Result<(), ApiError> {
+    match check_body(text, state.limits.max_body_bytes) {
+        Ok(()) | Err(BodyError::Empty) => Ok(()),
+        Err(BodyError::Nul | BodyError::TooLarge { .. }) => Err(ApiError::bad_request(format!(
             "text must be at most {} bytes, without NUL",
             state.limits.max_body_bytes
-        )));
+        ))),
     }
-    Ok(())
 }
 
 /// A script as its owner writes it.

@@ -3,9 +3,10 @@
 
 use crate::sessions::{Out, Outbound};
 use crate::state::AppState;
-use chorus_core::event::{DecodeError, Delivery, decode};
+use chorus_core::event::{Delivery, decode};
 use chorus_core::wire::ServerFrame;
-use chorus_log::{LogError, Outgoing, Record};
+use chorus_log::consume::payload;
+use chorus_log::{LogError, Subscription, consume, each};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -16,21 +17,19 @@ const BATCH: usize = 1024;
 pub async fn run(state: Arc<AppState>, shutdown: CancellationToken) -> Result<(), LogError> {
     let topic = state.topics.deliver(&state.node);
     state.log.create_topic(&topic, state.partitions).await?;
-    let group = format!("{topic}.gateway");
-    let mut consumer = state.log.subscribe(&group, &[topic]).await?;
-    loop {
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            batch = consumer.next_batch(BATCH) => batch?,
-        };
-        for record in &batch {
-            match decode::<Delivery>(&record.payload) {
-                Ok(delivery) => fan_out(&state, delivery),
-                Err(e) => dead_letter(&state, record, &e).await?,
-            }
-        }
-        consumer.commit(&batch).await?;
-    }
+    let sub = Subscription {
+        name: "gateway",
+        group: format!("{topic}.gateway"),
+        topics: vec![topic],
+        batch: BATCH,
+        dead_letter: Some(state.topics.dead_letter()),
+    };
+    let log = state.log.clone();
+    let deliver = each(move |delivery| {
+        fan_out(&state, delivery);
+        std::future::ready(Ok::<_, LogError>(Vec::new()))
+    });
+    consume(log, sub, payload(decode), deliver, shutdown.cancelled()).await
 }
 
 fn fan_out(state: &AppState, delivery: Delivery) {
@@ -134,19 +133,6 @@ fn fan_out(state: &AppState, delivery: Delivery) {
     };
     let n = state.sessions.deliver(&recipients, &out, except);
     metrics::counter!("chorus_gateway_frames_delivered_total").increment(n as u64);
-}
-
-async fn dead_letter(state: &AppState, record: &Record, e: &DecodeError) -> Result<(), LogError> {
-    tracing::warn!(topic = %record.topic, offset = record.offset, error = %e, "undeliverable event sent to the dead-letter topic");
-    metrics::counter!("chorus_dead_letter_total", "stage" => "gateway").increment(1);
-    state
-        .log
-        .publish(vec![Outgoing::new(
-            state.topics.dead_letter(),
-            record.key.clone(),
-            record.payload.clone(),
-        )])
-        .await
 }
 
 /// Heartbeat period; well within the shared registry's node expiry (10 s).

@@ -24,7 +24,8 @@ use chorus_core::{ErrorCode, JobId};
 use chorus_jobs::crypto::{JOB_CREDENTIALS, check_sealed};
 use chorus_jobs::git::check_source;
 use chorus_jobs::observer::current_config;
-use chorus_log::{LogError, Outgoing};
+use chorus_log::consume::payload;
+use chorus_log::{LogError, Outgoing, Subscription, consume, each};
 use chorus_store::StoredJob;
 use chrono::Utc;
 use serde::Deserialize;
@@ -73,22 +74,19 @@ pub async fn follow_observer(
     stop: CancellationToken,
 ) -> Result<(), LogError> {
     let topic = state.topics.observer_decisions();
-    let group = format!("{topic}.{}", state.node);
-    let mut consumer = state.log.subscribe(&group, &[topic]).await?;
-    loop {
-        let batch = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            batch = consumer.next_batch(256) => batch?,
-        };
-        if let Some(report) = batch
-            .iter()
-            .rev()
-            .find_map(|r| decode::<ObserverReport>(&r.payload).ok())
-        {
-            state.observer.set(report);
-        }
-        consumer.commit(&batch).await?;
-    }
+    let sub = Subscription {
+        name: "observer-view",
+        group: format!("{topic}.{}", state.node),
+        topics: vec![topic],
+        batch: 256,
+        dead_letter: None,
+    };
+    let log = state.log.clone();
+    let follow = each(move |report| {
+        state.observer.set(report);
+        std::future::ready(Ok::<_, LogError>(Vec::new()))
+    });
+    consume(log, sub, payload(decode), follow, stop.cancelled()).await
 }
 
 /// A job as its owner submits it.

@@ -2,6 +2,7 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use chorus_core::body::{BodyError, check_body};
 use chorus_core::event::{StageEvent, encode};
 use chorus_core::model::Origin;
 use chorus_core::{ConversationId, ErrorCode, MessageId, SessionId, UserId};
@@ -100,26 +101,19 @@ async fn prepare(
             "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
         )));
     }
-    if body.is_empty() {
-        return Err(ApiError::bad_request("body must not be empty"));
-    }
-    // PostgreSQL cannot store NUL in text; refusing it here keeps one bad message from
-    // stalling the store stage of a cluster.
-    if body.contains('\0') || client_msg_id.contains('\0') {
+    // PostgreSQL cannot store NUL in text (see `BodyError::Nul`).
+    if client_msg_id.contains('\0') {
         return Err(ApiError::bad_request(
             "body and client_msg_id must not contain NUL characters",
         ));
     }
-    if body.len() > state.limits.max_body_bytes {
-        return Err(ApiError::new(
-            ErrorCode::TooLarge,
-            format!(
-                "body is {} bytes; the limit is {}",
-                body.len(),
-                state.limits.max_body_bytes
-            ),
-        ));
-    }
+    check_body(&body, state.limits.max_body_bytes).map_err(|e| match e {
+        BodyError::Empty => ApiError::bad_request(e.to_string()),
+        BodyError::Nul => {
+            ApiError::bad_request("body and client_msg_id must not contain NUL characters")
+        }
+        BodyError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+    })?;
     let members = require_member(state, conversation, sender).await?;
     state
         .limiter

@@ -36,7 +36,7 @@ use chorus_core::event::{Delivery, encode};
 use chorus_core::model::Job;
 use chorus_core::topics::Topics;
 use chorus_core::{NodeId, UserId};
-use chorus_log::{EventLog, LogError, Outgoing, Record};
+use chorus_log::{EventLog, HandlerError, LogError, Outgoing, Subscription};
 use chorus_registry::Registry;
 use chorus_sandbox::Sandbox;
 use chorus_store::{Store, StoreError};
@@ -45,15 +45,44 @@ use std::sync::Arc;
 /// Why a jobs loop stopped (its supervisor restarts it).
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
+    /// The sandbox could not run anything (it is shutting down).
+    #[error("sandbox unavailable: {0}")]
+    Sandbox(String),
     /// The event log failed.
     #[error(transparent)]
     Log(#[from] LogError),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The sandbox could not run anything (it is shutting down).
-    #[error("sandbox unavailable: {0}")]
-    Sandbox(String),
+}
+
+impl HandlerError for JobsError {
+    /// Only the database may refuse a job or an outcome for good; the log and the
+    /// sandbox fail when they are down.
+    fn is_poison(&self) -> bool {
+        match self {
+            Self::Store(e) => !e.is_unavailable(),
+            Self::Log(_) | Self::Sandbox(_) => false,
+        }
+    }
+}
+
+/// The subscription of a jobs consumer: `name` in logs and metrics, `group` on `topic`,
+/// `batch` records at a time, with what it cannot handle set aside.
+fn subscription(
+    ctx: &JobsContext,
+    name: &'static str,
+    group: String,
+    topic: String,
+    batch: usize,
+) -> Subscription {
+    Subscription {
+        name,
+        group,
+        topics: vec![topic],
+        batch,
+        dead_letter: Some(ctx.topics.dead_letter()),
+    }
 }
 
 /// What the workers, the recorder and the observer share. Cheap to clone.
@@ -115,22 +144,4 @@ pub async fn notify_owner(ctx: &JobsContext, owner: UserId, job: &Job) {
     if let Err(e) = ctx.log.publish(records).await {
         tracing::warn!(job_id = %job.id, error = %e, "job frame not sent");
     }
-}
-
-/// Sends an unreadable record to the dead-letter topic.
-async fn dead_letter(
-    ctx: &JobsContext,
-    role: &'static str,
-    record: &Record,
-    error: &(dyn std::fmt::Display + Sync),
-) -> Result<(), LogError> {
-    tracing::warn!(topic = %record.topic, offset = record.offset, %error, "unreadable job event sent to the dead-letter topic");
-    metrics::counter!("chorus_dead_letter_total", "stage" => role).increment(1);
-    ctx.log
-        .publish(vec![Outgoing::new(
-            ctx.topics.dead_letter(),
-            record.key.clone(),
-            record.payload.clone(),
-        )])
-        .await
 }

@@ -3,9 +3,12 @@
 //! ([`chorus_store::JobStore::finish_job`]), so redelivered or duplicated outcomes
 //! (a job run twice after its worker died) change nothing visible.
 
-use crate::{JobsContext, JobsError, dead_letter, notify_owner};
+use crate::{JobsContext, JobsError, notify_owner, subscription};
 use chorus_core::event::{JobOutcome, decode};
+use chorus_log::consume::payload;
+use chorus_log::{consume, each};
 use chorus_store::FinishedJob;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Outcomes fetched per batch.
@@ -19,20 +22,14 @@ pub fn recorders_group(ctx: &JobsContext) -> String {
 /// Records outcomes until `stop`; commits a batch once all of it is stored.
 pub async fn run_recorder(ctx: JobsContext, stop: CancellationToken) -> Result<(), JobsError> {
     let topic = ctx.topics.jobs_results();
-    let mut consumer = ctx.log.subscribe(&recorders_group(&ctx), &[topic]).await?;
-    loop {
-        let batch = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            batch = consumer.next_batch(BATCH) => batch?,
-        };
-        for record in &batch {
-            match decode::<JobOutcome>(&record.payload) {
-                Ok(outcome) => record_outcome(&ctx, &outcome).await?,
-                Err(e) => dead_letter(&ctx, "jobs-results", record, &e).await?,
-            }
-        }
-        consumer.commit(&batch).await?;
-    }
+    let sub = subscription(&ctx, "jobs-results", recorders_group(&ctx), topic, BATCH);
+    let log = ctx.log.clone();
+    let ctx = Arc::new(ctx);
+    let record = each(move |outcome: JobOutcome| {
+        let ctx = ctx.clone();
+        async move { record_outcome(&ctx, &outcome).await.map(|()| Vec::new()) }
+    });
+    consume(log, sub, payload(decode), record, stop.cancelled()).await
 }
 
 /// Stores one outcome (unless the job already has a result) and tells the owner.

@@ -10,10 +10,11 @@
 //! are never logged.
 
 use crate::crypto::JOB_CREDENTIALS;
-use crate::{JobsContext, JobsError, dead_letter, notify_owner, workers_group};
+use crate::{JobsContext, JobsError, notify_owner, subscription, workers_group};
 use chorus_core::event::{JobOutcome, JobRequest, decode, encode};
 use chorus_core::model::{JobError, JobSource, JobStatus};
-use chorus_log::Outgoing;
+use chorus_log::consume::payload;
+use chorus_log::{Outgoing, consume, each};
 use chorus_sandbox::{Call, Limits, RunError};
 use chrono::Utc;
 use serde_json::Value;
@@ -29,31 +30,25 @@ pub async fn run_worker(
     stop: CancellationToken,
 ) -> Result<(), JobsError> {
     let topic = ctx.topics.jobs_requests();
-    let mut consumer = ctx
-        .log
-        .subscribe(&workers_group(&ctx.topics), &[topic])
-        .await?;
-    loop {
-        let batch = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            batch = consumer.next_batch(1) => batch?,
-        };
-        for record in &batch {
-            match decode::<JobRequest>(&record.payload) {
-                Ok(request) => {
-                    let outcome = execute(&ctx, &request, &name).await?;
-                    let record = Outgoing::new(
-                        ctx.topics.jobs_results(),
-                        outcome.job_id.0.as_bytes().to_vec(),
-                        encode(&outcome),
-                    );
-                    ctx.log.publish(vec![record]).await?;
-                }
-                Err(e) => dead_letter(&ctx, "worker", record, &e).await?,
-            }
+    // One request at a time: a request fetched is a request this worker holds.
+    let sub = subscription(&ctx, "worker", workers_group(&ctx.topics), topic, 1);
+    let log = ctx.log.clone();
+    let (ctx, name) = (Arc::new(ctx), Arc::<str>::from(name));
+    let work = each(move |request: JobRequest| {
+        let (ctx, name) = (ctx.clone(), name.clone());
+        async move {
+            let outcome = execute(&ctx, &request, &name).await;
+            outcome.map(|outcome| {
+                let key = outcome.job_id.0.as_bytes().to_vec();
+                vec![Outgoing::new(
+                    ctx.topics.jobs_results(),
+                    key,
+                    encode(&outcome),
+                )]
+            })
         }
-        consumer.commit(&batch).await?;
-    }
+    });
+    consume(log, sub, payload(decode), work, stop.cancelled()).await
 }
 
 /// Runs one job and says how it ended. `Err` only when nothing could be decided (the

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication, TopicResult};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -51,7 +51,7 @@ pub struct KafkaSettings {
 impl KafkaSettings {
     /// Parses `kafka://HOST:PORT[,…][?key=value&…]`.
     pub fn parse(url: &str) -> Result<Self, LogError> {
-        let bad = |m: String| LogError::Backend(format!("invalid Kafka URL {url}: {m}"));
+        let bad = |m: String| LogError::Backend(format!("invalid Kafka URL {url}: {m}").into());
         let rest = url
             .strip_prefix("kafka://")
             .ok_or_else(|| bad("expected kafka://".into()))?;
@@ -115,7 +115,27 @@ fn admin_options() -> AdminOptions {
 }
 
 fn backend(e: KafkaError) -> LogError {
-    LogError::Backend(e.to_string())
+    LogError::Backend(Box::new(e))
+}
+
+/// Checks the per-topic results of an admin request (`doing` it to topics): `done`
+/// is the code saying there was nothing to do (the topic exists, or is gone).
+fn check_admin(
+    results: Vec<TopicResult>,
+    doing: &str,
+    done: RDKafkaErrorCode,
+) -> Result<(), LogError> {
+    for r in results {
+        match r {
+            Err((name, code)) if code != done => {
+                return Err(LogError::Backend(
+                    format!("{doing} topic {name}: {code}").into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl KafkaLog {
@@ -178,7 +198,7 @@ impl KafkaLog {
                 .map_err(backend)
         })
         .await
-        .map_err(|e| LogError::Backend(e.to_string()))??;
+        .map_err(|e| LogError::Backend(Box::new(e)))??;
         self.known
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -200,14 +220,7 @@ impl EventLog for KafkaLog {
             .create_topics(&[new], &admin_options())
             .await
             .map_err(backend)?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(LogError::Backend(format!("creating topic {name}: {code}")));
-                }
-            }
-        }
+        check_admin(results, "creating", RDKafkaErrorCode::TopicAlreadyExists)?;
         self.known
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -225,15 +238,11 @@ impl EventLog for KafkaLog {
             .delete_topics(&[topic], &admin_options())
             .await
             .map_err(backend)?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((name, code)) => {
-                    return Err(LogError::Backend(format!("deleting topic {name}: {code}")));
-                }
-            }
-        }
-        Ok(())
+        check_admin(
+            results,
+            "deleting",
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        )
     }
 
     async fn publish(&self, records: Vec<Outgoing>) -> Result<(), LogError> {
@@ -338,7 +347,7 @@ impl EventLog for KafkaLog {
                 .map_err(backend)
         })
         .await
-        .map_err(|e| LogError::Backend(e.to_string()))?
+        .map_err(|e| LogError::Backend(Box::new(e)))?
     }
 }
 

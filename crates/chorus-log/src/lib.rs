@@ -3,7 +3,9 @@
 //! Roles never call each other: the gateway publishes a message to the first stage's
 //! topic, each stage consumes its topic as a consumer group and publishes to the next,
 //! and the route stage publishes to the delivery topic of each gateway node. This crate
-//! holds the contract ([`EventLog`], [`Consumer`]) and its backends:
+//! holds the contract ([`EventLog`], [`Consumer`]), the loop every consumer runs
+//! ([`consume`](mod@consume): decode, handle, publish, commit, set poison events
+//! aside) and the backends:
 //!
 //! - [`memory`]: in-process, partitioned, with consumer groups and committed offsets;
 //!   durable with a journal in a directory (`local://`, the embedded default) or in
@@ -26,10 +28,13 @@
 //! - `publish` returns once the backend holds the record (for Kafka: acknowledged by
 //!   all in-sync replicas).
 
+pub mod consume;
 mod journal;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
+
+pub use consume::{ConsumerLoop, Handler, HandlerError, Subscription, consume, each};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -75,6 +80,10 @@ impl Outgoing {
     }
 }
 
+/// A backend's own error (Kafka's, an I/O error of the journal, …) or a description of
+/// what went wrong.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors of the event log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -84,9 +93,10 @@ pub enum LogError {
     /// The log is shutting down.
     #[error("the event log is closed")]
     Closed,
-    /// The backend failed (broker unreachable, timeout, …).
+    /// The backend failed (broker unreachable, timeout, …). The text includes the
+    /// backend's error, for logs that print one line; `source()` is that error.
     #[error("event log backend: {0}")]
-    Backend(String),
+    Backend(#[source] BoxError),
 }
 
 /// A partitioned log with consumer groups; see the crate docs for the contract.

@@ -119,6 +119,15 @@ impl Journal {
     }
 }
 
+/// The journal could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("journal {}: {what}: {source}", dir.display())]
+struct JournalIo {
+    dir: std::path::PathBuf,
+    what: &'static str,
+    source: std::io::Error,
+}
+
 fn journal_failed() -> LogError {
     LogError::Backend("the log's journal could not be written (see the node's log)".into())
 }
@@ -212,8 +221,12 @@ impl MemoryLog {
 
     /// [`MemoryLog::open`] with segments of `segment_bytes`.
     fn open_with(dir: &Path, sync: bool, segment_bytes: u64) -> Result<Self, LogError> {
-        let io = |what: &str, e: std::io::Error| {
-            LogError::Backend(format!("journal {}: {what}: {e}", dir.display()))
+        let io = |what: &'static str, source: std::io::Error| {
+            LogError::Backend(Box::new(JournalIo {
+                dir: dir.to_owned(),
+                what,
+                source,
+            }))
         };
         std::fs::create_dir_all(dir).map_err(|e| io("creating it", e))?;
         let segments = journal::segments(dir).map_err(|e| io("listing it", e))?;
@@ -235,10 +248,13 @@ impl MemoryLog {
                     at
                 }
                 End::Torn(at) => {
-                    return Err(LogError::Backend(format!(
-                        "journal segment {} is damaged at byte {at}; restore it or remove the journal (losing what it holds)",
-                        path.display()
-                    )));
+                    return Err(LogError::Backend(
+                        format!(
+                            "journal segment {} is damaged at byte {at}; restore it or remove the journal (losing what it holds)",
+                            path.display()
+                        )
+                        .into(),
+                    ));
                 }
             };
             if last {
@@ -931,15 +947,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn records_topics_and_offsets_are_read_back_from_the_journal() {
+    /// Runs `test` in a directory of its own twice: with the journal synced to the disk,
+    /// and without.
+    async fn synced_and_not<F: Future<Output = ()>>(test: impl Fn(tempfile::TempDir, bool) -> F) {
         for sync in [false, true] {
-            read_back(sync).await;
+            test(tempfile::tempdir().unwrap(), sync).await;
         }
     }
 
-    async fn read_back(sync: bool) {
-        let dir = tempfile::tempdir().unwrap();
+    #[tokio::test]
+    async fn records_topics_and_offsets_are_read_back_from_the_journal() {
+        synced_and_not(read_back).await;
+    }
+
+    async fn read_back(dir: tempfile::TempDir, sync: bool) {
         let log = MemoryLog::open(dir.path(), sync).unwrap();
         log.create_topic("t", 3).await.unwrap();
         publish(&log, "t", 0, 100).await;
@@ -1013,13 +1034,10 @@ mod tests {
 
     #[tokio::test]
     async fn segments_whose_records_are_all_committed_are_removed() {
-        for sync in [false, true] {
-            removed_when_committed(sync).await;
-        }
+        synced_and_not(removed_when_committed).await;
     }
 
-    async fn removed_when_committed(sync: bool) {
-        let dir = tempfile::tempdir().unwrap();
+    async fn removed_when_committed(dir: tempfile::TempDir, sync: bool) {
         let log = MemoryLog::open_with(dir.path(), sync, 1024).unwrap();
         log.create_topic("t", 2).await.unwrap();
         log.create_topic("other", 1).await.unwrap();

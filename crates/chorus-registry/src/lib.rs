@@ -20,9 +20,16 @@ use std::collections::HashMap;
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The backend failed or is unreachable.
+    /// The backend failed or is unreachable. The text includes the backend's error,
+    /// for logs that print one line; `source()` is that error.
     #[error("registry backend: {0}")]
-    Backend(String),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The registry holds something that is not a user id where one belongs.
+    #[error("malformed user id {0:?} in the registry")]
+    Malformed(String),
+    /// A setting the backend cannot work with.
+    #[error("registry settings: {0}")]
+    Settings(String),
 }
 
 /// Result of the registry.

@@ -172,12 +172,12 @@ return {1, offline}
 "#;
 
 fn backend(e: redis::RedisError) -> RegistryError {
-    RegistryError::Backend(e.to_string())
+    RegistryError::Backend(Box::new(e))
 }
 
 fn parse_user(s: &str) -> Result<UserId> {
     s.parse()
-        .map_err(|_| RegistryError::Backend(format!("malformed user id {s:?} in the registry")))
+        .map_err(|_| RegistryError::Malformed(s.to_owned()))
 }
 
 /// Sessions of a cluster, in Redis, with node heartbeats and expiry.
@@ -201,7 +201,7 @@ impl RedisRegistry {
             .ok()
             .filter(|ms| *ms > 0)
             .ok_or_else(|| {
-                RegistryError::Backend(format!("node TTL {node_ttl:?} is not a positive ms count"))
+                RegistryError::Settings(format!("node TTL {node_ttl:?} is not a positive ms count"))
             })?;
         let client = redis::Client::open(url).map_err(backend)?;
         let conn = ConnectionManager::new(client).await.map_err(backend)?;

@@ -5,7 +5,7 @@
 //! Failures are fail-open: the message is delivered as it was.
 
 use crate::runner::{StageContext, StageError, StageWorker, forward};
-use crate::scripts::{Names, RunBook, Sends, Wanted};
+use crate::scripts::{Asked, Names, RunBook, Sends};
 use async_trait::async_trait;
 use chorus_automation::{Action, parse_actions};
 use chorus_core::UserId;
@@ -107,39 +107,18 @@ impl StageWorker for AutomateIn {
                 metrics::counter!("chorus_messages_dropped_for_recipient_total").increment(1);
                 m.suppress.push(o.user);
             }
-            let mut wanted = Vec::new();
-            let mut by = Vec::new();
+            let mut asked = Asked::default();
             for o in group {
-                for (n, (script, action)) in o.sends.iter().enumerate() {
-                    let (conversation, body) = match action {
-                        Action::Reply(body) => (m.conversation_id, body.clone()),
-                        Action::Forward(to) => (*to, m.body.clone()),
-                        Action::Rewrite(_) | Action::Drop(_) => continue,
-                    };
-                    wanted.push(Wanted {
-                        owner: o.user,
-                        conversation,
-                        body,
-                        origin: Origin::Script,
-                        tag: format!("script:{}:{}:{n}", script.id, m.message_id),
-                    });
-                    by.push(Some(script.clone()));
-                }
+                asked.script_sends(o.user, m, &o.sends);
                 if let Some(text) = &o.auto_reply
                     && claim_auto_reply(ctx, o.user, m).await?
                 {
-                    wanted.push(Wanted {
-                        owner: o.user,
-                        conversation: m.conversation_id,
-                        body: text.clone(),
-                        origin: Origin::AutoReply,
-                        tag: format!("auto:{}", m.message_id),
-                    });
-                    by.push(None);
+                    asked.auto_reply(o.user, m, text.clone());
                 }
             }
-            let results = sends.send_all(m, wanted, false).await?;
-            book.sent(Hook::Incoming, by, results);
+            sends
+                .send_all(m, asked, false, &mut book, Hook::Incoming)
+                .await?;
         }
         let mut out: Vec<Outgoing> = events
             .into_iter()

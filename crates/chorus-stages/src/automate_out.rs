@@ -5,12 +5,13 @@
 //! fail-closed, which blocks the message.
 
 use crate::runner::{StageContext, StageError, StageWorker, forward};
-use crate::scripts::{Names, RunBook, Sends, Wanted, to_nodes};
+use crate::scripts::{Asked, Names, RunBook, Sends, to_nodes};
 use async_trait::async_trait;
-use chorus_automation::{Action, parse_actions};
+use chorus_automation::{Action, RunResult, parse_actions};
 use chorus_core::ErrorCode;
+use chorus_core::body::check_body;
 use chorus_core::event::{Delivery, MessageEvent, StageEvent};
-use chorus_core::model::{Hook, Origin, Script};
+use chorus_core::model::{Hook, Script};
 use chorus_core::topics::Stage;
 use chorus_log::Outgoing;
 use std::sync::Arc;
@@ -21,13 +22,22 @@ pub struct AutomateOut {
     names: Names,
 }
 
+/// An event of the batch: a message its sender's scripts run on, or anything else.
+enum Slot {
+    /// A message on this stage's turn on its routing slip.
+    Scripted(InFlight),
+    /// Passes through untouched.
+    Passing(StageEvent),
+}
+
 /// A message on its way through its sender's scripts.
 struct InFlight {
     m: MessageEvent,
     scripts: Vec<Arc<Script>>,
     /// Why it was blocked, once it is.
     blocked: Option<String>,
-    /// Replies and forwards to send, after the scripts: (script, n, action).
+    /// Replies and forwards to send once every script has run, with the script that
+    /// asked for each.
     sends: Vec<(Arc<Script>, Action)>,
 }
 
@@ -38,33 +48,60 @@ impl StageWorker for AutomateOut {
         ctx: &StageContext,
         events: Vec<StageEvent>,
     ) -> Result<Vec<Outgoing>, StageError> {
-        let automations = ctx.directory.automations();
-        let mut slots: Vec<Result<InFlight, StageEvent>> = Vec::with_capacity(events.len());
-        for event in events {
-            match event {
-                StageEvent::Message(m) if m.route.first() == Some(&Stage::AutomateOut) => {
-                    let scripts: Vec<Arc<Script>> = automations
-                        .get(m.sender_id)
-                        .map(|a| a.on(Hook::Outgoing).cloned().collect())
-                        .unwrap_or_default();
-                    slots.push(Ok(InFlight {
-                        m,
-                        scripts,
-                        blocked: None,
-                        sends: Vec::new(),
-                    }));
-                }
-                other => slots.push(Err(other)),
+        let mut slots = slots(ctx, events);
+        let mut book = RunBook::default();
+        self.run_scripts(ctx, &mut slots, &mut book).await?;
+        let mut out = Vec::new();
+        let mut sends = Sends::new(ctx);
+        for slot in slots {
+            match slot {
+                Slot::Passing(event) => out.extend(forward(ctx, Stage::AutomateOut, event)),
+                Slot::Scripted(f) => out.extend(settle(ctx, f, &mut sends, &mut book).await?),
             }
         }
-        let mut book = RunBook::default();
-        // Level by level: every message's first script in one batch, then every
-        // message's second script on the (possibly rewritten) body, and so on.
+        out.extend(sends.out);
+        out.extend(book.finish(ctx).await?);
+        Ok(out)
+    }
+}
+
+/// The batch's events, each message with its sender's enabled outgoing scripts.
+fn slots(ctx: &StageContext, events: Vec<StageEvent>) -> Vec<Slot> {
+    let automations = ctx.directory.automations();
+    events
+        .into_iter()
+        .map(|event| match event {
+            StageEvent::Message(m) if m.route.first() == Some(&Stage::AutomateOut) => {
+                let scripts = automations
+                    .get(m.sender_id)
+                    .map(|a| a.on(Hook::Outgoing).cloned().collect())
+                    .unwrap_or_default();
+                Slot::Scripted(InFlight {
+                    m,
+                    scripts,
+                    blocked: None,
+                    sends: Vec::new(),
+                })
+            }
+            other => Slot::Passing(other),
+        })
+        .collect()
+}
+
+impl AutomateOut {
+    /// Runs the scripts level by level: every message's first script in one batch,
+    /// then every message's second script on the (possibly rewritten) body, and so on.
+    async fn run_scripts(
+        &mut self,
+        ctx: &StageContext,
+        slots: &mut [Slot],
+        book: &mut RunBook,
+    ) -> Result<(), StageError> {
         for level in 0.. {
             let mut calls = Vec::new();
             let mut who = Vec::new();
             for (i, slot) in slots.iter().enumerate() {
-                let Ok(f) = slot else { continue };
+                let Slot::Scripted(f) = slot else { continue };
                 if f.blocked.is_some() {
                     continue;
                 }
@@ -80,101 +117,87 @@ impl StageWorker for AutomateOut {
             }
             let results = ctx.engine.run(calls).await;
             for ((i, script), result) in who.into_iter().zip(results) {
-                let Ok(f) = &mut slots[i] else { continue };
-                let failure = book.note(&script, Hook::Outgoing, &result);
-                let actions = match (result, failure) {
-                    (Ok(outcome), None) => match parse_actions(Hook::Outgoing, outcome.value) {
-                        Ok(actions) => actions,
-                        Err(e) => {
-                            let error = book.bad_action(&script, Hook::Outgoing, e);
-                            fail(f, &script, &error.message);
-                            continue;
-                        }
-                    },
-                    (_, Some(error)) => {
-                        fail(f, &script, &format!("{}: {}", error.code, error.message));
-                        continue;
-                    }
-                    (Err(_), None) => continue,
-                };
-                for action in actions {
-                    match action {
-                        Action::Rewrite(body) => f.m.body = body,
-                        Action::Drop(reason) => {
-                            f.blocked = Some(reason);
-                            break;
-                        }
-                        other => f.sends.push((script.clone(), other)),
-                    }
+                if let Slot::Scripted(f) = &mut slots[i] {
+                    f.apply(&script, result, book);
                 }
             }
         }
-        let mut out = Vec::new();
-        let mut sends = Sends::new(ctx);
-        for slot in slots {
-            let mut f = match slot {
-                Ok(f) => f,
-                Err(event) => {
-                    out.extend(forward(ctx, Stage::AutomateOut, event));
-                    continue;
-                }
-            };
-            if let Some(reason) = f.blocked.take() {
-                metrics::counter!("chorus_messages_blocked_total").increment(1);
-                out.extend(reject(ctx, &f.m, reason).await?);
-                continue;
-            }
-            if f.m.body.len() > ctx.max_body_bytes || f.m.body.contains('\0') {
-                // A rewrite made it unstorable: the sender learns, nothing is stored.
-                out.extend(
-                    reject(
-                        ctx,
-                        &f.m,
-                        format!(
-                            "a script rewrote the message to something that cannot be stored (1 to {} bytes without NUL)",
-                            ctx.max_body_bytes
-                        ),
-                    )
-                    .await?,
-                );
-                continue;
-            }
-            let mut wanted = Vec::new();
-            let mut by = Vec::new();
-            for (n, (script, action)) in f.sends.iter().enumerate() {
-                let (conversation, body) = match action {
-                    Action::Reply(body) => (f.m.conversation_id, body.clone()),
-                    Action::Forward(to) => (*to, f.m.body.clone()),
-                    Action::Rewrite(_) | Action::Drop(_) => continue,
-                };
-                wanted.push(Wanted {
-                    owner: f.m.sender_id,
-                    conversation,
-                    body,
-                    origin: Origin::Script,
-                    tag: format!("script:{}:{}:{n}", script.id, f.m.message_id),
-                });
-                by.push(Some(script.clone()));
-            }
-            // The message itself goes on to the recipients' automation: it keeps a share.
-            let results = sends.send_all(&mut f.m, wanted, true).await?;
-            book.sent(Hook::Outgoing, by, results);
-            out.extend(forward(ctx, Stage::AutomateOut, StageEvent::Message(f.m)));
-        }
-        out.extend(sends.out);
-        out.extend(book.finish(ctx).await?);
-        Ok(out)
+        Ok(())
     }
 }
 
-/// A failed script: the message goes on, unless the script is fail-closed.
-fn fail(f: &mut InFlight, script: &Script, why: &str) {
-    if script.fail_closed {
-        f.blocked = Some(format!(
-            "your script \"{}\" failed and is fail-closed ({why})",
-            script.name
-        ));
+impl InFlight {
+    /// Applies what `script` returned: a rewrite changes the body the next script
+    /// sees, a drop blocks the message, replies and forwards wait for the end.
+    fn apply(&mut self, script: &Arc<Script>, result: RunResult, book: &mut RunBook) {
+        let failure = book.note(script, Hook::Outgoing, &result);
+        let actions = match (result, failure) {
+            (Ok(outcome), None) => match parse_actions(Hook::Outgoing, outcome.value) {
+                Ok(actions) => actions,
+                Err(e) => {
+                    let error = book.bad_action(script, Hook::Outgoing, e);
+                    self.fail(script, &error.message);
+                    return;
+                }
+            },
+            (_, Some(error)) => {
+                self.fail(script, &format!("{}: {}", error.code, error.message));
+                return;
+            }
+            (Err(_), None) => return,
+        };
+        for action in actions {
+            match action {
+                Action::Rewrite(body) => self.m.body = body,
+                Action::Drop(reason) => {
+                    self.blocked = Some(reason);
+                    return;
+                }
+                other => self.sends.push((script.clone(), other)),
+            }
+        }
     }
+
+    /// A failed script: the message goes on, unless the script is fail-closed.
+    fn fail(&mut self, script: &Script, why: &str) {
+        if script.fail_closed {
+            self.blocked = Some(format!(
+                "your script \"{}\" failed and is fail-closed ({why})",
+                script.name
+            ));
+        }
+    }
+}
+
+/// What becomes of a message once its scripts have run: blocked, or made unstorable
+/// by a rewrite (either way its session is told and nothing is stored), or sent on
+/// after the replies and forwards its scripts asked for.
+async fn settle(
+    ctx: &StageContext,
+    mut f: InFlight,
+    sends: &mut Sends<'_>,
+    book: &mut RunBook,
+) -> Result<Vec<Outgoing>, StageError> {
+    if let Some(reason) = f.blocked.take() {
+        metrics::counter!("chorus_messages_blocked_total").increment(1);
+        return reject(ctx, &f.m, reason).await;
+    }
+    if check_body(&f.m.body, ctx.max_body_bytes).is_err() {
+        let reason = format!(
+            "a script rewrote the message to something that cannot be stored (1 to {} bytes without NUL)",
+            ctx.max_body_bytes
+        );
+        return reject(ctx, &f.m, reason).await;
+    }
+    let mut asked = Asked::default();
+    asked.script_sends(f.m.sender_id, &f.m, &f.sends);
+    // The message itself goes on to the recipients' automation: it keeps a share.
+    sends
+        .send_all(&mut f.m, asked, true, book, Hook::Outgoing)
+        .await?;
+    Ok(forward(ctx, Stage::AutomateOut, StageEvent::Message(f.m))
+        .into_iter()
+        .collect())
 }
 
 /// Tells the sending session its message was blocked (a message sent over HTTP has no

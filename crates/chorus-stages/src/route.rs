@@ -2,11 +2,11 @@
 //! holding sessions of the recipients.
 
 use crate::runner::{StageContext, StageError, StageWorker};
+use crate::scripts::to_nodes;
 use async_trait::async_trait;
-use chorus_core::event::{Delivery, StageEvent, encode};
-use chorus_core::{NodeId, UserId};
+use chorus_core::UserId;
+use chorus_core::event::{Delivery, MessageEvent, StageEvent, encode};
 use chorus_log::Outgoing;
-use std::collections::HashMap;
 
 /// The `route` stage.
 #[derive(Default)]
@@ -21,108 +21,87 @@ impl StageWorker for RouteStage {
     ) -> Result<Vec<Outgoing>, StageError> {
         let mut out = Vec::new();
         for event in events {
-            let (recipients, key, make): (
-                Vec<UserId>,
-                Vec<u8>,
-                Box<dyn Fn(Vec<UserId>) -> Delivery + Send>,
-            ) = match event {
-                StageEvent::Message(m) => {
-                    let Some(message) = m.to_message() else {
-                        tracing::warn!(message_id = %m.message_id, "unstored message reached route; dropped");
-                        continue;
-                    };
-                    let members = ctx.directory.members(m.conversation_id).await?;
-                    // Members whose incoming scripts dropped it do not get it live; their
-                    // sessions are told its `seq` so they do not fetch it to fill a gap.
-                    let (withheld, recipients): (Vec<UserId>, Vec<UserId>) =
-                        members.iter().partition(|u| m.suppress.contains(u));
-                    if !withheld.is_empty() {
-                        let (conversation_id, seq) = (message.conversation_id, message.seq);
-                        let by_node = ctx.registry.locate(&withheld).await?;
-                        for (node, recipients) in by_node {
-                            out.push(Outgoing::new(
-                                ctx.topics.deliver(&node),
-                                conversation_id.0.as_bytes().to_vec(),
-                                encode(&Delivery::Withheld {
-                                    conversation_id,
-                                    seq,
-                                    recipients,
-                                }),
-                            ));
-                        }
-                    }
-                    (
-                        recipients,
-                        m.conversation_id.0.as_bytes().to_vec(),
-                        Box::new(move |recipients| Delivery::Message {
-                            message: message.clone(),
-                            recipients,
-                        }),
-                    )
-                }
-                StageEvent::Typing {
-                    conversation_id,
-                    user_id,
-                    ..
-                } => {
-                    let members = ctx.directory.members(conversation_id).await?;
-                    let recipients = members.iter().filter(|u| *u != user_id).collect();
-                    (
-                        recipients,
-                        conversation_id.0.as_bytes().to_vec(),
-                        Box::new(move |recipients| Delivery::Typing {
-                            conversation_id,
-                            user_id,
-                            recipients,
-                        }),
-                    )
-                }
-                StageEvent::Read {
-                    conversation_id,
-                    user_id,
-                    seq,
-                    session_id,
-                } => {
-                    let members = ctx.directory.members(conversation_id).await?;
-                    (
-                        members.iter().collect(),
-                        conversation_id.0.as_bytes().to_vec(),
-                        Box::new(move |recipients| Delivery::Read {
-                            conversation_id,
-                            user_id,
-                            seq,
-                            recipients,
-                            except_session: session_id,
-                        }),
-                    )
-                }
-                StageEvent::Presence { user_id, online } => {
-                    let contacts = ctx
-                        .directory
-                        .store()
-                        .contacts(user_id, ctx.presence_through_direct)
-                        .await?;
-                    (
-                        contacts,
-                        user_id.0.as_bytes().to_vec(),
-                        Box::new(move |recipients| Delivery::Presence {
-                            user_id,
-                            online,
-                            recipients,
-                        }),
-                    )
-                }
+            let Some(recipients) = recipients(ctx, &event, &mut out).await? else {
+                continue;
             };
-            let by_node: HashMap<NodeId, Vec<UserId>> = ctx.registry.locate(&recipients).await?;
-            for (node, users) in by_node {
-                metrics::counter!("chorus_route_deliveries_total").increment(1);
-                out.push(Outgoing::new(
-                    ctx.topics.deliver(&node),
-                    key.clone(),
-                    encode(&make(users)),
-                ));
+            let key = event.key();
+            for (node, users) in ctx.registry.locate(&recipients).await? {
+                if let Some(delivery) = event.delivery(users) {
+                    metrics::counter!("chorus_route_deliveries_total").increment(1);
+                    out.push(Outgoing::new(
+                        ctx.topics.deliver(&node),
+                        key.clone(),
+                        encode(&delivery),
+                    ));
+                }
             }
         }
         Ok(out)
     }
+}
+
+/// Who gets `event` live: the conversation's members (but a typing notice's typist),
+/// or a user's contacts for presence. `None` for a message that was never stored.
+async fn recipients(
+    ctx: &StageContext,
+    event: &StageEvent,
+    out: &mut Vec<Outgoing>,
+) -> Result<Option<Vec<UserId>>, StageError> {
+    Ok(Some(match event {
+        StageEvent::Message(m) if m.seq.is_none() => {
+            tracing::warn!(message_id = %m.message_id, "unstored message reached route; dropped");
+            return Ok(None);
+        }
+        StageEvent::Message(m) => unless_withheld(ctx, m, out).await?,
+        StageEvent::Typing {
+            conversation_id,
+            user_id,
+            ..
+        } => {
+            let members = ctx.directory.members(*conversation_id).await?;
+            members.iter().filter(|u| u != user_id).collect()
+        }
+        StageEvent::Read {
+            conversation_id, ..
+        } => ctx
+            .directory
+            .members(*conversation_id)
+            .await?
+            .iter()
+            .collect(),
+        StageEvent::Presence { user_id, .. } => {
+            ctx.directory
+                .store()
+                .contacts(*user_id, ctx.presence_through_direct)
+                .await?
+        }
+    }))
+}
+
+/// The members of a stored message's conversation who get it live. Those whose
+/// incoming scripts dropped it do not; their sessions are told its `seq` (in `out`) so
+/// that they do not fetch it to fill a gap.
+async fn unless_withheld(
+    ctx: &StageContext,
+    m: &MessageEvent,
+    out: &mut Vec<Outgoing>,
+) -> Result<Vec<UserId>, StageError> {
+    let members = ctx.directory.members(m.conversation_id).await?;
+    let (withheld, recipients): (Vec<UserId>, Vec<UserId>) =
+        members.iter().partition(|u| m.suppress.contains(u));
+    if !withheld.is_empty()
+        && let Some(seq) = m.seq
+    {
+        let conversation_id = m.conversation_id;
+        let key = conversation_id.0.as_bytes();
+        out.extend(
+            to_nodes(ctx, &withheld, key, |recipients| Delivery::Withheld {
+                conversation_id,
+                seq,
+                recipients,
+            })
+            .await?,
+        );
+    }
+    Ok(recipients)
 }

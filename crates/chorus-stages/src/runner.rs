@@ -1,11 +1,16 @@
-//! The loop every stage shares: fetch a batch, decode, process, publish, commit.
+//! What every stage shares: its context, its worker's contract, and the consumer loop
+//! it runs in (chorus-log's [`ConsumerLoop`], with a stage's metrics and tolerance for
+//! delivery topics that went away).
 
 use async_trait::async_trait;
 use chorus_core::UserId;
 use chorus_core::event::{StageEvent, decode, encode};
 use chorus_core::ratelimit::RateLimiter;
 use chorus_core::topics::{Stage, Topics};
-use chorus_log::{EventLog, LogError, Outgoing, Record};
+use chorus_log::consume::Decoder;
+use chorus_log::{
+    ConsumerLoop, EventLog, Handler, HandlerError, LogError, Outgoing, Record, Subscription,
+};
 use chorus_registry::{Registry, RegistryError};
 use chorus_store::{Directory, StoreError};
 use std::sync::Arc;
@@ -51,17 +56,6 @@ pub enum StageError {
     Registry(#[from] RegistryError),
 }
 
-impl StageError {
-    /// Whether retrying later may succeed (a dependency is down), as opposed to an
-    /// event that can never be processed.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Log(_) | Self::Registry(_) => true,
-            Self::Store(e) => e.is_unavailable(),
-        }
-    }
-}
-
 /// One stage's work on a batch of decoded events.
 #[async_trait]
 pub trait StageWorker: Send {
@@ -97,112 +91,101 @@ pub async fn run_stage(
 /// The consumer loop of `stage` around any worker.
 async fn run_worker(
     stage: Stage,
-    mut worker: Box<dyn StageWorker>,
+    worker: Box<dyn StageWorker>,
     ctx: StageContext,
     shutdown: CancellationToken,
 ) -> Result<(), StageError> {
-    let topic = ctx.topics.stage(stage);
-    let group_name = group(&ctx.topics, stage);
-    let mut consumer = ctx.log.subscribe(&group_name, &[topic]).await?;
+    let sub = Subscription {
+        name: stage.name(),
+        group: group(&ctx.topics, stage),
+        topics: vec![ctx.topics.stage(stage)],
+        batch: BATCH,
+        dead_letter: Some(ctx.topics.dead_letter()),
+    };
+    let log = ctx.log.clone();
+    let handler = StageHandler { stage, worker, ctx };
+    let consumer = ConsumerLoop::subscribe(log, sub, decoder(stage), handler).await?;
     tracing::info!(stage = stage.name(), "stage started");
-    loop {
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            batch = consumer.next_batch(BATCH) => batch?,
-        };
-        let started = Instant::now();
-        let mut readable = Vec::with_capacity(batch.len());
-        let mut dead = Vec::new();
-        for record in &batch {
-            match decode::<StageEvent>(&record.payload) {
-                Ok(event) => {
-                    // The message id is the same in every stage (derived at the
-                    // gateway): `CHORUS_LOG=info,chorus_stages=debug` and a filter on it
-                    // follow one message through the spine.
-                    if let StageEvent::Message(m) = &event {
-                        tracing::debug!(
-                            stage = stage.name(),
-                            message_id = %m.message_id,
-                            conversation_id = %m.conversation_id,
-                            seq = m.seq,
-                            partition = record.partition,
-                            offset = record.offset,
-                            "message in stage"
-                        );
-                    }
-                    readable.push((record, event));
-                }
-                Err(e) => dead.push(dead_letter(&ctx, stage, record, &e)),
-            }
-        }
-        let n = readable.len();
-        let events = readable.iter().map(|(_, e)| e.clone()).collect();
-        let mut out = match worker.process(&ctx, events).await {
-            Ok(out) => out,
-            Err(e) if e.is_transient() => return Err(e),
-            // Something in the batch cannot be processed, and retrying the batch would
-            // fail the same way for ever: find it, set it aside, process the rest.
-            Err(e) => {
-                tracing::warn!(stage = stage.name(), error = %e, "batch failed; retrying its events one by one");
-                let mut out = Vec::new();
-                for (record, event) in readable {
-                    match worker.process(&ctx, vec![event]).await {
-                        Ok(more) => out.extend(more),
-                        Err(e) if e.is_transient() => return Err(e),
-                        Err(e) => dead.push(dead_letter(&ctx, stage, record, &e)),
-                    }
-                }
-                out
-            }
-        };
-        out.extend(dead);
-        publish(&ctx, out).await?;
-        consumer.commit(&batch).await?;
-        metrics::counter!("chorus_stage_events_total", "stage" => stage.name()).increment(n as u64);
-        metrics::histogram!("chorus_stage_batch_seconds", "stage" => stage.name())
-            .record(started.elapsed().as_secs_f64());
-        consumer.record_lag(&group_name);
-    }
+    consumer.run(shutdown.cancelled()).await?;
     tracing::info!(stage = stage.name(), "stage stopped");
     Ok(())
 }
 
-/// Publishes a stage's output. A record for a topic that does not exist (the delivery
-/// topic of a node that has left while the registry still listed it) is dropped with a
-/// warning: its recipients' sessions are gone, and they resume with `sync`.
-async fn publish(ctx: &StageContext, mut out: Vec<Outgoing>) -> Result<(), LogError> {
-    while !out.is_empty() {
-        match ctx.log.publish(out.clone()).await {
-            Err(LogError::UnknownTopic(topic)) if topic != ctx.topics.dead_letter() => {
-                tracing::warn!(%topic, "records for a missing topic dropped");
-                out.retain(|r| r.topic != topic);
-            }
-            other => return other,
+impl HandlerError for StageError {
+    /// Only the store may refuse an event for good; the log and the registry fail
+    /// when they are down.
+    fn is_poison(&self) -> bool {
+        match self {
+            Self::Log(_) | Self::Registry(_) => false,
+            Self::Store(e) => !e.is_unavailable(),
         }
     }
-    Ok(())
 }
 
-fn dead_letter(
-    ctx: &StageContext,
+/// Reads a stage's events.
+fn decoder(stage: Stage) -> Decoder<StageEvent> {
+    Box::new(move |record: &Record| {
+        let event = decode::<StageEvent>(&record.payload)?;
+        // The message id is the same in every stage (derived at the gateway):
+        // `CHORUS_LOG=info,chorus_stages=debug` and a filter on it follow one message
+        // through the spine.
+        if let StageEvent::Message(m) = &event {
+            tracing::debug!(
+                stage = stage.name(),
+                message_id = %m.message_id,
+                conversation_id = %m.conversation_id,
+                seq = m.seq,
+                partition = record.partition,
+                offset = record.offset,
+                "message in stage"
+            );
+        }
+        Ok(event)
+    })
+}
+
+/// A stage's worker as the handler of its consumer loop.
+struct StageHandler {
     stage: Stage,
-    record: &Record,
-    e: &dyn std::fmt::Display,
-) -> Outgoing {
-    tracing::warn!(
-        stage = stage.name(),
-        topic = %record.topic,
-        partition = record.partition,
-        offset = record.offset,
-        error = %e,
-        "event that cannot be processed sent to the dead-letter topic"
-    );
-    metrics::counter!("chorus_dead_letter_total", "stage" => stage.name()).increment(1);
-    Outgoing::new(
-        ctx.topics.dead_letter(),
-        record.key.clone(),
-        record.payload.clone(),
-    )
+    worker: Box<dyn StageWorker>,
+    ctx: StageContext,
+}
+
+#[async_trait]
+impl Handler for StageHandler {
+    type Event = StageEvent;
+    type Error = StageError;
+
+    async fn handle(&mut self, events: Vec<StageEvent>) -> Result<Vec<Outgoing>, StageError> {
+        self.worker.process(&self.ctx, events).await
+    }
+
+    /// A record for a topic that does not exist (the delivery topic of a node that has
+    /// left while the registry still listed it) is dropped with a warning: its
+    /// recipients' sessions are gone, and they resume with `sync`.
+    async fn publish(
+        &mut self,
+        log: &dyn EventLog,
+        mut out: Vec<Outgoing>,
+    ) -> Result<(), LogError> {
+        while !out.is_empty() {
+            match log.publish(out.clone()).await {
+                Err(LogError::UnknownTopic(topic)) if topic != self.ctx.topics.dead_letter() => {
+                    tracing::warn!(%topic, "records for a missing topic dropped");
+                    out.retain(|r| r.topic != topic);
+                }
+                other => return other,
+            }
+        }
+        Ok(())
+    }
+
+    fn committed(&mut self, handled: usize, started: Instant) {
+        let stage = self.stage.name();
+        metrics::counter!("chorus_stage_events_total", "stage" => stage).increment(handled as u64);
+        metrics::histogram!("chorus_stage_batch_seconds", "stage" => stage)
+            .record(started.elapsed().as_secs_f64());
+    }
 }
 
 /// Pops `stage` off a message's routing slip and addresses it to the next stage, if any.
@@ -211,7 +194,7 @@ pub fn forward(ctx: &StageContext, stage: Stage, event: StageEvent) -> Option<Ou
         // Notices (typing, read, presence) go straight to the route stage.
         return Some(Outgoing::new(
             ctx.topics.stage(Stage::Route),
-            notice_key(&event),
+            event.key(),
             encode(&event),
         ));
     };
@@ -225,19 +208,6 @@ pub fn forward(ctx: &StageContext, stage: Stage, event: StageEvent) -> Option<Ou
         key,
         encode(&StageEvent::Message(m)),
     ))
-}
-
-fn notice_key(event: &StageEvent) -> Vec<u8> {
-    match event {
-        StageEvent::Message(m) => m.conversation_id.0.as_bytes().to_vec(),
-        StageEvent::Typing {
-            conversation_id, ..
-        }
-        | StageEvent::Read {
-            conversation_id, ..
-        } => conversation_id.0.as_bytes().to_vec(),
-        StageEvent::Presence { user_id, .. } => user_id.0.as_bytes().to_vec(),
-    }
 }
 
 #[cfg(test)]
@@ -258,19 +228,16 @@ mod tests {
             _ctx: &StageContext,
             events: Vec<StageEvent>,
         ) -> Result<Vec<Outgoing>, StageError> {
-            let mut out = Vec::new();
-            for e in events {
-                let StageEvent::Message(m) = e else { continue };
-                if m.body == "poison" {
-                    return Err(StoreError::Corrupt("cannot store this".into()).into());
-                }
-                out.push(Outgoing::new(
-                    "out",
-                    m.body.clone().into_bytes(),
-                    m.body.into_bytes(),
-                ));
-            }
-            Ok(out)
+            let bodies = events.into_iter().filter_map(|e| match e {
+                StageEvent::Message(m) => Some(m.body),
+                _ => None,
+            });
+            bodies
+                .map(|body| match body.as_str() {
+                    "poison" => Err(StoreError::Corrupt("cannot store this".into()).into()),
+                    _ => Ok(Outgoing::new("out", body.clone(), body)),
+                })
+                .collect()
         }
     }
 
@@ -294,12 +261,31 @@ mod tests {
         }))
     }
 
-    #[tokio::test]
-    async fn a_poison_event_goes_to_the_dead_letter_topic_and_the_rest_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = chorus_store::sqlite::SqliteStore::open(&dir.path().join("t.db"))
+    /// A stage's context over `log`, with a store in `dir`.
+    async fn context(dir: &std::path::Path, log: &MemoryLog, topics: Topics) -> StageContext {
+        let store = chorus_store::sqlite::SqliteStore::open(&dir.join("t.db"))
             .await
             .unwrap();
+        let directory = Directory::new(Arc::new(store));
+        StageContext {
+            log: Arc::new(log.clone()),
+            engine: chorus_automation::Engine::new(
+                chorus_sandbox::Sandbox::new(Default::default()),
+                chorus_sandbox::Sandbox::new(Default::default()),
+                Default::default(),
+                directory.clone(),
+            ),
+            directory,
+            registry: Arc::new(chorus_registry::memory::MemoryRegistry::new()),
+            topics,
+            max_body_bytes: 1024,
+            limiter: Arc::new(RateLimiter::new(100, 100)),
+            presence_through_direct: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_poison_event_goes_to_the_dead_letter_topic_and_the_rest_goes_on() {
         let log = MemoryLog::new();
         let topics = Topics::new("t");
         let input = topics.stage(Stage::Store);
@@ -314,22 +300,8 @@ mod tests {
         let records = ["first", "poison", "last"]
             .map(|b| Outgoing::new(input.clone(), b.as_bytes().to_vec(), message(b)));
         log.publish(records.to_vec()).await.unwrap();
-        let directory = Directory::new(Arc::new(store));
-        let ctx = StageContext {
-            log: Arc::new(log.clone()),
-            engine: chorus_automation::Engine::new(
-                chorus_sandbox::Sandbox::new(Default::default()),
-                chorus_sandbox::Sandbox::new(Default::default()),
-                Default::default(),
-                directory.clone(),
-            ),
-            directory,
-            registry: Arc::new(chorus_registry::memory::MemoryRegistry::new()),
-            topics,
-            max_body_bytes: 1024,
-            limiter: Arc::new(RateLimiter::new(100, 100)),
-            presence_through_direct: true,
-        };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path(), &log, topics).await;
         let stop = CancellationToken::new();
         let running = tokio::spawn(run_worker(Stage::Store, Box::new(Picky), ctx, stop.clone()));
         let mut forwarded = Vec::new();

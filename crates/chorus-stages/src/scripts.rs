@@ -2,7 +2,8 @@
 //! and the bookkeeping of runs (counts, failures, disabling) per batch.
 
 use crate::runner::{StageContext, StageError};
-use chorus_automation::{HookInput, RunResult, is_script_failure, outcome_code};
+use chorus_automation::{Action, HookInput, RunResult, is_script_failure, outcome_code};
+use chorus_core::body::check_body;
 use chorus_core::event::{Control, Delivery, MessageEvent, StageEvent, encode};
 use chorus_core::model::{Hook, Origin, Script, ScriptError};
 use chorus_core::{ConversationId, MessageId, ScriptId, UserId};
@@ -121,7 +122,7 @@ impl RunBook {
     /// Notes what became of the messages scripts asked to send (`by`: the script that
     /// asked, `None` for an auto-reply): an impossible one is its script's failure, one
     /// a limit stopped is a line in its logs.
-    pub fn sent(
+    fn sent(
         &mut self,
         hook: Hook,
         by: Vec<Option<Arc<Script>>>,
@@ -245,17 +246,68 @@ pub async fn to_nodes(
 }
 
 /// A message automation wants to send as `owner`.
-pub struct Wanted {
+struct Wanted {
     /// On whose behalf.
-    pub owner: UserId,
+    owner: UserId,
     /// Where.
-    pub conversation: ConversationId,
+    conversation: ConversationId,
     /// The text.
-    pub body: String,
+    body: String,
     /// `script` or `auto_reply`.
-    pub origin: Origin,
+    origin: Origin,
     /// Makes the derived id: a replayed batch sends the same message, stored once.
-    pub tag: String,
+    tag: String,
+}
+
+/// The messages automation asked to send because of one message, in the order they
+/// were asked for, each with the script that asked (`None` for an auto-reply).
+#[derive(Default)]
+pub(crate) struct Asked {
+    wanted: Vec<Wanted>,
+    by: Vec<Option<Arc<Script>>>,
+}
+
+impl Asked {
+    /// The replies and forwards among the actions `owner`'s scripts returned on `m`.
+    ///
+    /// Each message's id derives from its tag: the script, the triggering message and
+    /// the action's place in `actions` (every action counts, sent or not). A replayed
+    /// batch asks again with the same tags and the store keeps each message once, so
+    /// the tags must not change between versions either.
+    pub(crate) fn script_sends(
+        &mut self,
+        owner: UserId,
+        m: &MessageEvent,
+        actions: &[(Arc<Script>, Action)],
+    ) {
+        for (n, (script, action)) in actions.iter().enumerate() {
+            let (conversation, body) = match action {
+                Action::Reply(body) => (m.conversation_id, body.clone()),
+                Action::Forward(to) => (*to, m.body.clone()),
+                Action::Rewrite(_) | Action::Drop(_) => continue,
+            };
+            self.wanted.push(Wanted {
+                owner,
+                conversation,
+                body,
+                origin: Origin::Script,
+                tag: format!("script:{}:{}:{n}", script.id, m.message_id),
+            });
+            self.by.push(Some(script.clone()));
+        }
+    }
+
+    /// `owner`'s auto-reply `text` to `m`, tagged by `m` alone (one per message).
+    pub(crate) fn auto_reply(&mut self, owner: UserId, m: &MessageEvent, text: String) {
+        self.wanted.push(Wanted {
+            owner,
+            conversation: m.conversation_id,
+            body: text,
+            origin: Origin::AutoReply,
+            tag: format!("auto:{}", m.message_id),
+        });
+        self.by.push(None);
+    }
 }
 
 /// Why automation did not send a message.
@@ -304,8 +356,8 @@ impl<'a> Sends<'a> {
         }
     }
 
-    /// Sends what automation wants to send because of `trigger`, in order, and says
-    /// for each whether it was sent.
+    /// Sends what automation asked to send because of `trigger`, in order, and notes
+    /// in `book` (for `hook`) what became of each.
     ///
     /// Two bounds keep one message from turning into many: the chain's depth
     /// (`max_hops`) and the trigger's fan-out budget, which counts every later
@@ -315,7 +367,21 @@ impl<'a> Sends<'a> {
     /// `goes_on` to more automation (from `automate-out` to `automate-in`), it keeps a
     /// share like each message sent. Each message also takes a token from its owner's
     /// send rate.
-    pub async fn send_all(
+    pub(crate) async fn send_all(
+        &mut self,
+        trigger: &mut MessageEvent,
+        asked: Asked,
+        goes_on: bool,
+        book: &mut RunBook,
+        hook: Hook,
+    ) -> Result<(), StageError> {
+        let results = self.send(trigger, asked.wanted, goes_on).await?;
+        book.sent(hook, asked.by, results);
+        Ok(())
+    }
+
+    /// [`Sends::send_all`] without the bookkeeping: says for each whether it was sent.
+    async fn send(
         &mut self,
         trigger: &mut MessageEvent,
         wanted: Vec<Wanted>,
@@ -377,7 +443,7 @@ impl<'a> Sends<'a> {
     /// body, an owner who is a member.
     async fn members(&self, w: &Wanted) -> Result<Result<Arc<Members>, NotSent>, StageError> {
         let max = self.ctx.max_body_bytes;
-        if w.body.is_empty() || w.body.len() > max || w.body.contains('\0') {
+        if check_body(&w.body, max).is_err() {
             return Ok(Err(NotSent::Invalid(format!(
                 "not sent: a message is 1 to {max} bytes without NUL"
             ))));

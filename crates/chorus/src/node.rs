@@ -1,15 +1,17 @@
 //! A node: the roles one process runs, built from a [`Config`] and run until shutdown.
 //!
-//! Lifecycle: [`Node::build`] opens the backends, creates the topics and binds the
-//! listener (so tests can bind port 0 and read [`Node::addr`] before anything runs);
-//! [`Node::run`] serves until the shutdown token is cancelled, then drains: the
-//! gateway stops accepting and closes its sockets with "going away", the stages finish
-//! what the log holds, and only then stop.
+//! Lifecycle, in three steps:
+//! 1. [`Node::build`] opens the backends, creates the topics and binds the listener (so
+//!    tests can bind port 0 and read [`Node::addr`] before anything runs).
+//! 2. [`Node::run`] spawns the roles' loops, each supervised (restarted with backoff
+//!    when it fails), and serves until the shutdown token is cancelled.
+//! 3. Then it drains: the gateway stops accepting and closes its sockets with "going
+//!    away", the stages finish what the log holds, and only then do the roles stop.
 
 use crate::backends;
 use crate::serve::ConnectionLimits;
 use anyhow::{Context, bail};
-use chorus_config::Config;
+use chorus_config::{Config, Limits};
 use chorus_core::NodeId;
 use chorus_core::event::{Control, decode};
 use chorus_core::ratelimit::RateLimiter;
@@ -20,14 +22,18 @@ use chorus_gateway::state::AppState;
 use chorus_gateway::throttle::AuthLimits;
 use chorus_jobs::JobsContext;
 use chorus_jobs::pool::WorkerPool;
+use chorus_log::consume::payload;
+use chorus_log::{EventLog, HandlerError, LogError, Subscription, consume, each};
 use chorus_stages::{StageContext, run_stage};
-use chorus_store::Directory;
+use chorus_store::{Directory, StoreError};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,22 +51,65 @@ pub enum Role {
 }
 
 impl Role {
-    /// Every role, for a node given none.
-    pub fn all() -> Vec<Role> {
-        let mut roles = vec![Role::Gateway];
-        roles.extend(Stage::ALL.map(Role::Stage));
-        roles.extend([Role::Worker, Role::Observer]);
-        roles
-    }
+    /// Every role: what a node given none runs.
+    pub const ALL: [Role; 7] = [
+        Role::Gateway,
+        Role::Stage(Stage::AutomateOut),
+        Role::Stage(Stage::Store),
+        Role::Stage(Stage::AutomateIn),
+        Role::Stage(Stage::Route),
+        Role::Worker,
+        Role::Observer,
+    ];
 
-    /// Parses a role name (`gateway`, `store`, …).
-    pub fn parse(name: &str) -> Option<Role> {
-        match name {
-            "gateway" => Some(Role::Gateway),
-            "worker" => Some(Role::Worker),
-            "observer" => Some(Role::Observer),
-            other => Stage::from_name(other).map(Role::Stage),
+    /// The role's name in `--roles` (a stage's is the stage's name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Stage(stage) => stage.name(),
+            Role::Worker => "worker",
+            Role::Observer => "observer",
         }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is no role's.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown role `{0}` (known: {known})", known = Role::ALL.map(Role::as_str).join(", "))]
+pub struct UnknownRole(String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(name: &str) -> Result<Role, UnknownRole> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == name)
+            .ok_or_else(|| UnknownRole(name.to_owned()))
+    }
+}
+
+/// Why a loop of the node's own stopped (its supervisor restarts it).
+#[derive(Debug, thiserror::Error)]
+enum RoleError {
+    /// The event log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A control notice could not be applied: the database is unavailable.
+    #[error("applying a control notice: {0}")]
+    Control(#[source] StoreError),
+}
+
+impl HandlerError for RoleError {
+    /// Neither is a notice's fault (one the database refuses for good is skipped).
+    fn is_poison(&self) -> bool {
+        false
     }
 }
 
@@ -88,103 +137,14 @@ impl Node {
         }
         private_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let store = backends::store(&config.db_url(), config.sync_to_disk).await?;
-        let log = backends::event_log(&config.log, &config.data_dir, config.sync_to_disk).await?;
-        let registry = backends::registry(&config.registry, &config.topic_prefix).await?;
-        let topics = Topics::new(config.topic_prefix.clone());
-        for stage in Stage::ALL {
-            log.create_topic(&topics.stage(stage), config.partitions)
-                .await?;
-        }
-        log.create_topic(&topics.dead_letter(), 1).await?;
-        log.create_topic(&topics.control(), 1).await?;
-        create_job_topics(log.as_ref(), &topics, config.partitions).await?;
+        let stage_ctx = stage_context(&config).await?;
         let secret = jwt_secret(&config)?;
-        let directory = Directory::with_ttl(
-            store,
-            Duration::from_secs(config.limits.membership_cache_secs),
-            Arc::new(std::time::Instant::now),
-        );
-        directory
-            .automations()
-            .load()
-            .await
-            .context("loading users' scripts and auto-replies")?;
-        let a = &config.automation;
-        let sandbox = chorus_sandbox::Sandbox::new(chorus_sandbox::SandboxConfig {
-            threads: match a.threads {
-                0 => chorus_sandbox::SandboxConfig::default().threads,
-                n => n,
-            },
-            max_pooled_bytes: a.pool_max_bytes,
-            max_owner_bytes: a.pool_max_owner_bytes,
-            max_instance_bytes: a.pool_max_instance_bytes,
-            ..Default::default()
-        });
-        // Dry runs and checks on threads of their own (see `Engine`), each from a fresh
-        // instance: nothing is pooled there.
-        let lane = chorus_sandbox::Sandbox::new(chorus_sandbox::SandboxConfig {
-            threads: a.dry_run_threads,
-            max_pooled: 0,
-            max_pooled_bytes: 0,
-            max_owner_bytes: 0,
-            max_instance_bytes: 0,
-        });
-        let engine = chorus_automation::Engine::new(
-            sandbox,
-            lane,
-            config.automation.clone(),
-            directory.clone(),
-        );
         let node = NodeId(config.node_id.clone());
         let listener =
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let jobs = jobs_context(&config, &node, &log, &directory, &registry, &topics)?;
-        let limiter = Arc::new(RateLimiter::new(
-            config.limits.rate_per_sec,
-            config.limits.rate_burst,
-        ));
-        let state = Arc::new(AppState {
-            node,
-            topics: topics.clone(),
-            partitions: config.partitions,
-            limits: config.limits.clone(),
-            presence_through_direct: config.presence.through_direct,
-            engine: engine.clone(),
-            directory: directory.clone(),
-            log: log.clone(),
-            registry: registry.clone(),
-            tokens: Tokens::new(&secret, Duration::from_secs(config.auth.token_ttl_secs)),
-            oidc: oidc(&config),
-            sessions: Sessions::default(),
-            limiter: limiter.clone(),
-            notices: RateLimiter::new(
-                config.limits.notice_rate_per_sec,
-                config.limits.notice_burst,
-            ),
-            hashing: Hashing::per_core(config.auth.hash_queue),
-            auth_limits: AuthLimits::new(&config.auth),
-            registration: config.auth.registration,
-            invite_ttl: Duration::from_secs(config.auth.invite_ttl_secs),
-            dry_runs: Default::default(),
-            metrics: crate::telemetry::metrics(),
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            jobs: jobs.config.clone(),
-            jobs_key: jobs.key.clone(),
-            observer: Default::default(),
-        });
-        let stage_ctx = StageContext {
-            log,
-            directory,
-            registry,
-            topics,
-            engine,
-            max_body_bytes: config.limits.max_body_bytes,
-            limiter,
-            presence_through_direct: config.presence.through_direct,
-        };
+        let jobs = jobs_context(&config, &node, &stage_ctx)?;
+        let state = Arc::new(app_state(&config, node, &secret, &stage_ctx, &jobs));
         Ok(Node {
             config,
             roles,
@@ -204,144 +164,269 @@ impl Node {
 
     /// Runs every role until `shutdown` is cancelled, then drains and stops.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Node {
-            config,
-            roles,
-            listener,
-            addr,
-            state,
-            stage_ctx,
-            jobs,
-        } = self;
-        let gateway = roles.contains(&Role::Gateway);
-        // Stages, the delivery consumer and the upkeep tasks stop only after the
-        // gateway has drained, so that what it accepted gets stored and delivered.
-        let stop_background = CancellationToken::new();
-        let mut background = JoinSet::new();
-        for role in &roles {
-            if let Role::Stage(stage) = *role {
-                let ctx = stage_ctx.clone();
-                background.spawn(supervise(
-                    stage.name(),
-                    stop_background.clone(),
-                    move |stop| run_stage(stage, ctx.clone(), stop),
-                ));
-            }
-        }
-        let ctx = stage_ctx.clone();
-        background.spawn(supervise("topics", stop_background.clone(), move |stop| {
-            keep_topics(ctx.clone(), config.partitions, stop)
-        }));
-        let node_id = state.node.clone();
-        let ctx = stage_ctx.clone();
-        background.spawn(supervise("control", stop_background.clone(), move |stop| {
-            follow_control(ctx.clone(), node_id.clone(), stop)
-        }));
-        let pool = roles.contains(&Role::Worker).then(|| {
-            let pool = Arc::new(WorkerPool::new(jobs.clone(), stop_background.clone()));
-            pool.resize(config.jobs.workers);
-            pool
-        });
-        if roles.contains(&Role::Observer) {
-            let (ctx, pool) = (jobs.clone(), pool.clone());
-            background.spawn(supervise(
-                "observer",
-                stop_background.clone(),
-                move |stop| chorus_jobs::observer::run_observer(ctx.clone(), pool.clone(), stop),
-            ));
-        }
-        if gateway {
-            // The results recorder runs with the gateway role: every deployment has one.
-            let ctx = jobs.clone();
-            background.spawn(supervise(
-                "jobs-results",
-                stop_background.clone(),
-                move |stop| chorus_jobs::results::run_recorder(ctx.clone(), stop),
-            ));
-            let st = state.clone();
-            background.spawn(supervise(
-                "observer-view",
-                stop_background.clone(),
-                move |stop| chorus_gateway::jobs::follow_observer(st.clone(), stop),
-            ));
-            let st = state.clone();
-            background.spawn(supervise(
-                "delivery",
-                stop_background.clone(),
-                move |stop| chorus_gateway::deliver::run(st.clone(), stop),
-            ));
-            let st = state.clone();
-            background.spawn(supervise(
-                "registry",
-                stop_background.clone(),
-                move |stop| chorus_gateway::deliver::keep_registry(st.clone(), stop),
-            ));
-        }
+        let background = self.spawn_roles();
+        let gateway = self.roles.contains(&Role::Gateway);
         let app = if gateway {
-            chorus_gateway::router(state.clone())
+            chorus_gateway::router(self.state.clone())
         } else {
-            chorus_gateway::ops_router(state.clone())
-        };
-        let limits = &config.limits;
-        let connections = ConnectionLimits {
-            total: match limits.max_connections {
-                0 => crate::serve::automatic_total(),
-                n => n,
-            },
-            per_address: limits.max_connections_per_address,
-            header_timeout: Duration::from_secs(limits.header_timeout_secs),
+            chorus_gateway::ops_router(self.state.clone())
         };
         let http = tokio::spawn(crate::serve::serve(
-            listener,
+            self.listener,
             app,
-            connections,
+            connection_limits(&self.config.limits),
             shutdown.clone(),
         ));
-        tracing::info!(%addr, node = %state.node, ?roles, "listening");
+        tracing::info!(addr = %self.addr, node = %self.state.node, roles = ?self.roles, "listening");
         shutdown.cancelled().await;
         tracing::info!("shutting down: draining sessions and stages");
-        let drain = Duration::from_secs(config.shutdown.drain_secs);
-        state.shutdown.cancel();
-        state.tracker.close();
-        if tokio::time::timeout(drain, state.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("sessions did not close in time");
-        }
-        if tokio::time::timeout(drain, http).await.is_err() {
-            tracing::warn!("HTTP requests did not finish in time");
-        }
-        // What the gateway accepted is on the log: let the stages store it before they
-        // stop (a volatile log would otherwise lose it).
-        let stage_topics: Vec<String> = Stage::ALL
-            .iter()
-            .map(|s| stage_ctx.topics.stage(*s))
-            .collect();
-        let deadline = tokio::time::Instant::now() + drain;
-        while !stage_ctx.log.drained(&stage_topics).await {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("stages did not drain the log in time");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        stop_background.cancel();
-        if let Some(pool) = &pool {
-            pool.shutdown().await;
-        }
-        while background.join_next().await.is_some() {}
+        let drain = Duration::from_secs(self.config.shutdown.drain_secs);
+        drain_gateway(&self.state, http, drain).await;
+        drain_stages(&self.stage_ctx, drain).await;
+        background.stop().await;
         if gateway {
-            let topic = stage_ctx.topics.deliver(&state.node);
-            // Bounded: with the broker unreachable, leaving beats tidying up.
-            match tokio::time::timeout(drain, stage_ctx.log.delete_topic(&topic)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(%topic, error = %e, "delivery topic not deleted"),
-                Err(_) => tracing::warn!(%topic, "delivery topic not deleted in time"),
-            }
+            delete_delivery_topic(&self.stage_ctx, &self.state.node, drain).await;
         }
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// Spawns the loops of this node's roles and of the upkeep every node does.
+    fn spawn_roles(&self) -> Background {
+        let mut background = Background::default();
+        let (ctx, state, jobs) = (&self.stage_ctx, &self.state, &self.jobs);
+        for role in &self.roles {
+            if let Role::Stage(stage) = *role {
+                background.spawn(stage.name(), ctx.clone(), move |ctx, stop| {
+                    run_stage(stage, ctx, stop)
+                });
+            }
+        }
+        let partitions = self.config.partitions;
+        background.spawn("topics", ctx.clone(), move |ctx, stop| {
+            keep_topics(ctx, partitions, stop)
+        });
+        let node = state.node.clone();
+        background.spawn("control", ctx.clone(), move |ctx, stop| {
+            follow_control(ctx, node.clone(), stop)
+        });
+        if self.roles.contains(&Role::Worker) {
+            let pool = Arc::new(WorkerPool::new(jobs.clone(), background.stop.clone()));
+            pool.resize(self.config.jobs.workers);
+            background.pool = Some(pool);
+        }
+        if self.roles.contains(&Role::Observer) {
+            let pool = background.pool.clone();
+            background.spawn(Role::Observer.as_str(), jobs.clone(), move |ctx, stop| {
+                chorus_jobs::observer::run_observer(ctx, pool.clone(), stop)
+            });
+        }
+        if self.roles.contains(&Role::Gateway) {
+            // The results recorder runs with the gateway role: every deployment has one.
+            background.spawn(
+                "jobs-results",
+                jobs.clone(),
+                chorus_jobs::results::run_recorder,
+            );
+            background.spawn(
+                "observer-view",
+                state.clone(),
+                chorus_gateway::jobs::follow_observer,
+            );
+            background.spawn("delivery", state.clone(), chorus_gateway::deliver::run);
+            background.spawn(
+                "registry",
+                state.clone(),
+                chorus_gateway::deliver::keep_registry,
+            );
+        }
+        background
+    }
+}
+
+/// The loops of a node's roles and upkeep. Stages, the delivery consumer and the upkeep
+/// tasks stop only after the gateway has drained, so that what it accepted gets stored
+/// and delivered: they have a stop token of their own, not the node's shutdown token.
+#[derive(Default)]
+struct Background {
+    tasks: JoinSet<()>,
+    stop: CancellationToken,
+    /// The job workers, with the worker role.
+    pool: Option<Arc<WorkerPool>>,
+}
+
+impl Background {
+    /// Runs `run(ctx, stop)` under [`supervise`] as `name`.
+    fn spawn<C, F, Fut, E>(&mut self, name: &'static str, ctx: C, run: F)
+    where
+        C: Clone + Send + 'static,
+        F: Fn(C, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        self.tasks
+            .spawn(supervise(name, self.stop.clone(), move |stop| {
+                run(ctx.clone(), stop)
+            }));
+    }
+
+    /// Stops every loop and waits for them (a worker finishes the job it holds).
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(pool) = &self.pool {
+            pool.shutdown().await;
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The backends, the caches over them and the topics: what every role reads from.
+async fn stage_context(config: &Config) -> anyhow::Result<StageContext> {
+    let store = backends::store(&config.db_url(), config.sync_to_disk).await?;
+    let log = backends::event_log(&config.log, &config.data_dir, config.sync_to_disk).await?;
+    let registry = backends::registry(&config.registry, &config.topic_prefix).await?;
+    let topics = Topics::new(config.topic_prefix.clone());
+    create_topics(log.as_ref(), &topics, config.partitions).await?;
+    let directory = Directory::with_ttl(
+        store,
+        Duration::from_secs(config.limits.membership_cache_secs),
+        Arc::new(std::time::Instant::now),
+    );
+    directory
+        .automations()
+        .load()
+        .await
+        .context("loading users' scripts and auto-replies")?;
+    Ok(StageContext {
+        log,
+        engine: engine(config, &directory),
+        directory,
+        registry,
+        topics,
+        max_body_bytes: config.limits.max_body_bytes,
+        limiter: Arc::new(RateLimiter::new(
+            config.limits.rate_per_sec,
+            config.limits.rate_burst,
+        )),
+        presence_through_direct: config.presence.through_direct,
+    })
+}
+
+/// The engine of users' scripts: message hooks on one sandbox, dry runs and checks on
+/// another.
+fn engine(config: &Config, directory: &Directory) -> chorus_automation::Engine {
+    let a = &config.automation;
+    let sandbox = chorus_sandbox::Sandbox::new(chorus_sandbox::SandboxConfig {
+        threads: match a.threads {
+            0 => chorus_sandbox::SandboxConfig::default().threads,
+            n => n,
+        },
+        max_pooled_bytes: a.pool_max_bytes,
+        max_owner_bytes: a.pool_max_owner_bytes,
+        max_instance_bytes: a.pool_max_instance_bytes,
+        ..Default::default()
+    });
+    // Dry runs and checks on threads of their own (see `Engine`), each from a fresh
+    // instance: nothing is pooled there.
+    let lane = chorus_sandbox::Sandbox::new(chorus_sandbox::SandboxConfig {
+        threads: a.dry_run_threads,
+        max_pooled: 0,
+        max_pooled_bytes: 0,
+        max_owner_bytes: 0,
+        max_instance_bytes: 0,
+    });
+    chorus_automation::Engine::new(sandbox, lane, a.clone(), directory.clone())
+}
+
+/// The gateway's state, over the same backends and caches as the stages.
+fn app_state(
+    config: &Config,
+    node: NodeId,
+    secret: &[u8],
+    ctx: &StageContext,
+    jobs: &JobsContext,
+) -> AppState {
+    AppState {
+        node,
+        topics: ctx.topics.clone(),
+        partitions: config.partitions,
+        limits: config.limits.clone(),
+        presence_through_direct: config.presence.through_direct,
+        engine: ctx.engine.clone(),
+        directory: ctx.directory.clone(),
+        log: ctx.log.clone(),
+        registry: ctx.registry.clone(),
+        tokens: Tokens::new(secret, Duration::from_secs(config.auth.token_ttl_secs)),
+        oidc: oidc(config),
+        sessions: Sessions::default(),
+        limiter: ctx.limiter.clone(),
+        notices: RateLimiter::new(
+            config.limits.notice_rate_per_sec,
+            config.limits.notice_burst,
+        ),
+        hashing: Hashing::per_core(config.auth.hash_queue),
+        auth_limits: AuthLimits::new(&config.auth),
+        registration: config.auth.registration,
+        invite_ttl: Duration::from_secs(config.auth.invite_ttl_secs),
+        dry_runs: Default::default(),
+        metrics: crate::telemetry::metrics(),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        jobs: jobs.config.clone(),
+        jobs_key: jobs.key.clone(),
+        observer: Default::default(),
+    }
+}
+
+fn connection_limits(limits: &Limits) -> ConnectionLimits {
+    ConnectionLimits {
+        total: match limits.max_connections {
+            0 => crate::serve::automatic_total(),
+            n => n,
+        },
+        per_address: limits.max_connections_per_address,
+        header_timeout: Duration::from_secs(limits.header_timeout_secs),
+    }
+}
+
+/// Closes the gateway's sessions with "going away" and lets its HTTP requests finish,
+/// each for at most `drain`.
+async fn drain_gateway(state: &AppState, http: JoinHandle<()>, drain: Duration) {
+    state.shutdown.cancel();
+    state.tracker.close();
+    if tokio::time::timeout(drain, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions did not close in time");
+    }
+    if tokio::time::timeout(drain, http).await.is_err() {
+        tracing::warn!("HTTP requests did not finish in time");
+    }
+}
+
+/// Waits, for at most `drain`, until the stages have committed everything on their
+/// topics: what the gateway accepted is on the log, and a volatile log would lose it.
+async fn drain_stages(ctx: &StageContext, drain: Duration) {
+    let stage_topics: Vec<String> = Stage::ALL.iter().map(|s| ctx.topics.stage(*s)).collect();
+    let deadline = tokio::time::Instant::now() + drain;
+    while !ctx.log.drained(&stage_topics).await {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("stages did not drain the log in time");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Deletes this node's delivery topic, for at most `drain`: with the broker
+/// unreachable, leaving beats tidying up.
+async fn delete_delivery_topic(ctx: &StageContext, node: &NodeId, drain: Duration) {
+    let topic = ctx.topics.deliver(node);
+    match tokio::time::timeout(drain, ctx.log.delete_topic(&topic)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(%topic, error = %e, "delivery topic not deleted"),
+        Err(_) => tracing::warn!(%topic, "delivery topic not deleted in time"),
     }
 }
 
@@ -349,8 +434,8 @@ impl Node {
 async fn supervise<F, Fut, E>(name: &'static str, stop: CancellationToken, mut run: F)
 where
     F: FnMut(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    Fut: Future<Output = Result<(), E>>,
+    E: fmt::Display,
 {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -369,22 +454,40 @@ where
     }
 }
 
-/// The topics every node relies on: created at start and re-created should the broker
-/// lose them (a broker restarted without its data), so the cluster heals by itself.
+/// The topics every node relies on: the stages' (partitioned), the dead letters and
+/// control notices (one partition each), and the jobs': requests and results
+/// partitioned like the stages, decisions in one partition (one observer writes them,
+/// in order).
+async fn create_topics(
+    log: &dyn EventLog,
+    topics: &Topics,
+    partitions: u32,
+) -> Result<(), LogError> {
+    for stage in Stage::ALL {
+        log.create_topic(&topics.stage(stage), partitions).await?;
+    }
+    log.create_topic(&topics.jobs_requests(), partitions)
+        .await?;
+    log.create_topic(&topics.jobs_results(), partitions).await?;
+    for single in [
+        topics.dead_letter(),
+        topics.control(),
+        topics.observer_decisions(),
+    ] {
+        log.create_topic(&single, 1).await?;
+    }
+    Ok(())
+}
+
+/// Creates the topics every node relies on again and again, should the broker lose
+/// them (a broker restarted without its data), so the cluster heals by itself.
 async fn keep_topics(
     ctx: StageContext,
     partitions: u32,
     stop: CancellationToken,
-) -> Result<(), chorus_log::LogError> {
+) -> Result<(), LogError> {
     loop {
-        for stage in Stage::ALL {
-            ctx.log
-                .create_topic(&ctx.topics.stage(stage), partitions)
-                .await?;
-        }
-        ctx.log.create_topic(&ctx.topics.dead_letter(), 1).await?;
-        ctx.log.create_topic(&ctx.topics.control(), 1).await?;
-        create_job_topics(ctx.log.as_ref(), &ctx.topics, partitions).await?;
+        create_topics(ctx.log.as_ref(), &ctx.topics, partitions).await?;
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -392,30 +495,10 @@ async fn keep_topics(
     }
 }
 
-/// The jobs topics: requests and results partitioned like the stages, decisions in one
-/// partition (one observer writes them, in order).
-async fn create_job_topics(
-    log: &dyn chorus_log::EventLog,
-    topics: &Topics,
-    partitions: u32,
-) -> Result<(), chorus_log::LogError> {
-    log.create_topic(&topics.jobs_requests(), partitions)
-        .await?;
-    log.create_topic(&topics.jobs_results(), partitions).await?;
-    log.create_topic(&topics.observer_decisions(), 1).await
-}
-
 /// What the workers, the recorder and the observer share: their own sandbox (sized for
 /// the most workers the observer may want, so long jobs never hold up message hooks),
 /// the credentials key and the git cache in the data directory.
-fn jobs_context(
-    config: &Config,
-    node: &NodeId,
-    log: &Arc<dyn chorus_log::EventLog>,
-    directory: &Directory,
-    registry: &Arc<dyn chorus_registry::Registry>,
-    topics: &Topics,
-) -> anyhow::Result<JobsContext> {
+fn jobs_context(config: &Config, node: &NodeId, ctx: &StageContext) -> anyhow::Result<JobsContext> {
     let j = &config.jobs;
     let key = j
         .key
@@ -433,10 +516,10 @@ fn jobs_context(
     let git = chorus_jobs::git::GitCache::new(config.data_dir.join("jobs").join("git"), j);
     Ok(JobsContext {
         node: node.clone(),
-        log: log.clone(),
-        store: directory.store().clone(),
-        registry: registry.clone(),
-        topics: topics.clone(),
+        log: ctx.log.clone(),
+        store: ctx.directory.store().clone(),
+        registry: ctx.registry.clone(),
+        topics: ctx.topics.clone(),
         sandbox,
         config: Arc::new(j.clone()),
         key,
@@ -445,39 +528,43 @@ fn jobs_context(
 }
 
 /// Applies cluster-wide notices (membership and automation changes) to this node's
-/// caches.
+/// caches. Every node reads all of them, in a group of its own.
 async fn follow_control(
     ctx: StageContext,
     node: NodeId,
     stop: CancellationToken,
-) -> Result<(), chorus_log::LogError> {
+) -> Result<(), RoleError> {
     let topic = ctx.topics.control();
-    let group = format!("{topic}.{node}");
-    let mut consumer = ctx.log.subscribe(&group, &[topic]).await?;
-    loop {
-        let batch = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            batch = consumer.next_batch(256) => batch?,
-        };
-        for record in &batch {
-            match decode::<Control>(&record.payload) {
-                Ok(Control::MembersChanged { conversation_id }) => {
-                    ctx.directory.invalidate(conversation_id);
+    let sub = Subscription {
+        name: "control",
+        group: format!("{topic}.{node}"),
+        topics: vec![topic],
+        batch: 256,
+        dead_letter: None,
+    };
+    let directory = Arc::new(ctx.directory);
+    let apply = each(move |notice| {
+        let directory = directory.clone();
+        async move { apply_control(&directory, notice).await.map(|()| Vec::new()) }
+    });
+    consume(ctx.log, sub, payload(decode), apply, stop.cancelled()).await
+}
+
+/// Applies one control notice to the caches of `directory`.
+async fn apply_control(directory: &Directory, notice: Control) -> Result<(), RoleError> {
+    match notice {
+        Control::MembersChanged { conversation_id } => directory.invalidate(conversation_id),
+        Control::AutomationChanged { user_id } => {
+            if let Err(e) = directory.automations().refresh(user_id).await {
+                tracing::warn!(%user_id, error = %e, "automation not reloaded");
+                if e.is_unavailable() {
+                    // Not committed: the notice is read again after the restart.
+                    return Err(RoleError::Control(e));
                 }
-                Ok(Control::AutomationChanged { user_id }) => {
-                    if let Err(e) = ctx.directory.automations().refresh(user_id).await {
-                        tracing::warn!(%user_id, error = %e, "automation not reloaded");
-                        if e.is_unavailable() {
-                            // Not committed: the notice is read again after the restart.
-                            return Err(chorus_log::LogError::Backend(format!("database: {e}")));
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "unreadable control notice skipped"),
             }
         }
-        consumer.commit(&batch).await?;
     }
+    Ok(())
 }
 
 /// Connections the kernel queues before `accept`: the default 128 dropped connection
@@ -497,20 +584,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-fn parse_roles(names: &[String]) -> anyhow::Result<Vec<Role>> {
+/// The roles named in the configuration, or every role when it names none.
+fn parse_roles(names: &[String]) -> Result<Vec<Role>, UnknownRole> {
     if names.is_empty() {
-        return Ok(Role::all());
+        return Ok(Role::ALL.to_vec());
     }
-    names
-        .iter()
-        .map(|n| {
-            Role::parse(n.trim()).with_context(|| {
-                format!(
-                    "unknown role `{n}` (known: gateway, automate-out, store, automate-in, route, worker, observer)"
-                )
-            })
-        })
-        .collect()
+    names.iter().map(|n| n.trim().parse()).collect()
 }
 
 /// The OIDC verifier, when an issuer is configured (validation made sure the audience

@@ -13,11 +13,13 @@ pub mod autoscale;
 
 use crate::pool::WorkerPool;
 use crate::{JobsContext, JobsError};
+use async_trait::async_trait;
 use autoscale::{Autoscaler, Completion, Decision, Samples};
 use chorus_config::ObserverConfig;
 use chorus_core::JobId;
 use chorus_core::event::{JobOutcome, JobRequest, ObserverReport, decode, encode};
-use chorus_log::{Outgoing, Record};
+use chorus_log::consume::Decoder;
+use chorus_log::{ConsumerLoop, Handler, Outgoing, Record, Subscription};
 use chorus_store::{Store, StoreError};
 use chrono::Utc;
 use std::collections::HashMap;
@@ -110,10 +112,24 @@ pub async fn run_observer(
     pool: Option<Arc<WorkerPool>>,
     stop: CancellationToken,
 ) -> Result<(), JobsError> {
-    let topics = vec![ctx.topics.jobs_requests(), ctx.topics.jobs_results()];
-    let group = format!("{}.observer", ctx.topics.observer_decisions());
-    let mut consumer = ctx.log.subscribe(&group, &topics).await?;
-    let mut measurements = Measurements::default();
+    let sub = Subscription {
+        name: "observer",
+        group: format!("{}.observer", ctx.topics.observer_decisions()),
+        topics: vec![ctx.topics.jobs_requests(), ctx.topics.jobs_results()],
+        batch: 1024,
+        // The workers and the recorder set aside what they cannot read.
+        dead_letter: None,
+    };
+    let requests = ctx.topics.jobs_requests();
+    let read: Decoder<Observed> = Box::new(move |record: &Record| {
+        Ok(if *record.topic == *requests {
+            Observed::Requested(decode(&record.payload)?)
+        } else {
+            Observed::Finished(decode(&record.payload)?)
+        })
+    });
+    let observing = Observing(Measurements::default());
+    let mut consumer = ConsumerLoop::subscribe(ctx.log.clone(), sub, read, observing).await?;
     let mut autoscaler = Autoscaler::default();
     let mut assumed = ctx.config.observer.min_workers;
     let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.observer.tick_ms));
@@ -121,14 +137,9 @@ pub async fn run_observer(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            batch = consumer.next_batch(1024) => {
-                let batch = batch?;
-                for record in &batch {
-                    ingest(&ctx, &mut measurements, record);
-                }
-                consumer.commit(&batch).await?;
-            }
+            batch = consumer.next_batch() => consumer.process(batch?).await?,
             _ = tick.tick() => {
+                let measurements = &mut consumer.handler_mut().0;
                 let config = current_config(ctx.store.as_ref(), &ctx.config.observer).await?;
                 let now = Utc::now();
                 let now_ms = now.timestamp_millis();
@@ -158,13 +169,28 @@ pub async fn run_observer(
     }
 }
 
-fn ingest(ctx: &JobsContext, m: &mut Measurements, record: &Record) {
-    if *record.topic == *ctx.topics.jobs_requests() {
-        if let Ok(request) = decode::<JobRequest>(&record.payload) {
-            m.requested(&request);
+/// A record of the requests or the results topic.
+enum Observed {
+    Requested(JobRequest),
+    Finished(JobOutcome),
+}
+
+/// Feeds what the observer reads to its measurements.
+struct Observing(Measurements);
+
+#[async_trait]
+impl Handler for Observing {
+    type Event = Observed;
+    type Error = JobsError;
+
+    async fn handle(&mut self, events: Vec<Observed>) -> Result<Vec<Outgoing>, JobsError> {
+        for event in &events {
+            match event {
+                Observed::Requested(request) => self.0.requested(request),
+                Observed::Finished(outcome) => self.0.finished(outcome),
+            }
         }
-    } else if let Ok(outcome) = decode::<JobOutcome>(&record.payload) {
-        m.finished(&outcome);
+        Ok(Vec::new())
     }
 }
 
