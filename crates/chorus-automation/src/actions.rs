@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// Actions one run may return.
-pub const MAX_ACTIONS: usize = 10;
+pub(crate) const MAX_ACTIONS: usize = 10;
 
 /// One thing a hook asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

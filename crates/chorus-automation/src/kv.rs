@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 
 /// Longest key, bytes.
-pub const MAX_KEY_BYTES: usize = 128;
+pub(crate) const MAX_KEY_BYTES: usize = 128;
 
 /// The state of one script, read and written through the store from the sandbox's
 /// threads (which are not the async workers, so they may wait for the database).

@@ -3,7 +3,7 @@
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::send::{require_member, submit};
+use crate::send::{Submission, require_member, submit};
 use crate::state::AppState;
 use axum::extract::{FromRequest, State};
 use axum::http::StatusCode;
@@ -359,7 +359,14 @@ async fn post_message(
     ApiPath(id): ApiPath<ConversationId>,
     ApiJson(req): ApiJson<PostMessage>,
 ) -> Result<Response, ApiError> {
-    let message_id = submit(&state, me.id, None, id, req.client_msg_id, req.body).await?;
+    let message = Submission {
+        sender: me.id,
+        session: None,
+        conversation: id,
+        client_msg_id: req.client_msg_id,
+        body: req.body,
+    };
+    let message_id = submit(&state, message).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "message_id": message_id })),

@@ -41,18 +41,24 @@ pub async fn require_member(
     )))
 }
 
+/// A message a user sends, as the client gave it.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    /// Who sends.
+    pub sender: UserId,
+    /// From which WebSocket session (none over HTTP).
+    pub session: Option<SessionId>,
+    /// Where to.
+    pub conversation: ConversationId,
+    /// The client's idempotency key.
+    pub client_msg_id: String,
+    /// The text.
+    pub body: String,
+}
+
 /// Validates a message and puts it on the log; returns its id once the log holds it.
-pub async fn submit(
-    state: &AppState,
-    sender: UserId,
-    session: Option<SessionId>,
-    conversation: ConversationId,
-    client_msg_id: String,
-    body: String,
-) -> Result<MessageId, ApiError> {
-    submit_pipelined(state, sender, session, conversation, client_msg_id, body)
-        .await?
-        .await
+pub async fn submit(state: &AppState, message: Submission) -> Result<MessageId, ApiError> {
+    submit_pipelined(state, message).await?.await
 }
 
 /// A send in flight on the log; resolves to the message id once the log holds it.
@@ -63,14 +69,9 @@ pub type PendingSend = futures::future::BoxFuture<'static, Result<MessageId, Api
 /// and successive sends keep their order.
 pub async fn submit_pipelined(
     state: &AppState,
-    sender: UserId,
-    session: Option<SessionId>,
-    conversation: ConversationId,
-    client_msg_id: String,
-    body: String,
+    message: Submission,
 ) -> Result<PendingSend, ApiError> {
-    let (message_id, record) =
-        prepare(state, sender, session, conversation, client_msg_id, body).await?;
+    let (message_id, record) = prepare(state, message).await?;
     let pending = match state.log.enqueue(vec![record.clone()]) {
         Ok(pending) => pending,
         // A topic this node has not seen yet: the slower path looks it up.
@@ -88,14 +89,14 @@ pub async fn submit_pipelined(
 }
 
 /// Checks a message (size, content, membership, rate) and builds its log record.
-async fn prepare(
-    state: &AppState,
-    sender: UserId,
-    session: Option<SessionId>,
-    conversation: ConversationId,
-    client_msg_id: String,
-    body: String,
-) -> Result<(MessageId, Outgoing), ApiError> {
+async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Outgoing), ApiError> {
+    let Submission {
+        sender,
+        session,
+        conversation,
+        client_msg_id,
+        body,
+    } = message;
     if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
         return Err(ApiError::bad_request(format!(
             "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"

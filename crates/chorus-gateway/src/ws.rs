@@ -15,7 +15,7 @@ use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::http::ApiQuery;
 use crate::queue::{QueueReceiver, queue};
-use crate::send::{notify_route, require_member, submit_pipelined};
+use crate::send::{Submission, notify_route, require_member, submit_pipelined};
 use crate::sessions::{Out, Outbound, SessionHandle};
 use crate::state::AppState;
 use axum::extract::State;
@@ -382,15 +382,14 @@ impl Session {
                 conversation_id,
                 body,
             } => {
-                let submitted = submit_pipelined(
-                    &self.state,
-                    self.user.id,
-                    Some(self.id),
-                    conversation_id,
-                    client_msg_id.clone(),
+                let message = Submission {
+                    sender: self.user.id,
+                    session: Some(self.id),
+                    conversation: conversation_id,
+                    client_msg_id: client_msg_id.clone(),
                     body,
-                )
-                .await;
+                };
+                let submitted = submit_pipelined(&self.state, message).await;
                 // Answers go out in send order, refusals included.
                 let answer: BoxFuture<'static, ServerFrame> = match submitted {
                     Ok(pending) => Box::pin(async move {

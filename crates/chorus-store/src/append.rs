@@ -19,7 +19,7 @@ pub(crate) struct AppendPlan {
 
 impl AppendPlan {
     /// The messages to insert, in batch order.
-    pub fn new_messages(&self) -> Vec<&Message> {
+    pub(crate) fn new_messages(&self) -> Vec<&Message> {
         self.appended.iter().filter_map(Appended::as_new).collect()
     }
 }

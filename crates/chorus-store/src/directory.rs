@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 const CAPACITY: usize = 100_000;
 
 /// How long an entry is trusted unless told otherwise.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
 /// Where the cache reads the time (tests bring their own).
-pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+pub(crate) type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 /// The members of one conversation, sorted for lookups.
 #[derive(Debug, Default)]
@@ -76,7 +76,7 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// A cache in front of `store` whose entries live [`DEFAULT_TTL`].
+    /// A cache in front of `store` whose entries live 30 seconds.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self::with_ttl(store, DEFAULT_TTL, Arc::new(Instant::now))
     }

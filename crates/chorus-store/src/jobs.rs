@@ -94,7 +94,7 @@ impl JobRow {
     }
 
     /// The job with its owner.
-    pub fn stored(&self) -> Result<StoredJob> {
+    pub(crate) fn stored(&self) -> Result<StoredJob> {
         let source: JobSource = serde_json::from_str(&self.source)
             .map_err(|e| StoreError::Corrupt(format!("job source: {e}")))?;
         Ok(StoredJob {
@@ -113,7 +113,7 @@ impl JobRow {
     }
 
     /// The result, if the job is finished.
-    pub fn result(&self) -> Result<Option<JobResult>> {
+    pub(crate) fn result(&self) -> Result<Option<JobResult>> {
         let status = self.status()?;
         if !status.is_finished() {
             return Ok(None);

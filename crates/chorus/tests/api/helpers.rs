@@ -15,19 +15,19 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 /// The password of every user the harness makes.
-pub const PASSWORD: &str = "correct horse";
+pub(crate) const PASSWORD: &str = "correct horse";
 
 /// How long anything expected may take before the test fails.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// HTTP and WebSocket helpers for a node at `addr`, in this process or another.
-pub struct Api {
+pub(crate) struct Api {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
 }
 
 /// A node running in this process, with its own data directory.
-pub struct TestApp {
+pub(crate) struct TestApp {
     api: Api,
     pub data_dir: TempDir,
     shutdown: CancellationToken,
@@ -43,13 +43,13 @@ impl std::ops::Deref for TestApp {
 
 /// A registered user.
 #[derive(Clone, Debug)]
-pub struct TestUser {
+pub(crate) struct TestUser {
     pub id: String,
     pub username: String,
     pub token: String,
 }
 
-pub fn test_config(data_dir: &std::path::Path) -> Config {
+pub(crate) fn test_config(data_dir: &std::path::Path) -> Config {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_owned(),
@@ -60,11 +60,11 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
 }
 
 impl TestApp {
-    pub async fn spawn() -> TestApp {
+    pub(crate) async fn spawn() -> TestApp {
         Self::spawn_with(|_| {}).await
     }
 
-    pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
+    pub(crate) async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = test_config(data_dir.path());
         tune(&mut config);
@@ -74,7 +74,7 @@ impl TestApp {
     /// A node whose only administrator (`jobs.admins`, by id) is `username`: the
     /// account is made in the database before the node starts, as an operator would
     /// (the id is what the configuration needs), and signed in with `PASSWORD`.
-    pub async fn spawn_with_admin(
+    pub(crate) async fn spawn_with_admin(
         username: &str,
         tune: impl FnOnce(&mut Config),
     ) -> (TestApp, TestUser) {
@@ -97,7 +97,7 @@ impl TestApp {
         (app, admin)
     }
 
-    pub async fn start(config: Config, data_dir: TempDir) -> TestApp {
+    pub(crate) async fn start(config: Config, data_dir: TempDir) -> TestApp {
         if std::env::var_os("TEST_LOG").is_some() {
             chorus::telemetry::init_logs(false);
         }
@@ -114,7 +114,7 @@ impl TestApp {
     }
 
     /// Stops the node gracefully and hands back its data directory.
-    pub async fn stop(self) -> TempDir {
+    pub(crate) async fn stop(self) -> TempDir {
         self.shutdown.cancel();
         self.handle.await.unwrap().unwrap();
         self.data_dir
@@ -122,7 +122,7 @@ impl TestApp {
 }
 
 impl Api {
-    pub fn new(addr: SocketAddr) -> Api {
+    pub(crate) fn new(addr: SocketAddr) -> Api {
         Api {
             addr,
             http: reqwest::Client::new(),
@@ -131,7 +131,7 @@ impl Api {
 
     /// A client of the node at `addr` whose connections come from `local` (any of
     /// 127.0.0.0/8 on Linux): another client address, as far as the node can tell.
-    pub fn from_address(addr: SocketAddr, local: &str) -> Api {
+    pub(crate) fn from_address(addr: SocketAddr, local: &str) -> Api {
         Api {
             addr,
             http: reqwest::Client::builder()
@@ -141,11 +141,11 @@ impl Api {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, token: &str, path: &str) -> (u16, Value) {
         let r = self
             .http
             .get(self.url(path))
@@ -156,7 +156,7 @@ impl Api {
         status_json(r).await
     }
 
-    pub async fn post(&self, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
         let mut req = self.http.post(self.url(path)).json(&body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -164,7 +164,7 @@ impl Api {
         status_json(req.send().await.unwrap()).await
     }
 
-    pub async fn put(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn put(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .http
             .put(self.url(path))
@@ -177,7 +177,7 @@ impl Api {
     }
 
     /// Uploads a script; panics unless it is created.
-    pub async fn script(&self, user: &TestUser, hooks: &[&str], source: &str) -> Value {
+    pub(crate) async fn script(&self, user: &TestUser, hooks: &[&str], source: &str) -> Value {
         let (status, body) = self
             .post(
                 Some(&user.token),
@@ -189,7 +189,7 @@ impl Api {
         body
     }
 
-    pub async fn delete(&self, token: &str, path: &str) -> (u16, Value) {
+    pub(crate) async fn delete(&self, token: &str, path: &str) -> (u16, Value) {
         let r = self
             .http
             .delete(self.url(path))
@@ -201,7 +201,7 @@ impl Api {
     }
 
     /// Logs in; panics unless it succeeds.
-    pub async fn login(&self, username: &str, password: &str) -> TestUser {
+    pub(crate) async fn login(&self, username: &str, password: &str) -> TestUser {
         let (status, body) = self
             .post(
                 None,
@@ -217,7 +217,7 @@ impl Api {
         }
     }
 
-    pub async fn register(&self, name: &str) -> TestUser {
+    pub(crate) async fn register(&self, name: &str) -> TestUser {
         let username = format!(
             "{name}-{}",
             &uuid::Uuid::now_v7().simple().to_string()[24..]
@@ -237,7 +237,7 @@ impl Api {
         }
     }
 
-    pub async fn direct(&self, a: &TestUser, b: &TestUser) -> String {
+    pub(crate) async fn direct(&self, a: &TestUser, b: &TestUser) -> String {
         let (status, body) = self
             .post(
                 Some(&a.token),
@@ -249,7 +249,7 @@ impl Api {
         body["id"].as_str().unwrap().to_owned()
     }
 
-    pub async fn group(&self, owner: &TestUser, members: &[&TestUser]) -> String {
+    pub(crate) async fn group(&self, owner: &TestUser, members: &[&TestUser]) -> String {
         let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
         let (status, body) = self
             .post(
@@ -263,7 +263,7 @@ impl Api {
     }
 
     /// Every stored message of a conversation, paging through history.
-    pub async fn history(&self, user: &TestUser, conversation: &str) -> Vec<Value> {
+    pub(crate) async fn history(&self, user: &TestUser, conversation: &str) -> Vec<Value> {
         let mut all = Vec::new();
         let mut after = 0;
         loop {
@@ -287,7 +287,7 @@ impl Api {
 
     /// Waits until `conversation` has stored message `seq` (polling history: the
     /// stored state has no event to await over HTTP).
-    pub async fn wait_for_seq(&self, user: &TestUser, conversation: &str, seq: i64) {
+    pub(crate) async fn wait_for_seq(&self, user: &TestUser, conversation: &str, seq: i64) {
         let path = format!("/api/v1/conversations/{conversation}");
         poll_until(&format!("seq {seq} never stored"), || async {
             let (_, c) = self.get(&user.token, &path).await;
@@ -298,7 +298,7 @@ impl Api {
 
     /// Waits until the counter `name` on `/metrics` reaches `at_least` (polling: a
     /// counter has no event to await).
-    pub async fn wait_for_counter(&self, name: &str, at_least: f64) {
+    pub(crate) async fn wait_for_counter(&self, name: &str, at_least: f64) {
         poll_until(&format!("{name} never reached {at_least}"), || async {
             let text = self
                 .http
@@ -319,7 +319,7 @@ impl Api {
         .await;
     }
 
-    pub async fn ws(&self, user: &TestUser) -> WsClient {
+    pub(crate) async fn ws(&self, user: &TestUser) -> WsClient {
         WsClient::connect(self.addr, &user.token).await
     }
 }
@@ -337,7 +337,7 @@ async fn status_json(r: reqwest::Response) -> (u16, Value) {
 
 /// A WebSocket client speaking the chorus protocol. Frames read while waiting for
 /// another type are kept, in order, for later `expect`s.
-pub struct WsClient {
+pub(crate) struct WsClient {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pending: std::collections::VecDeque<Value>,
     pub session_id: String,
@@ -345,13 +345,13 @@ pub struct WsClient {
 
 /// How a session ended, seen from the client.
 #[derive(Debug, PartialEq)]
-pub struct Closed {
+pub(crate) struct Closed {
     pub code: u16,
     pub reason: String,
 }
 
 impl WsClient {
-    pub async fn connect(addr: SocketAddr, token: &str) -> WsClient {
+    pub(crate) async fn connect(addr: SocketAddr, token: &str) -> WsClient {
         let url = format!("ws://{addr}/api/v1/ws?token={token}");
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
@@ -366,19 +366,19 @@ impl WsClient {
         client
     }
 
-    pub async fn send(&mut self, frame: Value) {
+    pub(crate) async fn send(&mut self, frame: Value) {
         self.stream
             .send(Message::Text(frame.to_string().into()))
             .await
             .unwrap();
     }
 
-    pub async fn send_raw(&mut self, message: Message) {
+    pub(crate) async fn send_raw(&mut self, message: Message) {
         self.stream.send(message).await.unwrap();
     }
 
     /// The next text frame as JSON; panics on close or after [`PATIENCE`].
-    pub async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         if let Some(frame) = self.pending.pop_front() {
             return frame;
         }
@@ -401,7 +401,7 @@ impl WsClient {
     }
 
     /// The next frame of type `ty`; frames of other types stay queued.
-    pub async fn expect(&mut self, ty: &str) -> Value {
+    pub(crate) async fn expect(&mut self, ty: &str) -> Value {
         if let Some(i) = self.pending.iter().position(|f| f["type"] == ty) {
             return self.pending.remove(i).unwrap();
         }
@@ -415,7 +415,7 @@ impl WsClient {
     }
 
     /// Collects the next `n` `message` frames.
-    pub async fn messages(&mut self, n: usize) -> Vec<Value> {
+    pub(crate) async fn messages(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             out.push(self.expect("message").await["message"].clone());
@@ -424,7 +424,7 @@ impl WsClient {
     }
 
     /// A ping/pong round trip: every frame the server sent before the pong has arrived.
-    pub async fn barrier(&mut self) -> Vec<Value> {
+    pub(crate) async fn barrier(&mut self) -> Vec<Value> {
         let nonce = uuid::Uuid::now_v7().to_string();
         self.send(json!({ "type": "ping", "nonce": nonce })).await;
         let mut before: Vec<Value> = self.pending.drain(..).collect();
@@ -438,13 +438,13 @@ impl WsClient {
     }
 
     /// After a ping/pong round trip, asserts that no frame of type `ty` came.
-    pub async fn assert_none(&mut self, ty: &str, why: &str) {
+    pub(crate) async fn assert_none(&mut self, ty: &str, why: &str) {
         let before = self.barrier().await;
         assert!(!before.iter().any(|f| f["type"] == ty), "{why}: {before:?}");
     }
 
     /// Sends a message and waits for its `accepted`.
-    pub async fn send_message(
+    pub(crate) async fn send_message(
         &mut self,
         conversation: &str,
         client_msg_id: &str,
@@ -463,7 +463,7 @@ impl WsClient {
     }
 
     /// Reads until the server closes the connection and returns the close frame.
-    pub async fn closed(&mut self) -> Closed {
+    pub(crate) async fn closed(&mut self) -> Closed {
         loop {
             let msg = tokio::time::timeout(PATIENCE, self.stream.next())
                 .await
@@ -487,13 +487,13 @@ impl WsClient {
         }
     }
 
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.stream.close(None).await;
     }
 }
 
 /// Checks `done` every 20 ms until it holds; fails with `what` after [`PATIENCE`].
-pub async fn poll_until<F, Fut>(what: &str, mut done: F)
+pub(crate) async fn poll_until<F, Fut>(what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -9,7 +9,7 @@ use tokio::process::{Child, Command};
 
 /// The servers the cluster uses.
 #[derive(Clone)]
-pub struct Backends {
+pub(crate) struct Backends {
     pub kafka: String,
     pub postgres: String,
     pub redis: String,
@@ -17,7 +17,7 @@ pub struct Backends {
 
 impl Backends {
     /// From the environment, or `None` (the test is skipped).
-    pub fn from_env() -> Option<Backends> {
+    pub(crate) fn from_env() -> Option<Backends> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         match (
             get("CHORUS_TEST_KAFKA"),
@@ -39,7 +39,7 @@ impl Backends {
     }
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -48,7 +48,7 @@ pub fn free_port() -> u16 {
 }
 
 /// One cluster: a topic prefix, a database, Redis keys, and its nodes.
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub backends: Backends,
     pub prefix: String,
     pub db_url: String,
@@ -57,14 +57,14 @@ pub struct Cluster {
 }
 
 /// A `chorus serve` process.
-pub struct NodeProcess {
+pub(crate) struct NodeProcess {
     pub id: String,
     pub addr: SocketAddr,
     child: Child,
 }
 
 impl Cluster {
-    pub async fn new(backends: Backends) -> Cluster {
+    pub(crate) async fn new(backends: Backends) -> Cluster {
         let prefix = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[16..]);
         let mut admin = sqlx::PgConnection::connect(&backends.postgres)
             .await
@@ -84,11 +84,11 @@ impl Cluster {
     }
 
     /// Starts a node with `roles` (empty: all) and waits until it is ready.
-    pub async fn start(&self, id: &str, roles: &str) -> NodeProcess {
+    pub(crate) async fn start(&self, id: &str, roles: &str) -> NodeProcess {
         self.start_with_log(id, roles, &self.backends.kafka).await
     }
 
-    pub async fn start_with_log(&self, id: &str, roles: &str, log: &str) -> NodeProcess {
+    pub(crate) async fn start_with_log(&self, id: &str, roles: &str, log: &str) -> NodeProcess {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chorus"));
         cmd.arg("serve")
@@ -127,11 +127,11 @@ impl Cluster {
 }
 
 impl NodeProcess {
-    pub fn api(&self) -> Api {
+    pub(crate) fn api(&self) -> Api {
         Api::new(self.addr)
     }
 
-    pub async fn ws(&self, user: &TestUser) -> WsClient {
+    pub(crate) async fn ws(&self, user: &TestUser) -> WsClient {
         WsClient::connect(self.addr, &user.token).await
     }
 
@@ -158,19 +158,19 @@ impl NodeProcess {
     }
 
     /// SIGKILL: no drain, no goodbye.
-    pub async fn kill(mut self) {
+    pub(crate) async fn kill(mut self) {
         self.child.kill().await.unwrap();
     }
 }
 
 /// A tansu broker of the test's own, for the broker-outage test.
-pub struct Broker {
+pub(crate) struct Broker {
     pub url: String,
     child: Child,
 }
 
 impl Broker {
-    pub async fn start() -> Option<Broker> {
+    pub(crate) async fn start() -> Option<Broker> {
         let Ok(bin) = std::env::var("CHORUS_TEST_TANSU") else {
             eprintln!("CHORUS_TEST_TANSU unset: skipped");
             return None;
@@ -215,12 +215,12 @@ impl Broker {
 
     /// Freezes the broker (SIGSTOP): connections stay open but nothing answers, as in
     /// a network partition or a long pause. Its data survives.
-    pub fn freeze(&self) {
+    pub(crate) fn freeze(&self) {
         self.signal("-STOP");
     }
 
     /// Lets a frozen broker go on (SIGCONT).
-    pub fn thaw(&self) {
+    pub(crate) fn thaw(&self) {
         self.signal("-CONT");
     }
 
