@@ -135,7 +135,7 @@ def code_roles() -> set[str]:
     """Role names `--roles` accepts: the gateway's and the stages' names."""
     roles: set[str] = set()
     node = ROOT / "crates" / "chorus" / "src" / "node.rs"
-    roles.update(re.findall(r'"([a-z][a-z-]*)"\s*=>\s*Some\(Role::', node.read_text()))
+    roles.update(re.findall(r'Role::[A-Za-z]+\s*=>\s*"([a-z][a-z-]*)"', node.read_text()))
     topics = ROOT / "crates" / "chorus-core" / "src" / "topics.rs"
     text = topics.read_text()
     m = re.search(r"fn name\(self\)[^{]*\{(.*?)\n    \}", text, re.S)
