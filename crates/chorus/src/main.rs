@@ -6,6 +6,12 @@ use chorus::node::Node;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc's allocator: glibc keeps the memory of freed password
+/// hashes (argon2's 19 MiB each) in its per-thread arenas, so 200 sign-ins left the
+/// server at ~700 MB; mimalloc returns it (see BENCHMARKS.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
