@@ -19,8 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SERVERS = ["chorus", "ejabberd", "relay"]
-COLORS = {"chorus": "tab:blue", "ejabberd": "tab:red", "relay": "tab:gray"}
+SERVERS = ["chorus", "ejabberd", "ejabberd-mam", "relay"]
+COLORS = {"chorus": "tab:blue", "ejabberd": "tab:red", "ejabberd-mam": "tab:orange", "relay": "tab:gray"}
 
 
 def load(results, kind):

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every side-by-side figure of BENCHMARKS.md, with one command: chorus, ejabberd
-# (bench/ejabberd/setup.sh) and the bare relay (chorus-relay) on this machine.
+# (bench/ejabberd/setup.sh) routing only, ejabberd archiving every message
+# (`ejabberd-mam`: mod_mam, the peer for a server that stores) and the bare relay
+# (chorus-relay) on this machine.
 #
 #   bench/run-all.sh                  # everything; JSON reports under target/bench/
 #   SKIP_IDLE=1 bench/run-all.sh      # only the 1:1 rate sweep
@@ -22,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/target/bench}
-SERVERS=${SERVERS:-"chorus ejabberd relay"}
+SERVERS=${SERVERS:-"chorus ejabberd ejabberd-mam relay"}
 RATES=${RATES:-"1000 2000 5000 10000 15000 20000 30000 40000"}
 IDLE_SIZES=${IDLE_SIZES:-"5000 10000 19000"}
 GROUP_SIZES=${GROUP_SIZES:-"100 1000"}
@@ -34,6 +36,7 @@ DURATION=${DURATION:-10}
 CHORUS_PORT=19603
 RELAY_PORT=19700
 EJABBERD_PORT=${EJABBERD_BENCH_PORT:-15280}
+EJABBERD_MAM_PORT=${EJABBERD_MAM_BENCH_PORT:-15281}
 export EJABBERD_BENCH_PORT=$EJABBERD_PORT
 BENCH=$ROOT/target/release/chorus
 RELAY=$ROOT/target/release/chorus-relay
@@ -63,16 +66,29 @@ registrations_per_hour = 1000000
 login_failures_per_address = 1000000
 TOML
 
+# ejabberd_of SERVER ARGS...: bench/ejabberd/setup.sh for the routing-only node or the
+# archiving one (its own port, directory and node name).
+ejabberd_of() {
+  if [ "$1" = ejabberd-mam ]; then
+    EJABBERD_BENCH_MAM=1 EJABBERD_BENCH_PORT=$EJABBERD_MAM_PORT \
+      EJABBERD_BENCH_DIR=/tmp/chorus-bench-ejabberd-mam EJABBERD_BENCH_NODE=chorusbench-mam@localhost \
+      bench/ejabberd/setup.sh "${@:2}"
+  else
+    bench/ejabberd/setup.sh "${@:2}"
+  fi
+}
+
 url_of() {
   case $1 in
     chorus) echo "http://127.0.0.1:$CHORUS_PORT" ;;
     ejabberd) echo "http://127.0.0.1:$EJABBERD_PORT" ;;
+    ejabberd-mam) echo "http://127.0.0.1:$EJABBERD_MAM_PORT" ;;
     relay) echo "http://127.0.0.1:$RELAY_PORT" ;;
   esac
 }
 port_of() { url_of "$1" | sed 's/.*://'; }
 protocol_of() {
-  case $1 in chorus) echo chorus ;; ejabberd) echo xmpp ;; relay) echo relay ;; esac
+  case $1 in chorus) echo chorus ;; ejabberd*) echo xmpp ;; relay) echo relay ;; esac
 }
 
 wait_port() {
@@ -95,9 +111,9 @@ start_server() {
       "$RELAY" --listen "127.0.0.1:$RELAY_PORT" >"$OUT/relay.log" 2>&1 &
       SERVER_PID=$!
       ;;
-    ejabberd)
-      bench/ejabberd/setup.sh start >/dev/null
-      SERVER_PID=$(bench/ejabberd/setup.sh pid)
+    ejabberd*)
+      ejabberd_of "$1" start >/dev/null
+      SERVER_PID=$(ejabberd_of "$1" pid)
       ;;
   esac
   wait_port "$(port_of "$1")"
@@ -108,7 +124,7 @@ start_server() {
 
 stop_server() {
   case $1 in
-    ejabberd) bench/ejabberd/setup.sh stop ;;
+    ejabberd*) ejabberd_of "$1" stop ;;
     *)
       kill "$SERVER_PID" 2>/dev/null || true
       wait "$SERVER_PID" 2>/dev/null || true
@@ -116,7 +132,7 @@ stop_server() {
   esac
   SERVER_PID=
 }
-trap 'if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi; bench/ejabberd/setup.sh stop' EXIT
+trap 'if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi; ejabberd_of ejabberd stop; ejabberd_of ejabberd-mam stop' EXIT
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
@@ -165,7 +181,7 @@ idle() {
 if [ -z "${SKIP_IDLE:-}" ]; then
   largest=$(echo "$IDLE_SIZES" | tr ' ' '\n' | sort -n | tail -1)
   for server in $SERVERS; do
-    if [ "$server" = chorus ] || [ "$server" = ejabberd ]; then
+    if [ "$server" != relay ]; then
       # Users first, on a server that is then restarted: registering leaves memory
       # with the allocator that the sessions would reuse and hide.
       start_server "$server"
