@@ -4,7 +4,7 @@
 //! messages people typed, at most once per sender and conversation per window.
 //! Failures are fail-open: the message is delivered as it was.
 
-use crate::runner::{StageContext, StageError, StageWorker, forward};
+use crate::runner::{Output, StageContext, StageError, StageWorker, forward};
 use crate::scripts::{Asked, Names, RunBook, Sends};
 use async_trait::async_trait;
 use chorus_automation::{Action, parse_actions};
@@ -12,7 +12,6 @@ use chorus_core::UserId;
 use chorus_core::event::{MessageEvent, StageEvent};
 use chorus_core::model::{Hook, Origin, Script};
 use chorus_core::topics::Stage;
-use chorus_log::Outgoing;
 use std::sync::Arc;
 
 /// The `automate-in` stage.
@@ -36,7 +35,7 @@ impl StageWorker for AutomateIn {
         &mut self,
         ctx: &StageContext,
         events: Vec<StageEvent>,
-    ) -> Result<Vec<Outgoing>, StageError> {
+    ) -> Result<Vec<Output>, StageError> {
         let automations = ctx.directory.automations();
         let mut events: Vec<StageEvent> = events;
         let mut owners: Vec<Owner> = Vec::new();
@@ -120,12 +119,12 @@ impl StageWorker for AutomateIn {
                 .send_all(m, asked, false, &mut book, Hook::Incoming)
                 .await?;
         }
-        let mut out: Vec<Outgoing> = events
+        let mut out: Vec<Output> = events
             .into_iter()
-            .filter_map(|e| forward(ctx, Stage::AutomateIn, e))
+            .filter_map(|e| forward(Stage::AutomateIn, e))
             .collect();
-        out.extend(sends.out);
-        out.extend(book.finish(ctx).await?);
+        out.extend(sends.out.into_iter().map(Output::Record));
+        out.extend(book.finish(ctx).await?.into_iter().map(Output::Record));
         Ok(out)
     }
 }

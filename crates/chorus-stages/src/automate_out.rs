@@ -4,7 +4,7 @@
 //! A failing script leaves the message as it was, unless its owner made it
 //! fail-closed, which blocks the message.
 
-use crate::runner::{StageContext, StageError, StageWorker, forward};
+use crate::runner::{Output, StageContext, StageError, StageWorker, forward};
 use crate::scripts::{Asked, Names, RunBook, Sends, to_nodes};
 use async_trait::async_trait;
 use chorus_automation::{Action, RunResult, parse_actions};
@@ -13,7 +13,6 @@ use chorus_core::body::check_body;
 use chorus_core::event::{Delivery, MessageEvent, StageEvent};
 use chorus_core::model::{Hook, Script};
 use chorus_core::topics::Stage;
-use chorus_log::Outgoing;
 use std::sync::Arc;
 
 /// The `automate-out` stage.
@@ -47,7 +46,7 @@ impl StageWorker for AutomateOut {
         &mut self,
         ctx: &StageContext,
         events: Vec<StageEvent>,
-    ) -> Result<Vec<Outgoing>, StageError> {
+    ) -> Result<Vec<Output>, StageError> {
         let mut slots = slots(ctx, events);
         let mut book = RunBook::default();
         self.run_scripts(ctx, &mut slots, &mut book).await?;
@@ -55,12 +54,12 @@ impl StageWorker for AutomateOut {
         let mut sends = Sends::new(ctx);
         for slot in slots {
             match slot {
-                Slot::Passing(event) => out.extend(forward(ctx, Stage::AutomateOut, event)),
+                Slot::Passing(event) => out.extend(forward(Stage::AutomateOut, event)),
                 Slot::Scripted(f) => out.extend(settle(ctx, f, &mut sends, &mut book).await?),
             }
         }
-        out.extend(sends.out);
-        out.extend(book.finish(ctx).await?);
+        out.extend(sends.out.into_iter().map(Output::Record));
+        out.extend(book.finish(ctx).await?.into_iter().map(Output::Record));
         Ok(out)
     }
 }
@@ -177,7 +176,7 @@ async fn settle(
     mut f: InFlight,
     sends: &mut Sends<'_>,
     book: &mut RunBook,
-) -> Result<Vec<Outgoing>, StageError> {
+) -> Result<Vec<Output>, StageError> {
     if let Some(reason) = f.blocked.take() {
         metrics::counter!("chorus_messages_blocked_total").increment(1);
         return reject(ctx, &f.m, reason).await;
@@ -195,7 +194,7 @@ async fn settle(
     sends
         .send_all(&mut f.m, asked, true, book, Hook::Outgoing)
         .await?;
-    Ok(forward(ctx, Stage::AutomateOut, StageEvent::Message(f.m))
+    Ok(forward(Stage::AutomateOut, StageEvent::Message(f.m))
         .into_iter()
         .collect())
 }
@@ -206,7 +205,7 @@ async fn reject(
     ctx: &StageContext,
     m: &MessageEvent,
     reason: String,
-) -> Result<Vec<Outgoing>, StageError> {
+) -> Result<Vec<Output>, StageError> {
     let Some(session_id) = m.session_id else {
         return Ok(Vec::new());
     };
@@ -217,8 +216,13 @@ async fn reject(
         code: ErrorCode::Blocked,
         message: reason,
     };
-    to_nodes(ctx, &[m.sender_id], m.conversation_id.0.as_bytes(), |_| {
-        delivery.clone()
-    })
-    .await
+    Ok(
+        to_nodes(ctx, &[m.sender_id], m.conversation_id.0.as_bytes(), |_| {
+            delivery.clone()
+        })
+        .await?
+        .into_iter()
+        .map(Output::Record)
+        .collect(),
+    )
 }

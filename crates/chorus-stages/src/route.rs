@@ -1,7 +1,7 @@
 //! `route`: turns stored messages and notices into one delivery event per gateway node
 //! holding sessions of the recipients.
 
-use crate::runner::{StageContext, StageError, StageWorker};
+use crate::runner::{Output, StageContext, StageError, StageWorker};
 use crate::scripts::to_nodes;
 use async_trait::async_trait;
 use chorus_core::UserId;
@@ -18,7 +18,7 @@ impl StageWorker for RouteStage {
         &mut self,
         ctx: &StageContext,
         events: Vec<StageEvent>,
-    ) -> Result<Vec<Outgoing>, StageError> {
+    ) -> Result<Vec<Output>, StageError> {
         let mut out = Vec::new();
         for event in events {
             let Some(recipients) = recipients(ctx, &event, &mut out).await? else {
@@ -36,7 +36,7 @@ impl StageWorker for RouteStage {
                 }
             }
         }
-        Ok(out)
+        Ok(out.into_iter().map(Output::Record).collect())
     }
 }
 

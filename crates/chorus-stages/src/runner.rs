@@ -1,6 +1,11 @@
 //! What every stage shares: its context, its worker's contract, and the consumer loop
 //! it runs in (chorus-log's [`ConsumerLoop`], with a stage's metrics and tolerance for
 //! delivery topics that went away).
+//!
+//! A stage whose process also runs the route stage hands the events it forwards to
+//! route itself, in the same batch, instead of through the route stage's topic (see
+//! [`run_stage`]): a message no automation touches crosses the log twice (to the store
+//! stage, then to its recipients' gateways), not three times.
 
 use async_trait::async_trait;
 use chorus_core::UserId;
@@ -56,16 +61,56 @@ pub enum StageError {
     Registry(#[from] RegistryError),
 }
 
+/// What a stage's work on a batch produced.
+#[derive(Debug)]
+pub enum Output {
+    /// An event for the next stage on its message's routing slip (a notice: for the
+    /// route stage). Published to that stage's topic, or handed to the stage in this
+    /// process when it is chained to this one.
+    Next(Stage, StageEvent),
+    /// A record for any other topic (a delivery, a message sent by automation),
+    /// published as it is.
+    Record(Outgoing),
+}
+
+impl From<Outgoing> for Output {
+    fn from(record: Outgoing) -> Self {
+        Self::Record(record)
+    }
+}
+
 /// One stage's work on a batch of decoded events.
 #[async_trait]
 pub trait StageWorker: Send {
-    /// Processes events (in log order) and returns the records to publish. Must be
+    /// Processes events (in log order) and returns what they produced. Must be
     /// idempotent: after a crash the same batch comes again.
     async fn process(
         &mut self,
         ctx: &StageContext,
         events: Vec<StageEvent>,
-    ) -> Result<Vec<Outgoing>, StageError>;
+    ) -> Result<Vec<Output>, StageError>;
+}
+
+/// The worker of `stage`.
+fn worker(stage: Stage) -> Box<dyn StageWorker> {
+    match stage {
+        Stage::AutomateOut => Box::<crate::automate_out::AutomateOut>::default(),
+        Stage::Store => Box::new(crate::store::StoreStage),
+        Stage::AutomateIn => Box::<crate::automate_in::AutomateIn>::default(),
+        Stage::Route => Box::new(crate::route::RouteStage),
+    }
+}
+
+/// The stage `stage` hands its output to directly when this process runs `local`:
+/// the route stage, when it runs here too. Route only looks up recipients and
+/// addresses deliveries, so it adds little to the batch of the stage before it, and it
+/// keeps its guarantees there: it sees a message only after the store stage's
+/// transaction committed, in the conversation's order, and if the process dies before
+/// the deliveries are published, the earlier stage's batch (not committed yet) comes
+/// again and is routed again. Automation stages are never chained: scripts would hold
+/// up the batch of the stage before them.
+pub fn chained(stage: Stage, local: &[Stage]) -> Option<Stage> {
+    (stage != Stage::Route && local.contains(&Stage::Route)).then_some(Stage::Route)
 }
 
 /// The consumer group of a stage.
@@ -73,25 +118,24 @@ pub fn group(topics: &Topics, stage: Stage) -> String {
     format!("{}.group", topics.stage(stage))
 }
 
-/// Runs `stage` until `shutdown`, finishing the batch in hand first.
+/// Runs `stage` until `shutdown`, finishing the batch in hand first. `local` are the
+/// stages this process runs: what `stage` forwards to a stage [`chained`] to it is
+/// handled here, in the same batch, instead of being published to that stage's topic.
 pub async fn run_stage(
     stage: Stage,
+    local: Vec<Stage>,
     ctx: StageContext,
     shutdown: CancellationToken,
 ) -> Result<(), StageError> {
-    let worker: Box<dyn StageWorker> = match stage {
-        Stage::AutomateOut => Box::<crate::automate_out::AutomateOut>::default(),
-        Stage::Store => Box::new(crate::store::StoreStage),
-        Stage::AutomateIn => Box::<crate::automate_in::AutomateIn>::default(),
-        Stage::Route => Box::new(crate::route::RouteStage),
-    };
-    run_worker(stage, worker, ctx, shutdown).await
+    let chained = chained(stage, &local).map(|next| (next, worker(next)));
+    run_worker(stage, worker(stage), chained, ctx, shutdown).await
 }
 
-/// The consumer loop of `stage` around any worker.
+/// The consumer loop of `stage` around any worker, with the stage chained to it.
 async fn run_worker(
     stage: Stage,
     worker: Box<dyn StageWorker>,
+    chained: Option<(Stage, Box<dyn StageWorker>)>,
     ctx: StageContext,
     shutdown: CancellationToken,
 ) -> Result<(), StageError> {
@@ -103,9 +147,19 @@ async fn run_worker(
         dead_letter: Some(ctx.topics.dead_letter()),
     };
     let log = ctx.log.clone();
-    let handler = StageHandler { stage, worker, ctx };
+    let chained_to = chained.as_ref().map(|(next, _)| next.name());
+    let handler = StageHandler {
+        stage,
+        worker,
+        chained,
+        ctx,
+    };
     let consumer = ConsumerLoop::subscribe(log, sub, decoder(stage), handler).await?;
-    tracing::info!(stage = stage.name(), "stage started");
+    tracing::info!(
+        stage = stage.name(),
+        chained = chained_to.unwrap_or("none"),
+        "stage started"
+    );
     consumer.run(shutdown.cancelled()).await?;
     tracing::info!(stage = stage.name(), "stage stopped");
     Ok(())
@@ -144,10 +198,11 @@ fn decoder(stage: Stage) -> Decoder<StageEvent> {
     })
 }
 
-/// A stage's worker as the handler of its consumer loop.
+/// A stage's worker, and the one chained to it, as the handler of its consumer loop.
 struct StageHandler {
     stage: Stage,
     worker: Box<dyn StageWorker>,
+    chained: Option<(Stage, Box<dyn StageWorker>)>,
     ctx: StageContext,
 }
 
@@ -157,7 +212,27 @@ impl Handler for StageHandler {
     type Error = StageError;
 
     async fn handle(&mut self, events: Vec<StageEvent>) -> Result<Vec<Outgoing>, StageError> {
-        self.worker.process(&self.ctx, events).await
+        let output = self.worker.process(&self.ctx, events).await?;
+        let Some((next, worker)) = &mut self.chained else {
+            return Ok(records(&self.ctx, output));
+        };
+        let (handed, output): (Vec<Output>, Vec<Output>) = output
+            .into_iter()
+            .partition(|o| matches!(o, Output::Next(stage, _) if stage == next));
+        let mut out = records(&self.ctx, output);
+        if !handed.is_empty() {
+            let events: Vec<StageEvent> = handed
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Next(_, event) => Some(event),
+                    Output::Record(_) => None,
+                })
+                .collect();
+            metrics::counter!("chorus_stage_events_total", "stage" => next.name())
+                .increment(events.len() as u64);
+            out.extend(records(&self.ctx, worker.process(&self.ctx, events).await?));
+        }
+        Ok(out)
     }
 
     /// A record for a topic that does not exist (the delivery topic of a node that has
@@ -188,32 +263,37 @@ impl Handler for StageHandler {
     }
 }
 
+/// The records to publish for `output`: events for a next stage go to its topic, keyed
+/// by conversation (a presence notice: by user).
+fn records(ctx: &StageContext, output: Vec<Output>) -> Vec<Outgoing> {
+    output
+        .into_iter()
+        .map(|o| match o {
+            Output::Next(stage, event) => {
+                Outgoing::new(ctx.topics.stage(stage), event.key(), encode(&event))
+            }
+            Output::Record(record) => record,
+        })
+        .collect()
+}
+
 /// Pops `stage` off a message's routing slip and addresses it to the next stage, if any.
-pub fn forward(ctx: &StageContext, stage: Stage, event: StageEvent) -> Option<Outgoing> {
+pub fn forward(stage: Stage, event: StageEvent) -> Option<Output> {
     let StageEvent::Message(mut m) = event else {
         // Notices (typing, read, presence) go straight to the route stage.
-        return Some(Outgoing::new(
-            ctx.topics.stage(Stage::Route),
-            event.key(),
-            encode(&event),
-        ));
+        return Some(Output::Next(Stage::Route, event));
     };
     if m.route.first() == Some(&stage) {
         m.route.remove(0);
     }
     let next = *m.route.first()?;
-    let key = m.conversation_id.0.as_bytes().to_vec();
-    Some(Outgoing::new(
-        ctx.topics.stage(next),
-        key,
-        encode(&StageEvent::Message(m)),
-    ))
+    Some(Output::Next(next, StageEvent::Message(m)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chorus_core::event::MessageEvent;
+    use chorus_core::event::{Delivery, MessageEvent};
     use chorus_core::model::Origin;
     use chorus_core::{ConversationId, MessageId, UserId};
     use chorus_log::memory::MemoryLog;
@@ -227,7 +307,7 @@ mod tests {
             &mut self,
             _ctx: &StageContext,
             events: Vec<StageEvent>,
-        ) -> Result<Vec<Outgoing>, StageError> {
+        ) -> Result<Vec<Output>, StageError> {
             let bodies = events.into_iter().filter_map(|e| match e {
                 StageEvent::Message(m) => Some(m.body),
                 _ => None,
@@ -235,7 +315,7 @@ mod tests {
             bodies
                 .map(|body| match body.as_str() {
                     "poison" => Err(StoreError::Corrupt("cannot store this".into()).into()),
-                    _ => Ok(Outgoing::new("out", body.clone(), body)),
+                    _ => Ok(Outgoing::new("out", body.clone(), body).into()),
                 })
                 .collect()
         }
@@ -284,6 +364,137 @@ mod tests {
         }
     }
 
+    /// Runs the store stage in a process running `local` stages, and the route stage
+    /// in a process of its own if `local` has not got it, on one new message from `a`
+    /// to `b` (whose session is on node `n1`). Returns the delivery to `n1` and the
+    /// records published to the route stage's topic meanwhile.
+    async fn store_with(local: Vec<Stage>) -> (Delivery, usize) {
+        let log = MemoryLog::new();
+        let topics = Topics::new("t");
+        let node = chorus_core::NodeId("n1".into());
+        let (store_topic, route_topic, deliver_topic) = (
+            topics.stage(Stage::Store),
+            topics.stage(Stage::Route),
+            topics.deliver(&node),
+        );
+        for t in [
+            &store_topic,
+            &route_topic,
+            &deliver_topic,
+            &topics.dead_letter(),
+        ] {
+            log.create_topic(t, 1).await.unwrap();
+        }
+        // Groups of their own, so that whatever reaches these topics is kept for them.
+        let mut delivered = log
+            .subscribe("check-deliver", &[deliver_topic])
+            .await
+            .unwrap();
+        let _route_reader = log
+            .subscribe("check-route", &[route_topic.clone()])
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path(), &log, topics).await;
+        let store = ctx.directory.store();
+        let a = store.create_user("a", "x").await.unwrap();
+        let b = store.create_user("b", "x").await.unwrap();
+        let (conversation, _) = store.direct(a.id, b.id).await.unwrap();
+        ctx.registry
+            .register(b.id, &node, chorus_core::SessionId::new())
+            .await
+            .unwrap();
+        let event = StageEvent::Message(MessageEvent {
+            message_id: MessageId::derive(a.id, conversation.id, "c1"),
+            client_msg_id: "c1".into(),
+            conversation_id: conversation.id,
+            sender_id: a.id,
+            session_id: None,
+            body: "hello".into(),
+            seq: None,
+            sent_at: chrono::Utc::now(),
+            origin: Origin::User,
+            hops: 0,
+            route: vec![Stage::Store, Stage::Route],
+            suppress: Vec::new(),
+            budget: None,
+        });
+        log.publish(vec![Outgoing::new(
+            store_topic,
+            event.key(),
+            encode(&event),
+        )])
+        .await
+        .unwrap();
+        let stop = CancellationToken::new();
+        let mut running = vec![];
+        if !local.contains(&Stage::Route) {
+            let route = run_stage(Stage::Route, vec![Stage::Route], ctx.clone(), stop.clone());
+            running.push(tokio::spawn(route));
+        }
+        running.push(tokio::spawn(run_stage(
+            Stage::Store,
+            local,
+            ctx,
+            stop.clone(),
+        )));
+        let next_delivery = async {
+            loop {
+                if let Some(r) = delivered.next_batch(10).await.unwrap().pop() {
+                    return r;
+                }
+            }
+        };
+        let record = tokio::time::timeout(std::time::Duration::from_secs(30), next_delivery)
+            .await
+            .expect("the message was delivered");
+        stop.cancel();
+        for stage in running {
+            stage.await.unwrap().unwrap();
+        }
+        let delivery = decode::<Delivery>(&record.payload).unwrap();
+        (delivery, log.retained(&route_topic).unwrap())
+    }
+
+    fn delivered_seq(delivery: &Delivery) -> i64 {
+        match delivery {
+            Delivery::Message { message, .. } => message.seq,
+            other => panic!("not a message delivery: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn with_route_in_the_same_process_the_store_stage_delivers_itself() {
+        let (delivery, via_route_topic) = store_with(vec![Stage::Store, Stage::Route]).await;
+        assert_eq!(delivered_seq(&delivery), 1);
+        assert_eq!(via_route_topic, 0, "nothing went through the route topic");
+    }
+
+    #[tokio::test]
+    async fn with_route_elsewhere_the_store_stage_forwards_to_its_topic() {
+        let (delivery, via_route_topic) = store_with(vec![Stage::Store]).await;
+        assert_eq!(delivered_seq(&delivery), 1);
+        assert_eq!(
+            via_route_topic, 1,
+            "the message went through the route topic"
+        );
+    }
+
+    #[test]
+    fn only_route_is_chained_and_only_where_it_runs() {
+        let all = [
+            Stage::AutomateOut,
+            Stage::Store,
+            Stage::AutomateIn,
+            Stage::Route,
+        ];
+        for stage in [Stage::AutomateOut, Stage::Store, Stage::AutomateIn] {
+            assert_eq!(chained(stage, &all), Some(Stage::Route));
+            assert_eq!(chained(stage, &[stage]), None);
+        }
+        assert_eq!(chained(Stage::Route, &all), None);
+    }
+
     #[tokio::test]
     async fn a_poison_event_goes_to_the_dead_letter_topic_and_the_rest_goes_on() {
         let log = MemoryLog::new();
@@ -303,7 +514,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(dir.path(), &log, topics).await;
         let stop = CancellationToken::new();
-        let running = tokio::spawn(run_worker(Stage::Store, Box::new(Picky), ctx, stop.clone()));
+        let running = tokio::spawn(run_worker(
+            Stage::Store,
+            Box::new(Picky),
+            None,
+            ctx,
+            stop.clone(),
+        ));
         let mut forwarded = Vec::new();
         while forwarded.len() < 2 {
             forwarded.extend(out.next_batch(10).await.unwrap());

@@ -3,11 +3,10 @@
 //! batch replayed after a crash) is not stored again: its stored copy, with its
 //! original `seq`, goes on, so that delivery after a crash still happens.
 
-use crate::runner::{StageContext, StageError, StageWorker, forward};
+use crate::runner::{Output, StageContext, StageError, StageWorker, forward};
 use async_trait::async_trait;
 use chorus_core::event::{MessageEvent, StageEvent};
 use chorus_core::topics::Stage;
-use chorus_log::Outgoing;
 use chorus_store::{Appended, NewMessage};
 
 /// The `store` stage.
@@ -19,7 +18,7 @@ impl StageWorker for StoreStage {
         &mut self,
         ctx: &StageContext,
         events: Vec<StageEvent>,
-    ) -> Result<Vec<Outgoing>, StageError> {
+    ) -> Result<Vec<Output>, StageError> {
         let batch: Vec<NewMessage> = events
             .iter()
             .filter_map(|e| match e {
@@ -36,7 +35,7 @@ impl StageWorker for StoreStage {
         let mut out = Vec::with_capacity(events.len());
         for event in events {
             let StageEvent::Message(mut m) = event else {
-                out.extend(forward(ctx, Stage::Store, event));
+                out.extend(forward(Stage::Store, event));
                 continue;
             };
             match appended.next() {
@@ -64,7 +63,7 @@ impl StageWorker for StoreStage {
                     continue;
                 }
             }
-            out.extend(forward(ctx, Stage::Store, StageEvent::Message(m)));
+            out.extend(forward(Stage::Store, StageEvent::Message(m)));
         }
         Ok(out)
     }

@@ -195,12 +195,19 @@ impl Node {
     fn spawn_roles(&self) -> Background {
         let mut background = Background::default();
         let (ctx, state, jobs) = (&self.stage_ctx, &self.state, &self.jobs);
-        for role in &self.roles {
-            if let Role::Stage(stage) = *role {
-                background.spawn(stage.name(), ctx.clone(), move |ctx, stop| {
-                    run_stage(stage, ctx, stop)
-                });
-            }
+        let local: Vec<Stage> = self
+            .roles
+            .iter()
+            .filter_map(|role| match role {
+                Role::Stage(stage) => Some(*stage),
+                _ => None,
+            })
+            .collect();
+        for &stage in &local {
+            let local = local.clone();
+            background.spawn(stage.name(), ctx.clone(), move |ctx, stop| {
+                run_stage(stage, local.clone(), ctx, stop)
+            });
         }
         let partitions = self.config.partitions;
         background.spawn("topics", ctx.clone(), move |ctx, stop| {
