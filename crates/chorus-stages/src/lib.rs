@@ -11,7 +11,8 @@
 //!   someone in the conversation has automation: the routing slip skips them otherwise.
 //! - [`store`]: gives each message the conversation's next `seq` and persists it.
 //! - [`route`]: finds the nodes holding the recipients' sessions and sends one
-//!   delivery event per node.
+//!   delivery event per node. Where it runs in the same process as the stage before
+//!   it, that stage runs it on its own output ([`runner::chained`]).
 
 pub mod automate_in;
 pub mod automate_out;

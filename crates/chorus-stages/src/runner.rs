@@ -391,7 +391,7 @@ mod tests {
             .await
             .unwrap();
         let _route_reader = log
-            .subscribe("check-route", &[route_topic.clone()])
+            .subscribe("check-route", std::slice::from_ref(&route_topic))
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();

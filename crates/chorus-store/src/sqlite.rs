@@ -177,6 +177,7 @@ pub struct WalCheckpoint {
 }
 
 async fn checkpoint(checkpointer: &SqlitePool, writer: &SqlitePool) -> Result<WalCheckpoint> {
+    let _timer = crate::QueryTimer::start("wal_checkpoint");
     let passive = "PRAGMA wal_checkpoint(PASSIVE)";
     let (_, log_frames, _): (i64, i64, i64) =
         sqlx::query_as(passive).fetch_one(checkpointer).await?;
@@ -197,7 +198,10 @@ async fn checkpoint(checkpointer: &SqlitePool, writer: &SqlitePool) -> Result<Wa
             break;
         }
     }
+    // What every message in flight waits for: its own `op` in `chorus_db_query_seconds`.
+    let writer_wait = crate::QueryTimer::start("wal_checkpoint_writer");
     let (busy, log, copied): (i64, i64, i64) = sqlx::query_as(passive).fetch_one(writer).await?;
+    drop(writer_wait);
     Ok(WalCheckpoint {
         log_frames,
         caught_up: busy == 0 && log == copied,
