@@ -26,7 +26,7 @@ COLORS = {"chorus": "tab:blue", "ejabberd": "tab:red", "ejabberd-mam": "tab:oran
 def load(results, kind):
     out = {}
     for path in glob.glob(os.path.join(results, f"{kind}-*.json")):
-        m = re.fullmatch(rf"{kind}-([a-z]+)-(\d+)\.json", os.path.basename(path))
+        m = re.fullmatch(rf"{kind}-([a-z][a-z-]*)-(\d+)\.json", os.path.basename(path))
         if not m:
             continue
         with open(path) as f:
