@@ -111,12 +111,14 @@ def tables(rates, idle):
             print(f"| {size} | " + " | ".join(cells) + f" | {ratio(row['ejabberd'], row['chorus'])} | {ratio(row['chorus'], row['relay'])} |")
         print()
     if rates:
-        print("| offered msg/s | server | sent/s | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| offered msg/s | server | sent/s | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/send |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for rate, s, r in rows(rates):
+            cpu = r.get("server_cpu_us_per_send")
             print(
                 f"| {rate} | {s} | {r['send_rate']:.0f} | {r['delivered']}/{r['expected']} ({r['delivered_percent']:.2f}%) "
-                f"| {r['throughput']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['max_ms']:.1f} |"
+                f"| {r['throughput']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['max_ms']:.1f} "
+                f"| {'–' if cpu is None else f'{cpu:.1f}'} |"
             )
         print()
         print("Highest rate with ≥ 99.9% delivered and p99 ≤ 10 ms, per server:")

@@ -200,8 +200,9 @@ summary() {
   python3 - "$1" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print("%.2f%% delivered, %.0f deliveries/s, p50 %s ms, p99 %s ms, generator lag p99 %s ms"
-      % (r["delivered_percent"], r["throughput"], r["p50_ms"], r["p99_ms"], r.get("generator_lag_p99_ms")))
+print("%.2f%% delivered, %.0f deliveries/s, p50 %s ms, p99 %s ms, generator lag p99 %s ms, server CPU %s us/send"
+      % (r["delivered_percent"], r["throughput"], r["p50_ms"], r["p99_ms"], r.get("generator_lag_p99_ms"),
+         r.get("server_cpu_us_per_send")))
 PY
 }
 
@@ -230,12 +231,13 @@ stop_all() {
 
 # point SERVER NAME LABEL ARGS...: one generator run with ARGS, its report in
 # $OUT/NAME.json and its output in $OUT/NAME.log; true if SERVER stays in the sweep.
+# The report has the server's CPU per message sent (its pid, from start_all).
 point() {
   local server=$1 name=$2 label=$3
   shift 3
-  local json=$OUT/$name.json
+  local json=$OUT/$name.json pid=${UP[$server]:-}
   rm -f "$json"
-  (bench "$server" "$@" --json "$json" >"$OUT/$name.log" 2>&1) || true
+  (bench "$server" "$@" ${pid:+--server-pid "$pid"} --json "$json" >"$OUT/$name.log" 2>&1) || true
   if [ ! -f "$json" ]; then
     echo "$server $label: failed, see $OUT/$name.log"
     return 1
