@@ -147,12 +147,14 @@ def plot_groups(groups, path):
 def group_tables(groups):
     for size, runs in groups.items():
         print(f"Groups of {size}:")
-        print("| offered deliveries/s | server | msg/s | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | generator lag p99 ms |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| offered deliveries/s | server | msg/s | delivered | deliveries/s | p50 ms | p99 ms | p99.9 ms | generator lag p99 ms | server CPU µs/delivery |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for point, s, r in rows(runs):
+            cpu = r.get("server_cpu_us_per_send")
             print(
                 f"| {point} | {s} | {r['send_rate']:.0f} | {r['delivered_percent']:.2f}% | {r['throughput']:.0f} "
-                f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['generator_lag_p99_ms']:.1f} |"
+                f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['generator_lag_p99_ms']:.1f} "
+                f"| {'–' if cpu is None else f'{cpu / size:.2f}'} |"
             )
         print()
 
