@@ -73,12 +73,6 @@ pub enum Output {
     Record(Outgoing),
 }
 
-impl From<Outgoing> for Output {
-    fn from(record: Outgoing) -> Self {
-        Self::Record(record)
-    }
-}
-
 /// One stage's work on a batch of decoded events.
 #[async_trait]
 pub trait StageWorker: Send {
@@ -213,24 +207,23 @@ impl Handler for StageHandler {
 
     async fn handle(&mut self, events: Vec<StageEvent>) -> Result<Vec<Outgoing>, StageError> {
         let output = self.worker.process(&self.ctx, events).await?;
-        let Some((next, worker)) = &mut self.chained else {
-            return Ok(records(&self.ctx, output));
-        };
-        let (handed, output): (Vec<Output>, Vec<Output>) = output
-            .into_iter()
-            .partition(|o| matches!(o, Output::Next(stage, _) if stage == next));
-        let mut out = records(&self.ctx, output);
-        if !handed.is_empty() {
-            let events: Vec<StageEvent> = handed
-                .into_iter()
-                .filter_map(|o| match o {
-                    Output::Next(_, event) => Some(event),
-                    Output::Record(_) => None,
-                })
-                .collect();
+        let mut out = Vec::with_capacity(output.len());
+        let mut handed = Vec::new();
+        for o in output {
+            match (o, &self.chained) {
+                (Output::Next(stage, event), Some((next, _))) if stage == *next => {
+                    handed.push(event)
+                }
+                (o, _) => out.push(record(&self.ctx, o)),
+            }
+        }
+        if let Some((next, worker)) = &mut self.chained
+            && !handed.is_empty()
+        {
             metrics::counter!("chorus_stage_events_total", "stage" => next.name())
-                .increment(events.len() as u64);
-            out.extend(records(&self.ctx, worker.process(&self.ctx, events).await?));
+                .increment(handed.len() as u64);
+            let chained = worker.process(&self.ctx, handed).await?;
+            out.extend(chained.into_iter().map(|o| record(&self.ctx, o)));
         }
         Ok(out)
     }
@@ -263,18 +256,15 @@ impl Handler for StageHandler {
     }
 }
 
-/// The records to publish for `output`: events for a next stage go to its topic, keyed
-/// by conversation (a presence notice: by user).
-fn records(ctx: &StageContext, output: Vec<Output>) -> Vec<Outgoing> {
-    output
-        .into_iter()
-        .map(|o| match o {
-            Output::Next(stage, event) => {
-                Outgoing::new(ctx.topics.stage(stage), event.key(), encode(&event))
-            }
-            Output::Record(record) => record,
-        })
-        .collect()
+/// The record to publish for `output`: an event for a next stage goes to its topic,
+/// keyed by conversation (a presence notice: by user).
+fn record(ctx: &StageContext, output: Output) -> Outgoing {
+    match output {
+        Output::Next(stage, event) => {
+            Outgoing::new(ctx.topics.stage(stage), event.key(), encode(&event))
+        }
+        Output::Record(record) => record,
+    }
 }
 
 /// Pops `stage` off a message's routing slip and addresses it to the next stage, if any.
@@ -315,7 +305,7 @@ mod tests {
             bodies
                 .map(|body| match body.as_str() {
                     "poison" => Err(StoreError::Corrupt("cannot store this".into()).into()),
-                    _ => Ok(Outgoing::new("out", body.clone(), body).into()),
+                    _ => Ok(Output::Record(Outgoing::new("out", body.clone(), body))),
                 })
                 .collect()
         }
