@@ -78,6 +78,37 @@ pub struct Config {
     pub automation: AutomationConfig,
     /// Jobs, workers and the observer (`[jobs]`).
     pub jobs: JobsConfig,
+    /// Where attachments' bytes are kept (`[files]`).
+    pub files: FilesConfig,
+}
+
+/// Where attachments' bytes are kept (`[files]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Object store URL: `file:///DIR`, `s3://BUCKET[/PREFIX]`, `gs://BUCKET` or
+    /// `az://CONTAINER`; default: the directory `files` in the data directory.
+    pub url: Option<String>,
+    /// The object store's settings, by the provider's configuration keys
+    /// (`aws_endpoint`, `aws_region`, `aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_allow_http`, `aws_virtual_hosted_style_request`, …), on top of the
+    /// provider's usual environment variables.
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Seconds an upload may wait to be sent in a message before it is removed.
+    pub grace_secs: u64,
+    /// Seconds between two sweeps for expired uploads.
+    pub sweep_secs: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            options: Default::default(),
+            grace_secs: 24 * 3600,
+            sweep_secs: 600,
+        }
+    }
 }
 
 /// Jobs: limits, git sources, credentials and the observer.
@@ -371,6 +402,10 @@ pub struct Limits {
     /// Seconds a node trusts its cached copy of a conversation's members: the longest
     /// a removed member keeps access on a node that missed the change's notice.
     pub membership_cache_secs: u64,
+    /// Largest attachment, bytes.
+    pub max_attachment_bytes: u64,
+    /// Bytes of attachments one user may keep stored.
+    pub attachment_quota_bytes: u64,
 }
 
 /// Limits of users' scripts and auto-replies.
@@ -472,6 +507,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             automation: AutomationConfig::default(),
             jobs: JobsConfig::default(),
+            files: FilesConfig::default(),
         }
     }
 }
@@ -546,6 +582,8 @@ impl Default for Limits {
             max_group_members: 1000,
             max_groups_per_user: 1000,
             membership_cache_secs: 30,
+            max_attachment_bytes: 25 * 1024 * 1024,
+            attachment_quota_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -583,6 +621,14 @@ impl Config {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The object store URL, defaulting to the directory `files` in the data directory.
+    pub fn files_url(&self) -> String {
+        self.files
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("files").display()))
     }
 
     /// The database URL, defaulting to `chorus.db` in the data directory.
@@ -624,6 +670,14 @@ impl Config {
             return bad(
                 "limits.header_timeout_secs, max_sessions_per_user, notice_rate_per_sec, notice_burst, max_group_members, max_groups_per_user and membership_cache_secs must be positive",
             );
+        }
+        if l.max_attachment_bytes == 0 || l.attachment_quota_bytes < l.max_attachment_bytes {
+            return bad(
+                "limits.max_attachment_bytes must be positive and at most limits.attachment_quota_bytes",
+            );
+        }
+        if self.files.grace_secs == 0 || self.files.sweep_secs == 0 {
+            return bad("files.grace_secs and files.sweep_secs must be positive");
         }
         let a = &self.automation;
         if a.memory_bytes < 256 * 1024 || a.max_memory_bytes < a.memory_bytes {

@@ -40,9 +40,32 @@ pub fn check_body(body: &str, max_bytes: usize) -> Result<(), BodyError> {
     Ok(())
 }
 
+/// Checks the body of a message carrying `attachments` files: as [`check_body`], but
+/// a message with at least one attachment may have an empty body.
+pub fn check_message_body(
+    body: &str,
+    attachments: usize,
+    max_bytes: usize,
+) -> Result<(), BodyError> {
+    if body.is_empty() && attachments > 0 {
+        return Ok(());
+    }
+    check_body(body, max_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_message_with_attachments_may_have_an_empty_body() {
+        assert_eq!(check_message_body("", 1, 2), Ok(()));
+        assert_eq!(check_message_body("", 0, 2), Err(BodyError::Empty));
+        assert_eq!(
+            check_message_body("abc", 1, 2),
+            Err(BodyError::TooLarge { len: 3, max: 2 })
+        );
+    }
 
     #[test]
     fn a_body_is_one_to_max_bytes_without_nul() {

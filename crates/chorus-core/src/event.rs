@@ -4,7 +4,7 @@
 //! meets an unknown `v` or an unreadable record sends it to the dead-letter topic
 //! rather than crashing or dropping it.
 
-use crate::model::{Job, JobError, JobSource, JobStatus, Message, Origin};
+use crate::model::{Attachment, Job, JobError, JobSource, JobStatus, Message, Origin};
 use crate::topics::Stage;
 use crate::{ConversationId, ErrorCode, JobId, MessageId, ScriptId, SessionId, UserId};
 use chrono::{DateTime, Utc};
@@ -73,6 +73,9 @@ pub struct MessageEvent {
     pub session_id: Option<SessionId>,
     /// The text (outgoing scripts may rewrite it).
     pub body: String,
+    /// Files it carries: references checked by the gateway, never the bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
     /// Assigned by the store stage.
     pub seq: Option<i64>,
     /// When the gateway accepted it.
@@ -106,6 +109,7 @@ impl MessageEvent {
             body: self.body.clone(),
             sent_at: self.sent_at,
             origin: self.origin,
+            attachments: self.attachments.clone(),
         })
     }
 }

@@ -56,6 +56,10 @@ uuid_id!(
     ConversationId
 );
 uuid_id!(
+    /// A file a user uploaded, which messages carry by reference.
+    AttachmentId
+);
+uuid_id!(
     /// One WebSocket session of a user on a gateway.
     SessionId
 );

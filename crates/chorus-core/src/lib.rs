@@ -20,4 +20,6 @@ pub mod topics;
 pub mod wire;
 
 pub use error::ErrorCode;
-pub use ids::{ConversationId, JobId, MessageId, NodeId, ScriptId, SessionId, UserId};
+pub use ids::{
+    AttachmentId, ConversationId, JobId, MessageId, NodeId, ScriptId, SessionId, UserId,
+};

@@ -1,6 +1,6 @@
 //! The public shapes of users, conversations and messages, as clients see them.
 
-use crate::{ConversationId, MessageId, UserId};
+use crate::{AttachmentId, ConversationId, MessageId, UserId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +115,25 @@ pub struct Message {
     pub sent_at: DateTime<Utc>,
     /// Person, script or auto-reply.
     pub origin: Origin,
+    /// Files it carries, in the order sent (references: the bytes are in the object
+    /// store).
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file a user uploaded, as messages carry it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Its id.
+    pub attachment_id: AttachmentId,
+    /// The file's name, as the uploader gave it.
+    pub name: String,
+    /// The media type the uploader gave (`application/octet-stream` if none).
+    pub content_type: String,
+    /// Bytes.
+    pub size: i64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
 }
 
 /// Which of a user's messages a script acts on.

@@ -1,7 +1,7 @@
 //! WebSocket frames: one JSON object per text frame, tagged by `type`.
 
 use crate::model::{Message, User};
-use crate::{ConversationId, ErrorCode, MessageId, SessionId, UserId};
+use crate::{AttachmentId, ConversationId, ErrorCode, MessageId, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -15,8 +15,11 @@ pub enum ClientFrame {
         client_msg_id: String,
         /// Where it goes.
         conversation_id: ConversationId,
-        /// The text.
+        /// The text; may be empty when the message carries attachments.
         body: String,
+        /// Uploads of the sender's to carry, in order.
+        #[serde(default)]
+        attachments: Vec<AttachmentId>,
     },
     /// Replay what was missed, then learn every conversation's last `seq`.
     Sync {

@@ -24,7 +24,7 @@ struct Dist;
 
 /// What the page may load: only its own origin (the API and the WebSocket included),
 /// no inline scripts, never framed.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
      connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// `GET /`: the app's page.

@@ -351,6 +351,8 @@ async fn list_messages(
 struct PostMessage {
     client_msg_id: String,
     body: String,
+    #[serde(default)]
+    attachments: Vec<chorus_core::AttachmentId>,
 }
 
 async fn post_message(
@@ -365,6 +367,7 @@ async fn post_message(
         conversation: id,
         client_msg_id: req.client_msg_id,
         body: req.body,
+        attachments: req.attachments,
     };
     let message_id = submit(&state, message).await?;
     Ok((

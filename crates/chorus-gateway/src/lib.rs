@@ -6,7 +6,7 @@
 //! writes to the sockets ([`ws`]). It never calls a stage: everything goes through
 //! the log, the store or the registry.
 //!
-//! Layout: [`auth`] tokens and passwords, [`oidc`] tokens of an outside identity
+//! Layout: [`auth`] tokens and passwords, [`attachments`] files, [`oidc`] tokens of an outside identity
 //! provider, [`accounts`] signing up and in, [`throttle`] the limits on both,
 //! [`error`] the error mapping, [`http`] the
 //! REST routes, [`jobs`] the jobs and observer routes, [`ws`] sessions, [`sessions`]
@@ -15,6 +15,7 @@
 
 pub mod accounts;
 pub mod assets;
+pub mod attachments;
 pub mod auth;
 pub mod automation;
 pub mod deliver;
@@ -46,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(accounts::routes())
         .merge(automation::routes())
         .merge(jobs::routes())
+        .merge(attachments::routes())
         .route("/ws", get(ws::upgrade))
         .fallback(http::not_found);
     Router::new()

@@ -1,11 +1,13 @@
 //! The one path every message takes into the pipeline, from WebSocket or HTTP.
 
+use crate::attachments::MAX_PER_MESSAGE;
 use crate::error::ApiError;
 use crate::state::AppState;
-use chorus_core::body::{BodyError, check_body};
+use chorus_core::body::{BodyError, check_message_body};
 use chorus_core::event::{StageEvent, encode};
+use chorus_core::model::Attachment;
 use chorus_core::model::Origin;
-use chorus_core::{ConversationId, ErrorCode, MessageId, SessionId, UserId};
+use chorus_core::{AttachmentId, ConversationId, ErrorCode, MessageId, SessionId, UserId};
 use chorus_log::Outgoing;
 use chorus_store::Members;
 use std::sync::Arc;
@@ -52,8 +54,10 @@ pub struct Submission {
     pub conversation: ConversationId,
     /// The client's idempotency key.
     pub client_msg_id: String,
-    /// The text.
+    /// The text; may be empty when the message carries attachments.
     pub body: String,
+    /// Uploads of the sender's to carry, in order.
+    pub attachments: Vec<AttachmentId>,
 }
 
 /// Validates a message and puts it on the log; returns its id once the log holds it.
@@ -96,6 +100,7 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
         conversation,
         client_msg_id,
         body,
+        attachments,
     } = message;
     if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
         return Err(ApiError::bad_request(format!(
@@ -108,18 +113,26 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
             "body and client_msg_id must not contain NUL characters",
         ));
     }
-    check_body(&body, state.limits.max_body_bytes).map_err(|e| match e {
-        BodyError::Empty => ApiError::bad_request(e.to_string()),
-        BodyError::Nul => {
-            ApiError::bad_request("body and client_msg_id must not contain NUL characters")
-        }
-        BodyError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
-    })?;
+    if attachments.len() > MAX_PER_MESSAGE {
+        return Err(ApiError::bad_request(format!(
+            "a message carries at most {MAX_PER_MESSAGE} attachments"
+        )));
+    }
+    check_message_body(&body, attachments.len(), state.limits.max_body_bytes).map_err(
+        |e| match e {
+            BodyError::Empty => ApiError::bad_request(e.to_string()),
+            BodyError::Nul => {
+                ApiError::bad_request("body and client_msg_id must not contain NUL characters")
+            }
+            BodyError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+        },
+    )?;
     let members = require_member(state, conversation, sender).await?;
     state
         .limiter
         .check(sender)
         .map_err(ApiError::rate_limited)?;
+    let attachments = sender_uploads(state, sender, attachments).await?;
     let message_id = MessageId::derive(sender, conversation, &client_msg_id);
     let route = state.engine.route_for(sender, &members);
     let event = StageEvent::Message(chorus_core::event::MessageEvent {
@@ -129,6 +142,7 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
         sender_id: sender,
         session_id: session,
         body,
+        attachments,
         seq: None,
         sent_at: now_millis(),
         origin: Origin::User,
@@ -144,6 +158,35 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
         encode(&event),
     );
     Ok((message_id, record))
+}
+
+/// The shapes of the uploads a message is to carry: each must be a complete upload of
+/// the sender's (`not_found` otherwise, as for one that does not exist). The same
+/// upload named twice is carried once.
+async fn sender_uploads(
+    state: &AppState,
+    sender: UserId,
+    mut ids: Vec<AttachmentId>,
+) -> Result<Vec<Attachment>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    let found = state
+        .directory
+        .store()
+        .owned_attachments(sender, &ids)
+        .await?;
+    if let Some(missing) = ids
+        .iter()
+        .find(|id| !found.iter().any(|a| a.attachment_id == **id))
+    {
+        return Err(ApiError::not_found(format!(
+            "attachment {missing} does not exist"
+        )));
+    }
+    Ok(found)
 }
 
 /// Publishes a notice for the route stage (typing, read, presence), keyed by `key`.

@@ -70,4 +70,8 @@ pub struct AppState {
     pub jobs_key: Option<chorus_jobs::crypto::Key>,
     /// The observer's latest report.
     pub observer: crate::jobs::ObserverView,
+    /// Where attachments' bytes are.
+    pub files: chorus_files::Files,
+    /// Thumbnails being made at once, at most.
+    pub thumbnails: Arc<tokio::sync::Semaphore>,
 }

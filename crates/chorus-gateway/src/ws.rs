@@ -381,6 +381,7 @@ impl Session {
                 client_msg_id,
                 conversation_id,
                 body,
+                attachments,
             } => {
                 let message = Submission {
                     sender: self.user.id,
@@ -388,6 +389,7 @@ impl Session {
                     conversation: conversation_id,
                     client_msg_id: client_msg_id.clone(),
                     body,
+                    attachments,
                 };
                 let submitted = submit_pipelined(&self.state, message).await;
                 // Answers go out in send order, refusals included.

@@ -9,7 +9,7 @@ use crate::scripts::{Asked, Names, RunBook, Sends, to_nodes};
 use async_trait::async_trait;
 use chorus_automation::{Action, RunResult, parse_actions};
 use chorus_core::ErrorCode;
-use chorus_core::body::check_body;
+use chorus_core::body::check_message_body;
 use chorus_core::event::{Delivery, MessageEvent, StageEvent};
 use chorus_core::model::{Hook, Script};
 use chorus_core::topics::Stage;
@@ -181,7 +181,7 @@ async fn settle(
         metrics::counter!("chorus_messages_blocked_total").increment(1);
         return reject(ctx, &f.m, reason).await;
     }
-    if check_body(&f.m.body, ctx.max_body_bytes).is_err() {
+    if check_message_body(&f.m.body, f.m.attachments.len(), ctx.max_body_bytes).is_err() {
         let reason = format!(
             "a script rewrote the message to something that cannot be stored (1 to {} bytes without NUL)",
             ctx.max_body_bytes

@@ -468,6 +468,8 @@ impl<'a> Sends<'a> {
             sender_id: w.owner,
             session_id: None,
             body: w.body,
+            // What a script sends is text: it cannot hand on another user's files.
+            attachments: Vec::new(),
             seq: None,
             sent_at: now_millis(),
             origin: w.origin,

@@ -78,5 +78,6 @@ fn new_message(m: &MessageEvent) -> NewMessage {
         body: m.body.clone(),
         sent_at: m.sent_at,
         origin: m.origin,
+        attachments: m.attachments.clone(),
     }
 }

@@ -64,6 +64,7 @@ pub(crate) fn plan(
             body: m.body.clone(),
             sent_at: from_millis(millis(m.sent_at))?,
             origin: m.origin,
+            attachments: m.attachments.clone(),
         };
         stored.insert(m.message_id, message.clone());
         appended.push(Appended::New(message));
@@ -84,6 +85,7 @@ mod tests {
     fn new_message(conversation: ConversationId, key: &str) -> NewMessage {
         let sender = UserId(uuid::Uuid::from_u128(7));
         NewMessage {
+            attachments: Vec::new(),
             message_id: MessageId::derive(sender, conversation, key),
             client_msg_id: key.to_owned(),
             conversation_id: conversation,
@@ -148,6 +150,7 @@ mod tests {
         let c = conversation(1);
         let batch = [new_message(c, "old"), new_message(c, "new")];
         let stored = Message {
+            attachments: Vec::new(),
             message_id: batch[0].message_id,
             client_msg_id: "old".into(),
             conversation_id: c,

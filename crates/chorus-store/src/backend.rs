@@ -106,8 +106,8 @@ pub(crate) fn new_direct(
 }
 
 /// The columns of a message, in the order they are inserted.
-pub(crate) const MESSAGE_COLUMNS: &str =
-    "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin";
+pub(crate) const MESSAGE_COLUMNS: &str = "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin, \
+     attachments";
 
 /// Emits `impl Store for $store` and the row mapping and helpers it shares with the
 /// backend's own code (`user_row`, `message_row`, `conversation_row`, `insert_user`,
@@ -145,6 +145,9 @@ macro_rules! impl_store {
                         sent_at: from_millis(row.try_get("sent_at")?)?,
                         origin: Origin::parse(origin)
                             .ok_or_else(|| StoreError::Corrupt(origin.into()))?,
+                        attachments: $crate::attachments::from_column(
+                            row.try_get("attachments")?,
+                        )?,
                     })
                 }
 

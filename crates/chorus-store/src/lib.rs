@@ -1,6 +1,7 @@
 //! Durable state: users, conversations, members, messages, and (see
 //! [`AutomationStore`]) users' scripts and auto-replies, (see [`JobStore`]) jobs, and
-//! (see [`InviteStore`]) invites.
+//! (see [`InviteStore`]) invites, and (see [`AttachmentStore`]) what is known of
+//! uploaded files.
 //!
 //! The store stage is the only writer of messages; the gateway writes accounts,
 //! conversations, members and read markers. [`Store`] is the contract, with one
@@ -21,6 +22,7 @@
 //! - Read markers only move forward and never past the conversation's `last_seq`.
 
 mod append;
+mod attachments;
 mod automation;
 mod backend;
 mod directory;
@@ -29,13 +31,14 @@ mod jobs;
 pub mod postgres;
 pub mod sqlite;
 
+pub use attachments::{AttachmentStore, StoredAttachment};
 pub use automation::{AutomationStore, Automations, ScriptRuns, UserAutomation};
 pub use directory::{Directory, Members};
 pub use invites::InviteStore;
 pub use jobs::{FinishedJob, JobStore, StoredJob};
 
 use async_trait::async_trait;
-use chorus_core::model::{Conversation, ConversationKind, Message, Origin, User};
+use chorus_core::model::{Attachment, Conversation, ConversationKind, Message, Origin, User};
 use chorus_core::{ConversationId, MessageId, UserId};
 use chrono::{DateTime, Utc};
 
@@ -142,6 +145,8 @@ pub struct NewMessage {
     pub sent_at: DateTime<Utc>,
     /// Person, script or auto-reply.
     pub origin: Origin,
+    /// Files it carries (ready uploads of the sender's, checked by the gateway).
+    pub attachments: Vec<Attachment>,
 }
 
 /// What [`Store::append_messages`] did with one message.
@@ -184,7 +189,9 @@ pub const PRESENCE_MAX_GROUP: i64 = 100;
 
 /// Durable state; see the crate docs for the contract.
 #[async_trait]
-pub trait Store: AutomationStore + JobStore + InviteStore + Send + Sync + 'static {
+pub trait Store:
+    AttachmentStore + AutomationStore + JobStore + InviteStore + Send + Sync + 'static
+{
     /// Whether the database answers.
     async fn health(&self) -> Result<()>;
 

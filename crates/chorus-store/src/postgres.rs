@@ -7,7 +7,7 @@
 
 use crate::backend::{Backend, MESSAGE_COLUMNS, new_direct};
 use crate::{Appended, ConversationRecord, NewMessage, Result, direct_key, millis};
-use chorus_core::model::Message;
+use chorus_core::model::{Attachment, Message};
 use chorus_core::{ConversationId, MessageId, UserId};
 use chrono::Utc;
 use sqlx::postgres::{PgPoolOptions, PgRow};
@@ -154,9 +154,9 @@ impl Backend for PostgresStore {
             // One statement for the whole batch: arrays of columns, zipped by UNNEST.
             sqlx::query(
                 "INSERT INTO messages (message_id, client_msg_id, conversation_id, seq, \
-                 sender_id, body, sent_at, origin) \
+                 sender_id, body, sent_at, origin, attachments) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], \
-                 $5::uuid[], $6::text[], $7::bigint[], $8::text[])",
+                 $5::uuid[], $6::text[], $7::bigint[], $8::text[], $9::text[])",
             )
             .bind(new.iter().map(|m| m.message_id.0).collect::<Vec<_>>())
             .bind(
@@ -170,8 +170,44 @@ impl Backend for PostgresStore {
             .bind(new.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
             .bind(new.iter().map(|m| millis(m.sent_at)).collect::<Vec<_>>())
             .bind(new.iter().map(|m| m.origin.as_str()).collect::<Vec<_>>())
+            .bind(
+                new.iter()
+                    .map(|m| crate::attachments::to_column(&m.attachments))
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut *tx)
             .await?;
+            let links: Vec<(&Message, &Attachment)> = new
+                .iter()
+                .flat_map(|m| m.attachments.iter().map(move |a| (*m, a)))
+                .collect();
+            if !links.is_empty() {
+                sqlx::query(
+                    "INSERT INTO message_attachments (attachment_id, message_id, conversation_id) \
+                     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[]) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(
+                    links
+                        .iter()
+                        .map(|(_, a)| a.attachment_id.0)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    links
+                        .iter()
+                        .map(|(m, _)| m.message_id.0)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    links
+                        .iter()
+                        .map(|(m, _)| m.conversation_id.0)
+                        .collect::<Vec<_>>(),
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
             sqlx::query(
                 "UPDATE conversations c SET last_seq = v.last_seq \
                  FROM UNNEST($1::uuid[], $2::bigint[]) AS v (id, last_seq) WHERE c.id = v.id",
@@ -270,3 +306,4 @@ crate::backend::impl_store!(PostgresStore);
 crate::automation::impl_automation_store!(PostgresStore);
 crate::jobs::impl_job_store!(PostgresStore);
 crate::invites::impl_invite_store!(PostgresStore);
+crate::attachments::impl_attachment_store!(PostgresStore);

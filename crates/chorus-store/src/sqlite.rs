@@ -6,7 +6,7 @@
 
 use crate::backend::{Backend, MESSAGE_COLUMNS, new_direct};
 use crate::{Appended, ConversationRecord, NewMessage, Result, direct_key, millis, parse_id};
-use chorus_core::model::Message;
+use chorus_core::model::{Attachment, Message};
 use chorus_core::{ConversationId, MessageId, UserId};
 use chrono::Utc;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Messages looked up or inserted per statement: 8 parameters a message to insert,
-/// well under the 32766 parameters SQLite allows in one trip.
+/// Messages looked up or inserted per statement: 9 parameters a message to insert and
+/// 3 for each of its attachments (at most 10), well under the 32766 parameters SQLite
+/// allows in one trip.
 const CHUNK: usize = 500;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -426,9 +427,26 @@ impl Backend for SqliteStore {
                         .push_bind(m.sender_id.to_string())
                         .push_bind(&m.body)
                         .push_bind(millis(m.sent_at))
-                        .push_bind(m.origin.as_str());
+                        .push_bind(m.origin.as_str())
+                        .push_bind(crate::attachments::to_column(&m.attachments));
                 });
                 write.push("; ");
+                let links: Vec<(&Message, &Attachment)> = chunk
+                    .iter()
+                    .flat_map(|m| m.attachments.iter().map(move |a| (*m, a)))
+                    .collect();
+                if !links.is_empty() {
+                    write.push(
+                        "INSERT INTO message_attachments \
+                         (attachment_id, message_id, conversation_id) ",
+                    );
+                    write.push_values(links, |mut row, (m, a)| {
+                        row.push_bind(a.attachment_id.to_string())
+                            .push_bind(m.message_id.to_string())
+                            .push_bind(m.conversation_id.to_string());
+                    });
+                    write.push(" ON CONFLICT DO NOTHING; ");
+                }
             }
             if let Some(chunk) = advanced_chunks.get(i) {
                 write.push("WITH v(id, last) AS (");
@@ -543,6 +561,7 @@ crate::backend::impl_store!(SqliteStore);
 crate::automation::impl_automation_store!(SqliteStore);
 crate::jobs::impl_job_store!(SqliteStore);
 crate::invites::impl_invite_store!(SqliteStore);
+crate::attachments::impl_attachment_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {

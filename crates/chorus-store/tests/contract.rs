@@ -5,10 +5,10 @@
 //! every test creates its own database there and drops it afterwards.
 
 use chorus_core::model::{
-    AutoReply, ConversationKind, GitSource, Hook, Job, JobError, JobSource, JobStatus, Message,
-    Origin, Script, ScriptError, User,
+    Attachment, AutoReply, ConversationKind, GitSource, Hook, Job, JobError, JobSource, JobStatus,
+    Message, Origin, Script, ScriptError, User,
 };
-use chorus_core::{ConversationId, JobId, MessageId, ScriptId, UserId};
+use chorus_core::{AttachmentId, ConversationId, JobId, MessageId, ScriptId, UserId};
 use chorus_store::postgres::PostgresStore;
 use chorus_store::sqlite::SqliteStore;
 use chorus_store::{
@@ -126,6 +126,7 @@ fn sent_at() -> DateTime<Utc> {
 
 fn new_message(conversation: ConversationId, sender: UserId, key: &str) -> NewMessage {
     NewMessage {
+        attachments: Vec::new(),
         message_id: MessageId::derive(sender, conversation, key),
         client_msg_id: key.to_owned(),
         conversation_id: conversation,
@@ -1546,6 +1547,10 @@ macro_rules! store_contract {
                 the_first_recorded_job_result_wins,
                 concurrent_job_results_record_exactly_one,
                 observer_config_is_kept,
+                uploads_complete_within_the_quota,
+                concurrent_uploads_share_one_quota,
+                messages_carry_attachments_and_share_them_with_members,
+                expired_uploads_are_those_no_message_carries,
             }
         }
     };
@@ -1553,3 +1558,241 @@ macro_rules! store_contract {
 
 store_contract!(sqlite, async { Some(super::Fresh::sqlite()) });
 store_contract!(postgres, super::Fresh::postgres());
+
+/// An upload of `owner`, begun at `at` and completed with `size` bytes.
+async fn uploaded(
+    store: &Arc<dyn Store>,
+    owner: UserId,
+    name: &str,
+    size: i64,
+    at: DateTime<Utc>,
+) -> Attachment {
+    let id = AttachmentId::new();
+    store
+        .begin_attachment(id, owner, name, "image/png", at)
+        .await
+        .unwrap();
+    let sha = format!("{:064x}", size);
+    assert!(
+        store
+            .finish_attachment(id, size, &sha, 1 << 40)
+            .await
+            .unwrap()
+    );
+    Attachment {
+        attachment_id: id,
+        name: name.into(),
+        content_type: "image/png".into(),
+        size,
+        sha256: sha,
+    }
+}
+
+async fn uploads_complete_within_the_quota(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users::<2>(&store).await;
+    let id = AttachmentId::new();
+    store
+        .begin_attachment(id, a, "a.bin", "application/octet-stream", sent_at())
+        .await
+        .unwrap();
+    let pending = store.attachment(id).await.unwrap().unwrap();
+    assert!(!pending.ready, "not ready until completed");
+    assert_eq!(pending.owner_id, a);
+    assert_eq!(
+        store.attachment_bytes(a).await.unwrap(),
+        0,
+        "a pending upload counts nothing"
+    );
+    assert!(
+        store.owned_attachments(a, &[id]).await.unwrap().is_empty(),
+        "a pending upload cannot be sent"
+    );
+    assert!(store.finish_attachment(id, 600, "ab", 1000).await.unwrap());
+    let done = store.attachment(id).await.unwrap().unwrap();
+    assert!(done.ready);
+    assert_eq!(
+        (done.attachment.size, done.attachment.sha256.as_str()),
+        (600, "ab")
+    );
+    assert!(
+        !store.finish_attachment(id, 600, "ab", 1000).await.unwrap(),
+        "completed once"
+    );
+
+    let second = AttachmentId::new();
+    store
+        .begin_attachment(second, a, "b", "x/y", sent_at())
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .finish_attachment(second, 401, "cd", 1000)
+            .await
+            .unwrap(),
+        "600 + 401 > 1000"
+    );
+    assert!(!store.attachment(second).await.unwrap().unwrap().ready);
+    assert!(
+        store
+            .finish_attachment(second, 400, "cd", 1000)
+            .await
+            .unwrap(),
+        "exactly the quota"
+    );
+    assert_eq!(store.attachment_bytes(a).await.unwrap(), 1000);
+    assert_eq!(
+        store.attachment_bytes(b).await.unwrap(),
+        0,
+        "quotas are per user"
+    );
+    assert_eq!(store.attachment_totals().await.unwrap(), (2, 1000));
+
+    let mine = store.owned_attachments(a, &[second, id]).await.unwrap();
+    let ids: Vec<AttachmentId> = mine.iter().map(|x| x.attachment_id).collect();
+    assert_eq!(ids, vec![second, id], "in the order asked");
+    assert!(
+        store.owned_attachments(b, &[id]).await.unwrap().is_empty(),
+        "not b's"
+    );
+    assert!(store.remove_attachment(second).await.unwrap());
+    assert!(store.attachment(second).await.unwrap().is_none());
+    assert!(
+        !store.remove_attachment(second).await.unwrap(),
+        "gone already"
+    );
+    assert_eq!(store.attachment_bytes(a).await.unwrap(), 600);
+}
+
+async fn concurrent_uploads_share_one_quota(db: &Fresh) {
+    let store = db.open().await;
+    let [a] = users::<1>(&store).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let id = AttachmentId::new();
+        store
+            .begin_attachment(id, a, &format!("f{i}"), "x/y", sent_at())
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    // Two nodes complete uploads at once; each fits alone, three fit together.
+    let (one, two) = (db.open().await, db.open().await);
+    let finishes = ids.iter().enumerate().map(|(i, id)| {
+        let store = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let id = *id;
+        async move { store.finish_attachment(id, 300, "ff", 1000).await.unwrap() }
+    });
+    // Polled together, so that they really race.
+    let done = futures::future::join_all(finishes).await;
+    assert_eq!(done.iter().filter(|d| **d).count(), 3, "{done:?}");
+    assert_eq!(store.attachment_bytes(a).await.unwrap(), 900);
+}
+
+async fn messages_carry_attachments_and_share_them_with_members(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c] = users::<3>(&store).await;
+    let group = store.create_group(a, "g", &[b]).await.unwrap();
+    let photo = uploaded(&store, a, "photo.png", 10, sent_at()).await;
+    let doc = uploaded(&store, a, "doc.pdf", 20, sent_at()).await;
+    let mut m = new_message(group.id, a, "with files");
+    m.attachments = vec![doc.clone(), photo.clone()];
+    let plain = new_message(group.id, a, "plain");
+    let appended = store.append_messages(&[m.clone(), plain]).await.unwrap();
+    let Appended::New(stored) = &appended[0] else {
+        panic!("{appended:?}")
+    };
+    assert_eq!(
+        stored.attachments,
+        vec![doc.clone(), photo.clone()],
+        "in the order sent"
+    );
+    let again = store.message(m.message_id).await.unwrap().unwrap();
+    assert_eq!(
+        again.attachments,
+        vec![doc.clone(), photo.clone()],
+        "read back"
+    );
+    let all = Page {
+        after_seq: None,
+        before_seq: None,
+        limit: 10,
+    };
+    let history = store.messages(group.id, all).await.unwrap();
+    assert_eq!(history[0].attachments, vec![doc.clone(), photo.clone()]);
+    assert!(history[1].attachments.is_empty());
+    // A retry is the stored message, and links nothing twice.
+    let retry = store.append_messages(&[m]).await.unwrap();
+    assert!(matches!(&retry[0], Appended::Existing(e) if e.attachments.len() == 2));
+
+    assert!(
+        store
+            .shares_attachment(photo.attachment_id, b)
+            .await
+            .unwrap(),
+        "a member"
+    );
+    assert!(
+        !store
+            .shares_attachment(photo.attachment_id, c)
+            .await
+            .unwrap(),
+        "not a member"
+    );
+    store.add_member(group.id, c).await.unwrap();
+    assert!(
+        store
+            .shares_attachment(photo.attachment_id, c)
+            .await
+            .unwrap(),
+        "joined"
+    );
+    store.remove_member(group.id, b).await.unwrap();
+    assert!(
+        !store
+            .shares_attachment(photo.attachment_id, b)
+            .await
+            .unwrap(),
+        "left"
+    );
+    assert!(
+        !store.remove_attachment(photo.attachment_id).await.unwrap(),
+        "a file a message carries is not removed"
+    );
+}
+
+async fn expired_uploads_are_those_no_message_carries(db: &Fresh) {
+    let store = db.open().await;
+    let [a] = users::<1>(&store).await;
+    let other = user(&store, "other").await.id;
+    let direct = store.direct(a, other).await.unwrap().0;
+    let old = sent_at();
+    let new = old + chrono::Duration::hours(48);
+    let unsent = uploaded(&store, a, "unsent", 1, old).await;
+    let sent = uploaded(&store, a, "sent", 1, old).await;
+    let recent = uploaded(&store, a, "recent", 1, new).await;
+    let cut_short = AttachmentId::new();
+    store
+        .begin_attachment(cut_short, a, "cut", "x/y", old)
+        .await
+        .unwrap();
+    let mut m = new_message(direct.id, a, "m");
+    m.attachments = vec![sent.clone()];
+    store.append_messages(&[m]).await.unwrap();
+
+    let cutoff = old + chrono::Duration::hours(24);
+    let mut expired = store.expired_attachments(cutoff, 100).await.unwrap();
+    expired.sort();
+    let mut want = vec![unsent.attachment_id, cut_short];
+    want.sort();
+    assert_eq!(
+        expired, want,
+        "sent {:?} and recent {:?} stay",
+        sent.attachment_id, recent.attachment_id
+    );
+    assert_eq!(
+        store.expired_attachments(cutoff, 1).await.unwrap().len(),
+        1,
+        "at most limit"
+    );
+}

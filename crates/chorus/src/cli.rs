@@ -129,6 +129,11 @@ pub struct ServeArgs {
     /// [default: sqlite://<data-dir>/chorus.db].
     #[arg(long, env = "CHORUS_DB", value_name = "URL")]
     pub db: Option<String>,
+    /// Object store of attachments: file:///DIR, s3://BUCKET[/PREFIX], gs://BUCKET or
+    /// az://CONTAINER; settings in [files.options] or the provider's environment
+    /// variables (AWS_ENDPOINT, AWS_ACCESS_KEY_ID, …) [default: file://<data-dir>/files].
+    #[arg(long, env = "CHORUS_FILES", value_name = "URL")]
+    pub files: Option<String>,
     /// Registry URL: memory:// or redis://HOST:PORT/DB [default: memory://].
     #[arg(long, env = "CHORUS_REGISTRY", value_name = "URL")]
     pub registry: Option<String>,
@@ -250,6 +255,9 @@ impl ServeArgs {
         }
         if let Some(db) = &self.db {
             c.db = Some(db.clone());
+        }
+        if let Some(files) = &self.files {
+            c.files.url = Some(files.clone());
         }
         if let Some(issuer) = &self.oidc_issuer {
             c.auth.oidc_issuer = Some(issuer.clone());

@@ -144,7 +144,9 @@ impl Node {
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let jobs = jobs_context(&config, &node, &stage_ctx)?;
-        let state = Arc::new(app_state(&config, node, &secret, &stage_ctx, &jobs));
+        let files = chorus_files::Files::open(&config.files_url(), &config.files.options)
+            .context("opening the object store of attachments ([files])")?;
+        let state = Arc::new(app_state(&config, node, &secret, &stage_ctx, &jobs, files));
         Ok(Node {
             config,
             roles,
@@ -246,6 +248,12 @@ impl Node {
                 state.clone(),
                 chorus_gateway::deliver::keep_registry,
             );
+            let files = &self.config.files;
+            let every = Duration::from_secs(files.sweep_secs);
+            let grace = Duration::from_secs(files.grace_secs);
+            background.spawn("attachments-sweep", state.clone(), move |state, stop| {
+                chorus_gateway::attachments::sweep_forever(state, every, grace, stop)
+            });
         }
         background
     }
@@ -352,6 +360,7 @@ fn app_state(
     secret: &[u8],
     ctx: &StageContext,
     jobs: &JobsContext,
+    files: chorus_files::Files,
 ) -> AppState {
     AppState {
         node,
@@ -382,6 +391,10 @@ fn app_state(
         jobs: jobs.config.clone(),
         jobs_key: jobs.key.clone(),
         observer: Default::default(),
+        files,
+        thumbnails: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
+        )),
     }
 }
 
