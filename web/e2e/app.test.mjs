@@ -5,7 +5,10 @@
 // Run: npm run e2e (after `cargo build -p chorus`); see harness.mjs for the knobs.
 
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
+import { deflateSync } from 'node:zlib';
 import { ChorusServer, launch, openUser, screenshot, signInWith } from './harness.mjs';
 
 const T = { timeout: 120_000 };
@@ -23,6 +26,60 @@ const messageBodies = (page) => page.locator('.message-list li.msg:not(.pending)
 async function waitForText(locator, text, timeout = 10_000) {
   await locator.filter({ hasText: text }).first().waitFor({ timeout });
 }
+
+/** A valid RGB PNG of a colour gradient, made here (no image files in the repo). */
+function makePng(width, height) {
+  const crc32 = (buf) => {
+    let crc = ~0;
+    for (const byte of buf) {
+      crc ^= byte;
+      for (let k = 0; k < 8; k++) crc = (crc >>> 1) ^ (0xedb88320 & -(crc & 1));
+    }
+    return ~crc >>> 0;
+  };
+  const chunk = (type, data) => {
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([head, body, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const row = width * 3 + 1; // each row starts with filter type 0
+  const raw = Buffer.alloc(row * height);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = y * row + 1 + x * 3;
+      raw[i] = Math.round((255 * x) / (width - 1));
+      raw[i + 1] = Math.round((255 * y) / (height - 1));
+      raw[i + 2] = 160;
+    }
+  }
+  const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  return Buffer.concat([signature, chunk('IHDR', ihdr), chunk('IDAT', deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+}
+
+/** Wait until the composer's uploads have finished, and fail with what the chips say
+ * unless all `n` are stored. */
+async function uploadsDone(page, n) {
+  await page.waitForFunction(
+    (n) => {
+      const chips = [...document.querySelectorAll('.upload-list li')];
+      return chips.length === n && chips.every((li) => li.dataset.status !== 'uploading');
+    },
+    n,
+    { timeout: 30_000 },
+  );
+  const chips = await page.locator('.upload-list li').evaluateAll((els) => els.map((li) => `${li.dataset.status}: ${li.textContent}`));
+  assert.ok(chips.every((c) => c.startsWith('done:')), `uploads failed: ${chips.join(' | ')}`);
+}
+
+const sha256 = (data) => createHash('sha256').update(data).digest('hex');
 
 before(async () => {
   await server.start();
@@ -244,6 +301,124 @@ describe('chorus web app', () => {
     await B.page.locator('a.conv').filter({ hasText: 'Team' }).waitFor();
     const r = await server.api('GET', '/conversations', cy.token);
     assert.ok(r.body.conversations.some((c) => c.title === 'Team'));
+  });
+
+  it('sends attachments: a picture by the button, a file dropped, a picture pasted; the other side previews, views and downloads them', T, async () => {
+    const csp = (await fetch(`${server.url}/`)).headers.get('content-security-policy');
+    assert.match(csp, /img-src 'self' data: blob:;/, 'blob: images are allowed (thumbnails are shown from blob URLs)');
+
+    const a = A.page;
+    const b = B.page;
+    await a.goto(`/#/c/${direct}`);
+    await b.goto(`/#/c/${direct}`);
+    // Larger than a thumbnail (at most 320x320), so the full-size view is told apart.
+    const png = makePng(480, 360);
+    const notes = 'notes from ada\nline two: ünïcödé\n';
+    const notesBytes = Buffer.from(notes, 'utf8');
+
+    // The picture by the attach button (the browser's file chooser).
+    const [chooser] = await Promise.all([a.waitForEvent('filechooser'), a.getByRole('button', { name: 'Attach files' }).click()]);
+    assert.equal(chooser.isMultiple(), true);
+    await chooser.setFiles({ name: 'gradient.png', mimeType: 'image/png', buffer: png });
+    // The text file dropped on the conversation.
+    const dt = await a.evaluateHandle(
+      (bytes) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(bytes)], 'notes.txt', { type: 'text/plain' }));
+        return dt;
+      },
+      [...notesBytes],
+    );
+    await a.dispatchEvent('section.conv-pane', 'dragenter', { dataTransfer: dt });
+    await a.locator('.drop-hint').waitFor();
+    await a.dispatchEvent('section.conv-pane', 'drop', { dataTransfer: dt });
+    await a.locator('.drop-hint').waitFor({ state: 'detached' });
+    const chips = a.getByRole('list', { name: 'Attachments to send' }).locator('li');
+    await uploadsDone(a, 2);
+    assert.deepEqual(await chips.locator('.file-name').allTextContents(), ['gradient.png', 'notes.txt']);
+    assert.equal(await chips.nth(1).locator('.file-size').textContent(), `${notesBytes.length} B`);
+    await a.getByLabel('Message', { exact: true }).fill('a picture and some notes');
+    await screenshot(a, 'attachments-composer');
+    await a.getByRole('button', { name: 'Send' }).click();
+    await waitForText(messageBodies(a), 'a picture and some notes');
+    assert.equal(await chips.count(), 0);
+
+    // What the server stored.
+    const stored = await server.api('GET', `/conversations/${direct}/messages?limit=1`, users.bob.token);
+    assert.equal(stored.status, 200);
+    const [sent] = stored.body.messages;
+    assert.equal(sent.body, 'a picture and some notes');
+    assert.deepEqual(
+      sent.attachments.map(({ name, content_type, size, sha256: hash }) => ({ name, content_type, size, sha256: hash })),
+      [
+        { name: 'gradient.png', content_type: 'image/png', size: png.length, sha256: sha256(png) },
+        { name: 'notes.txt', content_type: 'text/plain', size: notesBytes.length, sha256: sha256(notesBytes) },
+      ],
+    );
+
+    // bob sees the picture from its thumbnail (loaded, not a broken image) and the file
+    // as a chip with its name and size.
+    const msg = b.locator('.message-list li.msg:not(.pending)').filter({ hasText: 'a picture and some notes' });
+    await msg.waitFor();
+    const thumb = msg.getByRole('button', { name: /^Open image gradient\.png, \d+(\.\d)? KiB$/ });
+    await thumb.waitFor();
+    const img = msg.locator('.thumb img');
+    await img.waitFor();
+    await b.waitForFunction((el) => el.complete && el.naturalWidth > 0, await img.elementHandle());
+    const thumbWidth = await img.evaluate((el) => el.naturalWidth);
+    assert.ok(thumbWidth > 0 && thumbWidth <= 320, `thumbnail ${thumbWidth} px wide`);
+    assert.match(await img.getAttribute('src'), /^blob:/);
+    const chip = msg.getByRole('button', { name: `Download notes.txt, ${notesBytes.length} B` });
+    await chip.waitFor();
+    assert.equal(await chip.locator('.file-name').textContent(), 'notes.txt');
+    assert.equal(await chip.locator('.file-size').textContent(), `${notesBytes.length} B`);
+    await screenshot(b, 'attachments');
+
+    // The full-size view: the image itself, fetched with the token; Escape closes it,
+    // and so does the close button.
+    const [full] = await Promise.all([
+      b.waitForResponse((r) => /\/api\/v1\/attachments\/[0-9a-f-]+$/.test(r.url())),
+      thumb.click(),
+    ]);
+    assert.equal(full.status(), 200);
+    assert.equal(full.headers()['content-length'], String(png.length));
+    const dialog = b.getByRole('dialog', { name: 'Image gradient.png' });
+    await dialog.waitFor();
+    await b.waitForFunction(() => {
+      const el = document.querySelector('.viewer-img');
+      return el?.complete && el.naturalWidth === 480 && el.naturalHeight === 360;
+    });
+    await screenshot(b, 'attachment-viewer');
+    await b.keyboard.press('Escape');
+    await dialog.waitFor({ state: 'detached' });
+    await thumb.click();
+    await dialog.getByRole('button', { name: 'Close' }).click();
+    await dialog.waitFor({ state: 'detached' });
+
+    // The chip downloads the same bytes, under the file's name.
+    const [download] = await Promise.all([b.waitForEvent('download'), chip.click()]);
+    assert.equal(download.suggestedFilename(), 'notes.txt');
+    assert.deepEqual(await readFile(await download.path()), notesBytes);
+
+    // A picture pasted, sent with no text: bob's message shows only the picture, and the
+    // conversation list says what it is.
+    await a.getByLabel('Message', { exact: true }).focus();
+    await a.evaluate((bytes) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([new Uint8Array(bytes)], 'pasted.png', { type: 'image/png' }));
+      document.activeElement.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+    }, [...makePng(32, 32)]);
+    await uploadsDone(a, 1);
+    await a.getByRole('button', { name: 'Send' }).click();
+    const only = b.locator('.message-list li.msg:not(.pending)').last();
+    await only.getByRole('button', { name: /^Open image pasted\.png, / }).waitFor();
+    assert.equal(await only.locator('.body').count(), 0);
+    await b.waitForFunction(() => {
+      const imgs = document.querySelectorAll('.message-list li.msg:last-child .thumb img');
+      return imgs.length === 1 && imgs[0].complete && imgs[0].naturalWidth === 32;
+    });
+    await b.goto('/#/');
+    await waitForText(b.locator(`a.conv[data-conversation="${direct}"] .conv-preview`), 'Attachment: pasted.png');
   });
 
   it('is usable with the keyboard and labelled', T, async () => {

@@ -2,6 +2,7 @@
 // error format, and one small function per endpoint the app uses.
 
 import type {
+  Attachment,
   AuthOptions,
   AutoReply,
   Conversation,
@@ -64,25 +65,97 @@ export async function request<T>(method: string, path: string, body?: unknown): 
     throw new ApiError(0, 'network', 'cannot reach the server');
   }
   if (res.status === 204) return undefined as T;
-  const text = await res.text();
-  let parsed: unknown = undefined;
-  if (text) {
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      parsed = undefined;
-    }
-  }
-  if (!res.ok) {
-    const err = (parsed as { error?: Record<string, unknown> } | undefined)?.error;
-    const code = typeof err?.code === 'string' ? err.code : `http_${res.status}`;
-    const message = typeof err?.message === 'string' ? err.message : res.statusText || `HTTP ${res.status}`;
-    const e = new ApiError(res.status, code, message, err ?? {});
-    // Login itself answers 401 for a wrong password: that is not an expired session.
-    if (res.status === 401 && auth.token && !path.startsWith('/auth/')) auth.onUnauthorized();
-    throw e;
-  }
+  const parsed = parseJson(await res.text());
+  if (!res.ok) throw failure(res.status, res.statusText, parsed, path);
   return parsed as T;
+}
+
+function parseJson(text: string): unknown {
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The ApiError for a non-2xx answer whose body parsed to `parsed` (the protocol's
+ * error object, or anything else); tells the app when the session is gone. */
+function failure(status: number, statusText: string, parsed: unknown, path: string): ApiError {
+  const err = (parsed as { error?: Record<string, unknown> } | undefined)?.error;
+  const code = typeof err?.code === 'string' ? err.code : `http_${status}`;
+  const message = typeof err?.message === 'string' ? err.message : statusText || `HTTP ${status}`;
+  // Login itself answers 401 for a wrong password: that is not an expired session.
+  if (status === 401 && auth.token && !path.startsWith('/auth/')) auth.onUnauthorized();
+  return new ApiError(status, code, message, err && typeof err === 'object' ? err : {});
+}
+
+/** A GET of `/api/v1{path}` whose answer is bytes (an attachment, a thumbnail): `<img>`
+ * and links cannot carry the token, so the app fetches them and shows a blob URL. */
+export async function requestBlob(path: string): Promise<Blob> {
+  const headers: Record<string, string> = {};
+  if (auth.token) headers.authorization = `Bearer ${auth.token}`;
+  let res: Response;
+  try {
+    res = await fetch(PREFIX + path, { headers });
+  } catch {
+    throw new ApiError(0, 'network', 'cannot reach the server');
+  }
+  if (!res.ok) throw failure(res.status, res.statusText, parseJson(await res.text()), path);
+  return res.blob();
+}
+
+/** The part of XMLHttpRequest an upload uses (the tests hand in a fake). fetch cannot
+ * report upload progress; XMLHttpRequest's `upload.onprogress` can. */
+export interface XhrLike {
+  open(method: string, url: string): void;
+  setRequestHeader(name: string, value: string): void;
+  send(body: Blob): void;
+  abort(): void;
+  readonly status: number;
+  readonly statusText: string;
+  readonly responseText: string;
+  readonly upload: { onprogress: ((ev: { loaded: number; total: number; lengthComputable: boolean }) => void) | null };
+  onload: (() => void) | null;
+  onerror: (() => void) | null;
+  onabort: (() => void) | null;
+}
+
+export interface Upload {
+  /** The stored attachment; rejects with an ApiError (`code` "aborted" after `abort`). */
+  promise: Promise<Attachment>;
+  abort(): void;
+}
+
+/** `POST /attachments?name=…` with the file's bytes as the body and its type as the
+ * Content-Type; `onProgress` hears bytes sent so far out of the total. */
+export function uploadAttachment(
+  file: Blob,
+  name: string,
+  onProgress?: (loaded: number, total: number) => void,
+  createXhr: () => XhrLike = () => new XMLHttpRequest() as unknown as XhrLike,
+): Upload {
+  const path = `/attachments${q({ name })}`;
+  const xhr = createXhr();
+  const promise = new Promise<Attachment>((resolve, reject) => {
+    xhr.open('POST', PREFIX + path);
+    if (auth.token) xhr.setRequestHeader('authorization', `Bearer ${auth.token}`);
+    xhr.setRequestHeader('content-type', file.type || 'application/octet-stream');
+    xhr.upload.onprogress = (ev) => onProgress?.(ev.loaded, ev.lengthComputable ? ev.total : file.size);
+    xhr.onload = () => {
+      const parsed = parseJson(xhr.responseText);
+      if (xhr.status >= 200 && xhr.status < 300 && parsed && typeof parsed === 'object') {
+        onProgress?.(file.size, file.size);
+        resolve(parsed as Attachment);
+      } else {
+        reject(failure(xhr.status, xhr.statusText, parsed, path));
+      }
+    };
+    xhr.onerror = () => reject(new ApiError(0, 'network', 'cannot reach the server'));
+    xhr.onabort = () => reject(new ApiError(0, 'aborted', 'the upload was cancelled'));
+    xhr.send(file);
+  });
+  return { promise, abort: () => xhr.abort() };
 }
 
 const q = (params: Record<string, string | number | undefined>) => {
@@ -114,8 +187,17 @@ export const api = {
     request<Conversation>('POST', '/conversations', { kind: 'group', title, members }),
   messages: (id: string, page: { before_seq?: number; after_seq?: number; limit?: number }) =>
     request<{ messages: Message[] }>('GET', `/conversations/${seg(id)}/messages${q(page)}`).then((r) => r.messages),
-  postMessage: (id: string, client_msg_id: string, body: string) =>
-    request<{ message_id: string }>('POST', `/conversations/${seg(id)}/messages`, { client_msg_id, body }),
+  postMessage: (id: string, client_msg_id: string, body: string, attachments: string[] = []) =>
+    request<{ message_id: string }>(
+      'POST',
+      `/conversations/${seg(id)}/messages`,
+      attachments.length ? { client_msg_id, body, attachments } : { client_msg_id, body },
+    ),
+
+  /** An attachment's bytes (`GET /attachments/{id}`). */
+  attachment: (id: string) => requestBlob(`/attachments/${seg(id)}`),
+  /** A small preview of an image attachment; 404 for anything else. */
+  thumbnail: (id: string) => requestBlob(`/attachments/${seg(id)}/thumbnail`),
 
   autoReply: () => request<AutoReply>('GET', '/settings/auto-reply'),
   setAutoReply: (v: AutoReply) => request<AutoReply>('PUT', '/settings/auto-reply', v),

@@ -1,7 +1,7 @@
 // Formatting for people: times, names, error messages, durations.
 
 import { ApiError } from './api';
-import type { Conversation, User } from './types';
+import type { Attachment, Conversation, User } from './types';
 
 /** A random UUID v4. `crypto.randomUUID` exists only in secure contexts (https or
  * localhost); a chorus served over plain http on a LAN address is neither. */
@@ -158,6 +158,56 @@ export function sendErrorMessage(code: string, message: string): string {
     default:
       return `Not sent (${code}): ${message}`;
   }
+}
+
+/** A file size for people, in the binary units the rest of the app and the protocol
+ * use: 0 → "0 B", 1536 → "1.5 KiB", 26_214_400 → "25 MiB". One decimal below 10. */
+export function formatSize(bytes: number): string {
+  if (!Number.isFinite(bytes) || bytes < 0) return '–';
+  if (bytes < 1024) return `${Math.round(bytes)} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = bytes / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  // Round first, so 1023.96 KiB does not show as "1024 KiB" and 9.96 as "10.0".
+  let text = v < 10 ? v.toFixed(1) : String(Math.round(v));
+  if (Number(text) >= 1024 && i < units.length - 1) {
+    i++;
+    text = '1';
+  }
+  return `${text.replace(/\.0$/, '')} ${units[i]}`;
+}
+
+/** What to tell a person about an upload that failed, with the server's message
+ * (for `too_large` it says which limit: the size of one file or the user's quota). */
+export function uploadErrorMessage(e: unknown): string {
+  if (!(e instanceof ApiError)) return 'Upload failed. Try again.';
+  switch (e.code) {
+    case 'too_large':
+      return `Too large: ${e.message}`;
+    case 'bad_request':
+      return `Refused: ${e.message}`;
+    case 'network':
+      return 'Upload failed: cannot reach the chorus server.';
+    case 'aborted':
+      return 'Upload cancelled.';
+    case 'rate_limited': {
+      const ms = e.details.retry_after_ms;
+      return typeof ms === 'number' ? `Too many uploads. Try again in ${waitText(ms)}.` : 'Too many uploads. Wait a while.';
+    }
+    default:
+      return `Upload failed (${e.code}): ${e.message}`;
+  }
+}
+
+/** A message's attachments in one line, for the conversation list: "Attachment:
+ * cat.png", "3 attachments"; "" when none. */
+export function attachmentSummary(list: Attachment[] | undefined): string {
+  if (!list?.length) return '';
+  return list.length === 1 ? `Attachment: ${list[0].name}` : `${list.length} attachments`;
 }
 
 /** Pretty JSON for actions, logs and job output. */

@@ -7,7 +7,7 @@ import { useContext, useEffect, useState } from 'preact/hooks';
 import { api, ApiError } from './api';
 import { uuid } from './format';
 import { type Action, type ChatState, initialState, reducer, sinceFor, unknownConversations } from './store';
-import type { Job, ServerFrame, User } from './types';
+import type { Attachment, Job, ServerFrame, User } from './types';
 import { ChatClient } from './ws';
 
 /** How often `typing` goes out while the user types (§5.4: every few seconds). */
@@ -140,9 +140,14 @@ export class ChatSession {
     }
   }
 
-  send(conversation_id: string, body: string): void {
-    const client_msg_id = this.client.send(conversation_id, body);
-    this.dispatch({ type: 'outgoing', message: { client_msg_id, conversation_id, body } });
+  /** Send a message; `body` may be empty when there are attachments. */
+  send(conversation_id: string, body: string, attachments: Attachment[] = []): void {
+    const ids = attachments.map((a) => a.attachment_id);
+    const client_msg_id = this.client.send(conversation_id, body, ids);
+    const message = attachments.length
+      ? { client_msg_id, conversation_id, body, attachments }
+      : { client_msg_id, conversation_id, body };
+    this.dispatch({ type: 'outgoing', message });
     this.lastTyping.delete(conversation_id);
   }
 

@@ -2,7 +2,7 @@
 // tests can replay frames without a browser. Messages are kept per conversation by
 // seq, never by arrival order (§5.4: a `sync` may replay older messages after live ones).
 
-import type { Conversation, Message, ServerFrame, User } from './types';
+import type { Attachment, Conversation, Message, ServerFrame, User } from './types';
 import type { Status } from './ws';
 
 /** How long a `typing` frame shows the indicator (the protocol has no "stopped"). */
@@ -19,6 +19,8 @@ export interface OutgoingMessage {
   client_msg_id: string;
   conversation_id: string;
   body: string;
+  /** Uploads it carries (shown while it is pending). */
+  attachments?: Attachment[];
   /** Set when the server refused it for good. */
   error?: { code: string; message: string };
 }

@@ -31,6 +31,15 @@ export interface Conversation {
   unread: number;
 }
 
+/** A file uploaded with `POST /attachments`, as messages carry it. */
+export interface Attachment {
+  attachment_id: string;
+  name: string;
+  content_type: string;
+  size: number;
+  sha256: string;
+}
+
 export interface Message {
   message_id: string;
   client_msg_id: string;
@@ -40,6 +49,9 @@ export interface Message {
   body: string;
   sent_at: string;
   origin: 'user' | 'script' | 'auto_reply' | string;
+  /** Always sent by servers that have attachments (`[]` when none); older ones leave it
+   * out, so read it as `m.attachments ?? []`. */
+  attachments?: Attachment[];
 }
 
 export interface AutoReply {
@@ -117,7 +129,7 @@ export type ServerFrame =
 
 /** Frames the client sends (§5.2). */
 export type ClientFrame =
-  | { type: 'send'; client_msg_id: string; conversation_id: string; body: string }
+  | { type: 'send'; client_msg_id: string; conversation_id: string; body: string; attachments?: string[] }
   | { type: 'sync'; since: Record<string, number> }
   | { type: 'typing'; conversation_id: string }
   | { type: 'read'; conversation_id: string; seq: number }

@@ -60,6 +60,8 @@ export interface PendingSend {
   client_msg_id: string;
   conversation_id: string;
   body: string;
+  /** Attachment ids (uploads of the sender's); none when empty. */
+  attachments: string[];
   accepted: boolean;
 }
 
@@ -143,10 +145,11 @@ export class ChatClient {
 
   /** Queue a message; it goes out now if the session is synced, else after the next
    * `synced`. Returns its client_msg_id. */
-  send(conversation_id: string, body: string): string {
+  send(conversation_id: string, body: string, attachments: string[] = []): string {
     const client_msg_id = this.o.newId();
-    this.pending.set(client_msg_id, { client_msg_id, conversation_id, body, accepted: false });
-    if (this.synced) this.write({ type: 'send', client_msg_id, conversation_id, body });
+    const p: PendingSend = { client_msg_id, conversation_id, body, attachments: [...attachments], accepted: false };
+    this.pending.set(client_msg_id, p);
+    if (this.synced) this.resend(p);
     return client_msg_id;
   }
 
@@ -294,8 +297,12 @@ export class ChatClient {
     this.o.onFrame(frame);
   }
 
+  /** The `send` frame of a pending send: the same every time, so a retry is the same
+   * message to the server (`attachments` only when there are some). */
   private resend(p: PendingSend): void {
-    this.write({ type: 'send', client_msg_id: p.client_msg_id, conversation_id: p.conversation_id, body: p.body });
+    const frame: Extract<ClientFrame, { type: 'send' }> = { type: 'send', client_msg_id: p.client_msg_id, conversation_id: p.conversation_id, body: p.body };
+    if (p.attachments.length) frame.attachments = p.attachments;
+    this.write(frame);
   }
 
   private write(frame: ClientFrame): void {

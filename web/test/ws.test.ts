@@ -219,6 +219,23 @@ describe('ChatClient', () => {
     expect(client.unconfirmed()).toEqual([]);
   });
 
+  it('carries attachment ids in the send and in every resend, and allows an empty body with them', () => {
+    const { client, handshake, last, timers } = setup();
+    client.start();
+    handshake();
+    const ids = ['0191f0a5-0000-7000-8000-00000000000a', '0191f0a5-0000-7000-8000-00000000000b'];
+    const given = [...ids];
+    const id = client.send(C1, '', given);
+    given.push('changed later'); // the client keeps its own copy
+    const frame = { type: 'send', client_msg_id: id, conversation_id: C1, body: '', attachments: ids };
+    expect(last().ofType('send')).toEqual([frame]);
+    expect(client.unconfirmed()[0].attachments).toEqual(ids);
+    last().serverClose();
+    timers.advance(100);
+    handshake();
+    expect(last().ofType('send')).toEqual([frame]);
+  });
+
   it('does not resend a send whose echo came in the sync replay', () => {
     const { client, handshake, last, timers } = setup();
     client.start();

@@ -1,15 +1,34 @@
 import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
+import { ApiError, type Upload, uploadAttachment } from '../api';
+import { AttachmentList, ImageViewer } from '../components';
 import {
+  canSend,
+  type ComposerAction,
+  composerReducer,
+  type ComposerState,
+  emptyComposer,
+  MAX_ATTACHMENTS,
+  percent,
+  readyAttachments,
+  uploading,
+  uploadName,
+  uploadStatus,
+} from '../composer';
+import {
+  attachmentSummary,
   conversationTitle,
   formatFull,
+  formatSize,
   formatTime,
   sendErrorMessage,
   typingText,
+  uploadErrorMessage,
   userName,
+  uuid,
 } from '../format';
 import { useChat, useSession } from '../session';
 import { type ChatState, type ConversationState, sortedConversations, typingIn } from '../store';
-import type { Message } from '../types';
+import type { Attachment, Message } from '../types';
 
 const MAX_BODY_BYTES = 16_384;
 
@@ -97,7 +116,7 @@ function ConversationList({ activeId }: { activeId: string | null }) {
                     <span class="conv-title">{title}</span>
                     <span class="conv-preview">
                       {last
-                        ? `${last.sender_id === state.me?.id ? 'You: ' : ''}${last.body}`
+                        ? `${last.sender_id === state.me?.id ? 'You: ' : ''}${last.body || attachmentSummary(last.attachments)}`
                         : c.kind === 'group'
                           ? `${c.members.length} members`
                           : 'Direct message'}
@@ -136,6 +155,10 @@ function ConversationView({ id }: { id: string }) {
   const lastHeight = useRef(0);
   const lastFirst = useRef(0);
   const lastCount = useRef(0);
+  const uploads = useUploads();
+  const [viewing, setViewing] = useState<Attachment | null>(null);
+  const [dropping, setDropping] = useState(false);
+  const dragDepth = useRef(0);
 
   useEffect(() => {
     session.open(id).catch((e: Error) => setLoadError(e.message));
@@ -226,8 +249,51 @@ function ConversationView({ id }: { id: string }) {
   const p = presence(state, c);
   const seenAt = seenMarkers(state, id, messages);
 
+  // Files dropped anywhere on the conversation, or pasted into it, are attached.
+  const hasFiles = (e: DragEvent) => [...(e.dataTransfer?.types ?? [])].includes('Files');
+  const onDragEnter = (e: DragEvent) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    dragDepth.current += 1;
+    setDropping(true);
+  };
+  const onDragOver = (e: DragEvent) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    if (e.dataTransfer) e.dataTransfer.dropEffect = 'copy';
+  };
+  const onDragLeave = (e: DragEvent) => {
+    if (!hasFiles(e)) return;
+    dragDepth.current = Math.max(0, dragDepth.current - 1);
+    if (!dragDepth.current) setDropping(false);
+  };
+  const onDrop = (e: DragEvent) => {
+    dragDepth.current = 0;
+    setDropping(false);
+    const files = [...(e.dataTransfer?.files ?? [])];
+    if (!files.length) return;
+    e.preventDefault();
+    uploads.add(files);
+  };
+  const onPaste = (e: ClipboardEvent) => {
+    const files = [...(e.clipboardData?.files ?? [])];
+    if (!files.length) return;
+    // A copied picture comes with no text: attach it. Text copied with a picture of
+    // itself (a spreadsheet's cells) pastes as text too.
+    if (!e.clipboardData?.types.includes('text/plain')) e.preventDefault();
+    uploads.add(files);
+  };
+
   return (
-    <section class="pane conv-pane" aria-labelledby="conv-title">
+    <section
+      class="pane conv-pane"
+      aria-labelledby="conv-title"
+      onDragEnter={onDragEnter}
+      onDragOver={onDragOver}
+      onDragLeave={onDragLeave}
+      onDrop={onDrop}
+      onPaste={onPaste}
+    >
       <div class="pane-head conv-head">
         <a class="back" href="#/" aria-label="Back to chats">
           ‹
@@ -267,12 +333,24 @@ function ConversationView({ id }: { id: string }) {
                 showHead={startsGroup(messages[i - 1], m)}
                 sender={userName(state.users, m.sender_id)}
                 seenBy={seenAt.get(m.seq)}
+                onOpen={setViewing}
               />
             ))}
             {outgoing.map((o) => (
               <li key={o.client_msg_id} class={`msg mine pending ${o.error ? 'failed' : ''}`} data-pending={o.client_msg_id}>
                 <div class="bubble">
-                  <p class="body">{o.body}</p>
+                  {o.body && <p class="body">{o.body}</p>}
+                  {o.attachments?.length ? (
+                    <ul class="attachments" aria-label="Attachments">
+                      {o.attachments.map((a) => (
+                        <li key={a.attachment_id} class="file-chip small">
+                          <span class="file-icon" aria-hidden="true" />
+                          <span class="file-name">{a.name}</span>
+                          <span class="file-size">{formatSize(a.size)}</span>
+                        </li>
+                      ))}
+                    </ul>
+                  ) : null}
                 </div>
                 <div class="meta small">
                   {o.error ? (
@@ -302,12 +380,19 @@ function ConversationView({ id }: { id: string }) {
         {typingText(typing.map((u) => userName(state.users, u)))}
       </p>
       <Composer
-        onSend={(body) => {
+        uploads={uploads}
+        onSend={(body, attachments) => {
           atBottom.current = true;
-          session.send(id, body);
+          session.send(id, body, attachments);
         }}
         onTyping={() => session.typing(id)}
       />
+      {dropping && (
+        <div class="drop-hint" aria-hidden="true">
+          Drop files to attach them
+        </div>
+      )}
+      {viewing && <ImageViewer a={viewing} onClose={() => setViewing(null)} />}
     </section>
   );
 }
@@ -341,13 +426,16 @@ function MessageItem({
   showHead,
   sender,
   seenBy,
+  onOpen,
 }: {
   m: Message;
   mine: boolean;
   showHead: boolean;
   sender: string;
   seenBy?: string[];
+  onOpen: (a: Attachment) => void;
 }) {
+  const attachments = m.attachments ?? [];
   return (
     <li class={`msg ${mine ? 'mine' : 'theirs'} ${showHead ? 'head' : ''}`} data-seq={m.seq}>
       {showHead && (
@@ -359,8 +447,9 @@ function MessageItem({
           </time>
         </div>
       )}
-      <div class="bubble">
-        <p class="body">{m.body}</p>
+      <div class={`bubble ${attachments.length ? 'with-attachments' : ''}`}>
+        {(m.body || !attachments.length) && <p class="body">{m.body}</p>}
+        <AttachmentList list={attachments} onOpen={onOpen} />
       </div>
       {seenBy && (
         <div class="seen small muted" data-testid="seen">
@@ -371,27 +460,159 @@ function MessageItem({
   );
 }
 
-function Composer({ onSend, onTyping }: { onSend: (body: string) => void; onTyping: () => void }) {
+/** The composer's attachments: the state (composer.ts) and the uploads behind it, one
+ * XMLHttpRequest each, all started at once; aborted when removed or when the
+ * conversation closes. */
+function useUploads() {
+  const [state, setState] = useState<ComposerState>(emptyComposer);
+  const current = useRef(state);
+  const running = useRef(new Map<string, Upload>());
+  const dispatch = (a: ComposerAction) => {
+    current.current = composerReducer(current.current, a);
+    setState(current.current);
+  };
+  useEffect(
+    () => () => {
+      for (const u of running.current.values()) u.abort();
+      running.current.clear();
+    },
+    [],
+  );
+
+  const add = (files: File[]) => {
+    if (!files.length) return;
+    const entries = files.map((f) => ({ key: uuid(), name: uploadName(f.name, f.type), size: f.size }));
+    dispatch({ type: 'add', files: entries });
+    entries.forEach((e, i) => {
+      // Over the limit: not added (the notice says so).
+      if (!current.current.uploads.some((u) => u.key === e.key)) return;
+      const up = uploadAttachment(files[i], e.name, (loaded) => dispatch({ type: 'progress', key: e.key, loaded }));
+      running.current.set(e.key, up);
+      up.promise
+        .then(
+          (attachment) => dispatch({ type: 'uploaded', key: e.key, attachment }),
+          (err) => {
+            // Removed by the person (or the conversation closed): nothing to say.
+            if (err instanceof ApiError && err.code === 'aborted') return;
+            dispatch({ type: 'failed', key: e.key, error: uploadErrorMessage(err) });
+          },
+        )
+        .finally(() => running.current.delete(e.key));
+    });
+  };
+  const remove = (key: string) => {
+    running.current.get(key)?.abort();
+    dispatch({ type: 'remove', key });
+  };
+  const clear = () => dispatch({ type: 'sent' });
+  return { state, add, remove, clear };
+}
+
+type Uploads = ReturnType<typeof useUploads>;
+
+function UploadChips({ uploads }: { uploads: Uploads }) {
+  const { state } = uploads;
+  if (!state.uploads.length && !state.notice) return null;
+  return (
+    <div class="uploads">
+      {state.uploads.length > 0 && (
+        <ul class="upload-list" aria-label="Attachments to send">
+          {state.uploads.map((u) => {
+            const status = uploadStatus(u);
+            return (
+              <li key={u.key} class={`upload ${status}`} data-status={status}>
+                <span class="file-icon" aria-hidden="true" />
+                <span class="file-name" title={u.name}>
+                  {u.name}
+                </span>
+                <span class="file-size">{formatSize(u.size)}</span>
+                {status === 'uploading' && (
+                  <>
+                    <progress max={100} value={percent(u)} aria-label={`Uploading ${u.name}`} />
+                    <span class="small muted">{percent(u)}%</span>
+                  </>
+                )}
+                {u.error && (
+                  <span class="error small" role="alert">
+                    {u.error}
+                  </span>
+                )}
+                <button type="button" class="upload-remove" aria-label={`Remove ${u.name}`} title="Remove" onClick={() => uploads.remove(u.key)}>
+                  ×
+                </button>
+              </li>
+            );
+          })}
+        </ul>
+      )}
+      {state.notice && (
+        <p class="error small upload-notice" role="alert">
+          {state.notice}
+        </p>
+      )}
+    </div>
+  );
+}
+
+function Composer({
+  uploads,
+  onSend,
+  onTyping,
+}: {
+  uploads: Uploads;
+  onSend: (body: string, attachments: Attachment[]) => void;
+  onTyping: () => void;
+}) {
   const [body, setBody] = useState('');
   const [error, setError] = useState<string | null>(null);
   const ref = useRef<HTMLTextAreaElement>(null);
+  const fileRef = useRef<HTMLInputElement>(null);
+  const busy = uploading(uploads.state);
+  const ready = canSend(uploads.state, body);
 
   useEffect(() => ref.current?.focus(), []);
 
   const submit = (e?: Event) => {
     e?.preventDefault();
-    if (!body.trim()) return;
-    if (new TextEncoder().encode(body).length > MAX_BODY_BYTES) {
+    if (!ready) return;
+    const attachments = readyAttachments(uploads.state);
+    // With attachments the text may be empty; whitespace alone is no text.
+    const text = body.trim() ? body : '';
+    if (new TextEncoder().encode(text).length > MAX_BODY_BYTES) {
       setError('Too long: messages are at most 16 KiB.');
       return;
     }
-    onSend(body);
+    onSend(text, attachments);
     setBody('');
     setError(null);
+    uploads.clear();
   };
 
   return (
     <form class="composer" onSubmit={submit}>
+      <UploadChips uploads={uploads} />
+      <input
+        ref={fileRef}
+        type="file"
+        multiple
+        hidden
+        aria-label="Files to attach"
+        tabIndex={-1}
+        onChange={(e) => {
+          uploads.add([...(e.currentTarget.files ?? [])]);
+          // The same file may be chosen again after being removed.
+          e.currentTarget.value = '';
+        }}
+      />
+      <button
+        type="button"
+        class="attach"
+        aria-label="Attach files"
+        title={`Attach files (at most ${MAX_ATTACHMENTS} a message)`}
+        onClick={() => fileRef.current?.click()}
+      >
+        <span class="attach-icon" aria-hidden="true">+</span>
+      </button>
       <label class="visually-hidden" for="composer-input">
         Message
       </label>
@@ -411,11 +632,14 @@ function Composer({ onSend, onTyping }: { onSend: (body: string) => void; onTypi
           if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) submit(e);
         }}
       />
-      <button type="submit" class="primary" disabled={!body.trim()}>
+      <button type="submit" class="primary" disabled={!ready} title={busy ? 'Waiting for the uploads to finish' : undefined}>
         Send
       </button>
       <p id="composer-help" class={`small ${error ? 'error' : 'visually-hidden'}`}>
-        {error ?? 'Enter sends, Shift+Enter starts a new line.'}
+        {error ??
+          (busy
+            ? 'Uploading: Send waits for the uploads to finish.'
+            : 'Enter sends, Shift+Enter starts a new line. Files can be attached, dropped or pasted.')}
       </p>
     </form>
   );

@@ -2,6 +2,7 @@
 //!
 //! One test binary (`tests/api`), one module per area; [`helpers`] holds the harness.
 
+mod attachments;
 mod auth;
 mod automation;
 mod guarantees;
