@@ -142,6 +142,15 @@ impl Files {
                 )));
             }
         };
+        // The builders take the bucket from the URL, not the path after it.
+        let prefix = rest
+            .split_once('/')
+            .map_or("", |(_, p)| p.trim_matches('/'));
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            store
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        };
         Ok(Self {
             store,
             location: url.to_string(),
