@@ -13,7 +13,7 @@ pub use actions::{Action, parse_actions};
 pub use kv::StoreKv;
 
 use chorus_config::AutomationConfig;
-use chorus_core::model::{Hook, Origin, Script};
+use chorus_core::model::{Attachment, Hook, Origin, Script};
 use chorus_core::topics::Stage;
 use chorus_core::{ConversationId, MessageId, UserId};
 use chorus_sandbox::{Call, Failure, Limits, Outcome, RunError, Sandbox};
@@ -43,6 +43,8 @@ pub struct HookInput {
     pub sent_at: DateTime<Utc>,
     /// `user`, `script` or `auto_reply`.
     pub origin: Origin,
+    /// The files it carries: their shapes (name, type, size, digest), never the bytes.
+    pub attachments: Vec<Attachment>,
 }
 
 /// Runs users' hooks: the sandboxes with the configured limits and the store behind

@@ -342,6 +342,9 @@ const DRY_RUN_RETRY_MS: u64 = 1000;
 #[derive(Deserialize)]
 struct TestMessage {
     body: String,
+    /// Shapes for the script to see; a dry run reads no files.
+    #[serde(default)]
+    attachments: Vec<chorus_core::model::Attachment>,
     conversation_id: Option<ConversationId>,
     sender_id: Option<UserId>,
     sender: Option<String>,
@@ -392,6 +395,7 @@ async fn test_script(
         body: m.body,
         sent_at: now_millis(),
         origin: m.origin.unwrap_or(Origin::User),
+        attachments: m.attachments,
     };
     let result = state.engine.dry_run(&script, hook, &input).await;
     let (logs, elapsed, outcome) = match result {

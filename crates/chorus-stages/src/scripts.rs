@@ -52,6 +52,7 @@ impl Names {
             body: m.body.clone(),
             sent_at: m.sent_at,
             origin: m.origin,
+            attachments: m.attachments.clone(),
         })
     }
 }

@@ -515,3 +515,43 @@ async fn uploads_never_sent_are_removed_after_the_grace_period() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn scripts_see_the_shapes_of_the_attachments_never_the_bytes() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (app.register("a").await, app.register("b").await);
+    let direct = app.direct(&a, &b).await;
+    // b's incoming script answers with what it was given of the files.
+    app.script(
+        &b,
+        &["incoming"],
+        r#"
+        export function onIncoming(msg) {
+            const seen = msg.attachments.map(a => [a.name, a.content_type, a.size, a.sha256.length, "bytes" in a].join(":"));
+            return { reply: "seen " + seen.join(",") };
+        }
+        "#,
+    )
+    .await;
+    let file = app
+        .uploaded(&a, "notes.txt", b"twelve bytes".to_vec())
+        .await;
+    let mut ws = app.ws(&a).await;
+    ws.send(json!({"type": "send", "client_msg_id": "m", "conversation_id": direct, "body": "", "attachments": [file["attachment_id"]]})).await;
+    ws.expect("accepted").await;
+    let reply = loop {
+        let frame = ws.expect("message").await;
+        if frame["message"]["sender_id"] == b.id.as_str() {
+            break frame;
+        }
+    };
+    assert_eq!(
+        reply["message"]["body"],
+        "seen notes.txt:text/plain:12:64:false"
+    );
+    assert_eq!(
+        reply["message"]["attachments"],
+        json!([]),
+        "a script's message carries no files"
+    );
+}
