@@ -97,6 +97,26 @@ fn describe() {
         "Sends accepted onto the log"
     );
     describe_counter!(
+        "chorus_attachment_uploads_total",
+        "Uploads of attachments, by outcome (stored, refused)"
+    );
+    describe_counter!(
+        "chorus_attachment_upload_bytes_total",
+        "Bytes of attachments stored by uploads"
+    );
+    describe_gauge!(
+        "chorus_attachments_stored_objects",
+        "Attachments stored (complete uploads), as of the last sweep"
+    );
+    describe_gauge!(
+        "chorus_attachments_stored_bytes",
+        "Bytes of stored attachments, as of the last sweep"
+    );
+    describe_histogram!(
+        "chorus_thumbnail_seconds",
+        "Time to decode a picture and make its thumbnail, seconds"
+    );
+    describe_counter!(
         "chorus_oidc_key_fetches_total",
         "Fetches of the OIDC provider's keys, by outcome"
     );
