@@ -42,6 +42,10 @@ const DEFAULT_TYPE: &str = "application/octet-stream";
 /// Most attachments one message carries.
 pub const MAX_PER_MESSAGE: usize = 10;
 
+/// The longest an upload may go without a byte arriving before it is given up: a
+/// client that trickles a body holds a connection and up to three parts of memory.
+const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
 /// Expired uploads removed per sweep query.
 const SWEEP_BATCH: i64 = 100;
 
@@ -187,7 +191,7 @@ async fn upload(
     };
     let written = match state
         .files
-        .upload(&object_key(id), body.into_data_stream(), limit)
+        .upload(&object_key(id), idle_bounded(body, UPLOAD_IDLE), limit)
         .await
     {
         Ok(written) => written,
@@ -227,6 +231,22 @@ async fn upload(
         sha256: written.sha256,
     };
     Ok((StatusCode::CREATED, Json(attachment)).into_response())
+}
+
+/// A request body that ends in an error when no bytes come for `idle`.
+fn idle_bounded(
+    body: Body,
+    idle: Duration,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, String>> + Send {
+    futures::stream::unfold(Some(body.into_data_stream()), move |stream| async move {
+        let mut stream = stream?;
+        match tokio::time::timeout(idle, futures::StreamExt::next(&mut stream)).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
+            Ok(Some(Err(e))) => Some((Err(e.to_string()), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(format!("no bytes for {} s", idle.as_secs())), None)),
+        }
+    })
 }
 
 /// The attachment, if `user` may read it: `not_found` when it does not exist, is not
@@ -629,6 +649,21 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_upload_that_stops_sending_ends_in_an_error() {
+        use futures::StreamExt;
+        let trickle =
+            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"a"))])
+                .chain(futures::stream::pending());
+        let body = Body::from_stream(trickle);
+        let got: Vec<_> = idle_bounded(body, Duration::from_millis(20))
+            .collect()
+            .await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].as_deref().unwrap(), b"a");
+        assert!(got[1].as_ref().unwrap_err().contains("no bytes"), "{got:?}");
     }
 
     #[test]
