@@ -11,7 +11,8 @@ async fn a_graceful_restart_keeps_every_message_and_token() {
     let (ada, bob) = (app.register("ada").await, app.register("bob").await);
     let conv = app.direct(&ada, &bob).await;
     let mut ws = app.ws(&ada).await;
-    // Accepted but not waited for: shutdown must drain the pipeline before stopping.
+    // Accepted but not waited for: what the stages have not stored when the node stops
+    // is in the log's journal, and stored after the restart.
     for i in 0..50 {
         ws.send(json!({ "type": "send", "client_msg_id": format!("k{i}"), "conversation_id": conv, "body": format!("m{i}") })).await;
     }
@@ -27,6 +28,7 @@ async fn a_graceful_restart_keeps_every_message_and_token() {
     stopping.await.unwrap();
 
     let app = TestApp::start(test_config(data_dir.path()), data_dir).await;
+    app.wait_for_seq(&bob, &conv, 50).await;
     let stored = app.history(&bob, &conv).await;
     let bodies: Vec<String> = stored
         .iter()
