@@ -7,15 +7,18 @@ ones docs/operations.md documents are the same.
   1.29, which validates without an engine) with CHORUS_JWT_SECRET set, and that it
   fails without it (the file has no default secret); files it mounts exist; the roles
   and CHORUS_* variables it sets exist; Prometheus, promtail and Grafana point at its
-  services; the gateways' OIDC settings match the Keycloak realm.
+  services; the gateways' OIDC settings match the Keycloak realm; the gateways share one
+  object store for attachments (CHORUS_FILES, not a local directory) and wait for the
+  compose service behind its AWS_ENDPOINT.
 - deploy/k8s: every object against the Kubernetes JSON schemas (kubernetes-validate,
   strict, oldest and newest supported versions); the kustomization lists every file
   but the examples (EXAMPLE_FILES), which it must not list; every token secret in an
   example is one the node refuses (EXAMPLE_JWT_SECRETS in crates/chorus-config);
   Service, PodDisruptionBudget and HPA selectors and targets, configMap/secret
   references, Ingress backends and named ports resolve; every chorus container has
-  /readyz and /healthz probes and resource requests and limits; `kubectl kustomize`
-  builds it when kubectl is installed.
+  /readyz and /healthz probes and resource requests and limits; gateways get a
+  CHORUS_FILES that is not a local directory; `kubectl kustomize` builds it when
+  kubectl is installed.
 - deploy/grafana: the dashboard parses, its data sources are the provisioned ones,
   and every metric its queries use is exported by the code (or is in PENDING_METRICS).
 - deploy/prometheus/prometheus.yml: parses, scrapes every role, and passes
@@ -66,7 +69,7 @@ PENDING_METRICS: dict[str, str] = {}
 # Files in deploy/k8s that the kustomization deliberately leaves out: examples of
 # objects the operator creates with values of their own. Their objects are still
 # validated, and references to them resolve (the Deployments need that Secret).
-EXAMPLE_FILES = {"secret.example.yaml"}
+EXAMPLE_FILES = {"secret.example.yaml", "secret-files.example.yaml"}
 CONFIG_LIB = ROOT / "crates" / "chorus-config" / "src" / "lib.rs"
 # Kubernetes versions whose schemas every object must satisfy: the oldest supported
 # (autoscaling/v2 and policy/v1 are GA well before it) and the newest bundled.
@@ -283,7 +286,57 @@ def check_compose(read: set[str], roles: set[str]) -> dict:
                 if "gateway" in str((s.get("environment") or {}).get("CHORUS_ROLES", ""))]
     if len(gateways) < 2:
         fail(where, f"expected two gateways, found {gateways}")
+    check_compose_files(services, gateways)
     return services
+
+
+def shared_store_problem(url: str | None) -> str | None:
+    """Why a gateway's CHORUS_FILES is not an object store every gateway shares."""
+    if not url:
+        return "no CHORUS_FILES: attachments would go to the node's data directory"
+    if str(url).startswith("file:"):
+        return f"CHORUS_FILES={url} is a local directory"
+    return None
+
+
+def check_compose_files(services: dict, gateways: list[str]) -> None:
+    """The gateways keep attachments in one object store that is not a directory of
+    their own (a file uploaded through one must be readable through the other), and
+    wait for the compose service that serves it, if one does."""
+    where = rel(COMPOSE)
+
+    def env_of(svc):
+        env = svc.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+        return env
+
+    def waits_for(name, seen=None):
+        seen = set() if seen is None else seen
+        for dep in services.get(name, {}).get("depends_on") or []:
+            if dep not in seen:
+                seen.add(dep)
+                waits_for(dep, seen)
+        return seen
+
+    stores = set()
+    for name in gateways:
+        env = env_of(services[name])
+        url = env.get("CHORUS_FILES")
+        problem = shared_store_problem(url)
+        if problem:
+            fail(f"{where}: service {name}", f"{problem}, which the other gateways cannot read")
+            continue
+        stores.add(str(url))
+        endpoint = env.get("AWS_ENDPOINT") if str(url).startswith(("s3://", "s3a://")) else None
+        host = re.match(r"https?://([^:/]+)", str(endpoint or ""))
+        if host and host.group(1) not in ("localhost", "127.0.0.1"):
+            if host.group(1) not in services:
+                fail(f"{where}: service {name}", f"AWS_ENDPOINT {endpoint} is no compose service")
+            elif host.group(1) not in waits_for(name):
+                fail(f"{where}: service {name}", f"does not wait for {host.group(1)}, its object store")
+    if len(stores) > 1:
+        fail(where, f"the gateways keep attachments in different object stores: {sorted(stores)}")
 
 
 # ---------------------------------------------------------------- Prometheus
@@ -645,6 +698,19 @@ def check_k8s(read: set[str], roles: set[str], known_metrics: set[str]) -> None:
                 if rs & (roles - {"gateway"} - set(PENDING_ROLES)):
                     seen_roles.add("stages")
                 seen_roles.update(rs & {"gateway", "worker", "observer"})
+                if "gateway" in rs:
+                    # CHORUS_FILES as the container sees it: ConfigMaps, then env values
+                    # (one from a Secret or the downward API is taken on trust).
+                    env = {}
+                    for ef in c.get("envFrom") or []:
+                        if "configMapRef" in ef:
+                            for cm in named("ConfigMap", ef["configMapRef"]["name"], ns(d)):
+                                env.update(cm.get("data") or {})
+                    for e in c.get("env") or []:
+                        env[e["name"]] = e.get("value", "(from elsewhere)")
+                    problem = shared_store_problem(env.get("CHORUS_FILES"))
+                    if problem:
+                        fail(rel(f), f"{cw}: {problem}, which the other gateway pods cannot read")
     for missing in sorted(DEPLOYED_ROLES - seen_roles):
         fail(rel(K8S), f"no Deployment runs the {missing} role")
 
