@@ -506,19 +506,19 @@ async fn make_thumbnail(
 ) -> Result<bytes::Bytes, ApiError> {
     let id = found.attachment.attachment_id;
     let max = u64::try_from(found.attachment.size).unwrap_or(0);
-    let Some(original) = state.files.read_all(&object_key(id), max).await? else {
-        return Err(ApiError::not_found(format!(
-            "attachment {id} does not exist"
-        )));
-    };
-    // Decoding is CPU-bound and, for a big picture, long: a few at a time, off the
-    // async threads.
+    // Decoding is CPU-bound and, for a big picture, long and large: a few at a time
+    // (the original is read under the permit too), off the async threads.
     let permit = state
         .thumbnails
         .clone()
         .acquire_owned()
         .await
         .map_err(|e| ApiError::internal(&e))?;
+    let Some(original) = state.files.read_all(&object_key(id), max).await? else {
+        return Err(ApiError::not_found(format!(
+            "attachment {id} does not exist"
+        )));
+    };
     let started = std::time::Instant::now();
     let made = tokio::task::spawn_blocking(move || {
         let _permit = permit;
