@@ -317,11 +317,19 @@ impl Multipart {
     }
 
     async fn abort(mut self) {
-        if let Some(write) = self.write.take()
-            && let Err(e) = write.abort().await
-        {
-            tracing::warn!(key = %self.key, error = %e, "aborting an upload failed");
+        if let Some(write) = self.write.take() {
+            abort_quietly(write, &self.key).await;
         }
+    }
+}
+
+/// Aborts a multipart upload once its parts in flight have ended: a part still being
+/// written when the abort lands can outlive it on some stores (S3 among them).
+async fn abort_quietly(mut write: WriteMultipart, key: &Key) {
+    // A part that failed is as good as ended here.
+    let _ = write.wait_for_capacity(0).await;
+    if let Err(e) = write.abort().await {
+        tracing::warn!(%key, error = %e, "aborting an upload failed");
     }
 }
 
@@ -331,11 +339,7 @@ impl Drop for Multipart {
             let key = self.key.clone();
             // Dropped part way (the request was cut short): abort in the background.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if let Err(e) = write.abort().await {
-                        tracing::warn!(%key, error = %e, "aborting an upload failed");
-                    }
-                });
+                runtime.spawn(async move { abort_quietly(write, &key).await });
             }
         }
     }
