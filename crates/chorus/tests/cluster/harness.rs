@@ -13,7 +13,14 @@ pub(crate) struct Backends {
     pub kafka: String,
     pub postgres: String,
     pub redis: String,
+    /// The endpoint of an S3-compatible server with a bucket [`S3_BUCKET`], if any
+    /// (`CHORUS_TEST_S3`); without it each node keeps attachments in its own data
+    /// directory, so that only its own clients can read them back.
+    pub s3: Option<String>,
 }
+
+/// The bucket `CHORUS_TEST_S3` must have (as for the object store contract tests).
+pub(crate) const S3_BUCKET: &str = "chorus-test";
 
 impl Backends {
     /// From the environment, or `None` (the test is skipped).
@@ -28,6 +35,7 @@ impl Backends {
                 kafka,
                 postgres,
                 redis,
+                s3: get("CHORUS_TEST_S3"),
             }),
             _ => {
                 eprintln!(
@@ -47,7 +55,8 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-/// One cluster: a topic prefix, a database, Redis keys, and its nodes.
+/// One cluster: a topic prefix, a database, Redis keys, a prefix in the S3 bucket (when
+/// there is one), and its nodes.
 pub(crate) struct Cluster {
     pub backends: Backends,
     pub prefix: String,
@@ -88,6 +97,15 @@ impl Cluster {
         self.start_with_log(id, roles, &self.backends.kafka).await
     }
 
+    /// The object store every node of the cluster shares, if the test has an S3 server:
+    /// its own prefix of the bucket.
+    pub(crate) fn files_url(&self) -> Option<String> {
+        self.backends
+            .s3
+            .as_ref()
+            .map(|_| format!("s3://{S3_BUCKET}/{}", self.prefix))
+    }
+
     pub(crate) async fn start_with_log(&self, id: &str, roles: &str, log: &str) -> NodeProcess {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chorus"));
@@ -114,6 +132,18 @@ impl Cluster {
             .kill_on_drop(true);
         if !roles.is_empty() {
             cmd.args(["--roles", roles]);
+        }
+        if let (Some(url), Some(endpoint)) = (self.files_url(), &self.backends.s3) {
+            // Through the variables object_store reads (AmazonS3Builder::from_env), as an
+            // operator would configure it; the credentials of the object store contract
+            // tests (moto takes any).
+            cmd.args(["--files", &url])
+                .env("AWS_ENDPOINT", endpoint)
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ACCESS_KEY_ID", "chorus")
+                .env("AWS_SECRET_ACCESS_KEY", "chorus-secret")
+                .env("AWS_ALLOW_HTTP", "true")
+                .env("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false");
         }
         let child = cmd.spawn().unwrap();
         let node = NodeProcess {

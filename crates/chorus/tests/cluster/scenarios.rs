@@ -1,9 +1,11 @@
-//! Cluster scenarios: delivery across nodes, and losing a gateway, a stage instance or
-//! the broker without losing or duplicating a message.
+//! Cluster scenarios: delivery across nodes, attachments written through one node and
+//! read through another, and losing a gateway, a stage instance or the broker without
+//! losing or duplicating a message.
 
 use crate::harness::{Backends, Broker, Cluster};
 use crate::helpers::{Api, PATIENCE, TestUser, WsClient};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -253,4 +255,136 @@ async fn a_broker_outage_loses_and_duplicates_nothing_for_retrying_clients() {
         .send(json!({ "type": "sync", "since": { conv.clone(): 0 } }))
         .await;
     assert_eq!(bob_ws.messages(2 * N).await, stored);
+}
+
+/// Uploads `bytes` as `name` of type `content_type`; panics unless it is stored.
+async fn upload(api: &Api, user: &TestUser, name: &str, content_type: &str, bytes: &[u8]) -> Value {
+    let r = api
+        .http
+        .post(api.url("/api/v1/attachments"))
+        .query(&[("name", name)])
+        .bearer_auth(&user.token)
+        .header("content-type", content_type)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+/// GET `path` as `user` with extra headers.
+async fn fetch(
+    api: &Api,
+    user: &TestUser,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = api.http.get(api.url(path)).bearer_auth(&user.token);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_attachment_uploaded_on_one_node_is_downloaded_from_another() {
+    let Some(backends) = Backends::from_env() else {
+        return;
+    };
+    if backends.s3.is_none() {
+        // Nodes with a directory each cannot read each other's files: nothing to test.
+        eprintln!("CHORUS_TEST_S3 unset: skipped");
+        return;
+    }
+    let cluster = Cluster::new(backends).await;
+    let (n1, n2) = (cluster.start("n1", "").await, cluster.start("n2", "").await);
+    let (api1, api2) = (n1.api(), n2.api());
+    let ada = api1.register("ada").await;
+    let bob = api2.register("bob").await;
+    let direct = api1.direct(&ada, &bob).await;
+    let mut bob_ws = n2.ws(&bob).await;
+    let mut ada_ws = n1.ws(&ada).await;
+
+    // More than one 5 MiB part: written to the bucket as a multipart upload.
+    let data: Vec<u8> = (0..6 * 1024 * 1024 + 1234)
+        .map(|i: usize| (i * 7 % 251) as u8)
+        .collect();
+    let mut picture = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_fn(1000, 500, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+    })
+    .write_to(&mut picture, image::ImageFormat::Png)
+    .unwrap();
+    let picture = picture.into_inner();
+    let blob = upload(&api1, &ada, "data.bin", "application/octet-stream", &data).await;
+    assert_eq!(blob["sha256"], hex_sha256(&data));
+    let photo = upload(&api1, &ada, "photo.png", "image/png", &picture).await;
+
+    ada_ws
+        .send(json!({
+            "type": "send", "client_msg_id": "files", "conversation_id": direct, "body": "",
+            "attachments": [blob["attachment_id"], photo["attachment_id"]],
+        }))
+        .await;
+    ada_ws.expect("accepted").await;
+    let got = bob_ws.expect("message").await;
+    assert_eq!(got["message"]["client_msg_id"], "files");
+    assert_eq!(got["message"]["attachments"], json!([blob, photo]));
+
+    // Bob reads through n2 what ada wrote through n1: the bytes are in the bucket.
+    let path = format!(
+        "/api/v1/attachments/{}",
+        blob["attachment_id"].as_str().unwrap()
+    );
+    let whole = fetch(&api2, &bob, &path, &[]).await;
+    assert_eq!(whole.status(), 200);
+    assert_eq!(
+        whole.headers()["etag"],
+        format!("\"{}\"", hex_sha256(&data)).as_str()
+    );
+    assert_eq!(
+        whole.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
+    assert!(whole.bytes().await.unwrap() == data, "the same bytes");
+    // A range across the boundary of the first part.
+    let (start, end) = (5 * 1024 * 1024 - 10, 5 * 1024 * 1024 + 9);
+    let part = fetch(
+        &api2,
+        &bob,
+        &path,
+        &[("range", &format!("bytes={start}-{end}"))],
+    )
+    .await;
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes {start}-{end}/{}", data.len()).as_str()
+    );
+    assert_eq!(part.bytes().await.unwrap(), data[start..=end]);
+
+    // The thumbnail n2 made is kept in the bucket, beside the picture: n1 serves the
+    // same one.
+    let thumb_path = format!(
+        "/api/v1/attachments/{}/thumbnail",
+        photo["attachment_id"].as_str().unwrap()
+    );
+    let thumb = fetch(&api2, &bob, &thumb_path, &[]).await;
+    assert_eq!(thumb.status(), 200);
+    let thumb = thumb.bytes().await.unwrap();
+    let decoded = image::load_from_memory(&thumb).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (320, 160));
+    let from_n1 = fetch(&api1, &ada, &thumb_path, &[]).await;
+    assert_eq!(from_n1.status(), 200);
+    assert_eq!(from_n1.bytes().await.unwrap(), thumb, "the same thumbnail");
 }
