@@ -128,11 +128,12 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
         },
     )?;
     let members = require_member(state, conversation, sender).await?;
+    // Before the rate limit, which a refused send must not use up.
+    let attachments = sender_uploads(state, sender, attachments).await?;
     state
         .limiter
         .check(sender)
         .map_err(ApiError::rate_limited)?;
-    let attachments = sender_uploads(state, sender, attachments).await?;
     let message_id = MessageId::derive(sender, conversation, &client_msg_id);
     let route = state.engine.route_for(sender, &members);
     let event = StageEvent::Message(chorus_core::event::MessageEvent {
