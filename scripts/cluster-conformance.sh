@@ -35,11 +35,13 @@ free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1
 
 start_node() {
     local id=$1 port=$2
-    # The suite signs up hundreds of users from this machine: per-address limits lifted.
+    # The suite signs up hundreds of users from this machine: per-address limits lifted;
+    # and it fills a user's attachment quota, which it expects at 40 MiB (conftest.py).
     # Both nodes keep attachments in one bucket, configured through the variables
     # object_store reads, so that a file uploaded through one is read through the other.
     CHORUS_JWT_SECRET=$secret CHORUS_LOG=warn CHORUS_REGISTRATIONS_PER_HOUR=1000000 \
         CHORUS_LOGIN_FAILURES_PER_ADDRESS=1000000 \
+        CHORUS_ATTACHMENT_QUOTA_BYTES=$(("${ATTACHMENT_QUOTA_MIB:-40}" * 1024 * 1024)) \
         AWS_ENDPOINT=$CHORUS_TEST_S3 AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=chorus \
         AWS_SECRET_ACCESS_KEY=chorus-secret AWS_ALLOW_HTTP=true \
         AWS_VIRTUAL_HOSTED_STYLE_REQUEST=false "$CHORUS_BIN" serve --node-id "$id" \

@@ -1,7 +1,8 @@
 """Harness: the server under test, and a per-test API client.
 
 With CHORUS_URL set (e.g. http://127.0.0.1:8080) the tests use that server (start it
-with the sign-up and sign-in limits lifted, as UNTHROTTLED below); a
+with the sign-up and sign-in limits lifted and a small attachment quota, as
+SERVER_SETTINGS below); a
 comma-separated list names the nodes of one cluster (HTTP goes to the first, WebSocket
 sessions alternate between them). Otherwise
 they start CHORUS_BIN (default <repo>/target/debug/chorus) as
@@ -32,6 +33,11 @@ UNTHROTTLED = {
     "CHORUS_REGISTRATIONS_PER_HOUR": "1000000",
     "CHORUS_LOGIN_FAILURES_PER_ADDRESS": "1000000",
 }
+# The quota of stored attachments per user on the server under test: small enough that
+# a test fills it in a few uploads (test_attachments.py). A server given with
+# CHORUS_URL needs the same setting.
+ATTACHMENT_QUOTA_BYTES = 40 * 1024 * 1024
+SERVER_SETTINGS = {**UNTHROTTLED, "CHORUS_ATTACHMENT_QUOTA_BYTES": str(ATTACHMENT_QUOTA_BYTES)}
 
 
 def _free_port() -> int:
@@ -71,7 +77,7 @@ def server_url(tmp_path_factory) -> str:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             # The suite signs up hundreds of users from this one address.
-            env={**os.environ, **UNTHROTTLED},
+            env={**os.environ, **SERVER_SETTINGS},
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT

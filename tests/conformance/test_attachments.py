@@ -30,6 +30,8 @@ from chorus_helpers import (
     is_uuid,
 )
 
+from conftest import ATTACHMENT_QUOTA_BYTES
+
 pytestmark = pytest.mark.asyncio
 
 MAX_PER_MESSAGE = 10
@@ -381,3 +383,22 @@ async def test_a_file_over_the_limit_is_too_large(nodes):
             yield over[start:start + step]
 
     assert_error(await upload_raw(writer, a, "big.bin", chunks()), 413, "too_large")
+
+
+async def test_the_quota_of_stored_bytes_is_per_user_and_refuses_what_would_pass_it(nodes):
+    writer, reader = nodes
+    a, b = await writer.users(2, "aq")
+    third = ATTACHMENT_QUOTA_BYTES // 3 + 1
+    assert_status(await upload_raw(writer, a, "1.bin", b"\x01" * third), 201)
+    assert_status(await upload_raw(reader, a, "2.bin", b"\x02" * third), 201)
+    # A third third does not fit: refused, with a message naming the quota, through
+    # either node (the quota is the user's, not a node's).
+    over = await upload_raw(reader, a, "3.bin", b"\x03" * third)
+    assert_error(over, 413, "too_large")
+    assert "quota" in over.json()["error"]["message"], over.text
+    # What does fit still does; then not one byte more. Another user has a quota of
+    # their own.
+    fits = ATTACHMENT_QUOTA_BYTES - 2 * third
+    assert_status(await upload_raw(writer, a, "4.bin", b"\x04" * fits), 201)
+    assert_error(await upload_raw(writer, a, "5.bin", b"\x05"), 413, "too_large")
+    assert_status(await upload_raw(reader, b, "b.bin", b"\x06" * third), 201)

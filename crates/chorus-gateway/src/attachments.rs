@@ -46,6 +46,10 @@ pub const MAX_PER_MESSAGE: usize = 10;
 /// client that trickles a body holds a connection and up to three parts of memory.
 const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 
+/// The longest a refused upload's remaining body is read (and dropped) so that its
+/// client gets the answer.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
 /// Expired uploads removed per sweep query.
 const SWEEP_BATCH: i64 = 100;
 
@@ -157,7 +161,55 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_name(&q.name)?;
+    let mut body = Box::pin(idle_bounded(body, UPLOAD_IDLE));
+    let stored = store_upload(&state, me.id, q.name, &headers, &mut body).await;
+    if stored.is_err() {
+        // A client that is still sending reads no answer once the server closes on it:
+        // it sees the connection reset. What an allowed upload could be is read and
+        // dropped first (for a while at most), so that it gets the error.
+        let declared = declared_length(&headers);
+        let max = state.limits.max_attachment_bytes;
+        if declared.is_none_or(|len| len <= max) {
+            drain(&mut body, max, DRAIN_TIME).await;
+        }
+    }
+    stored
+}
+
+/// The length the request declares, if it does.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Reads and drops what is left of a body, at most `max` bytes and for `time`.
+async fn drain<S>(body: &mut S, max: u64, time: Duration)
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + time;
+    let mut read = 0u64;
+    while read <= max {
+        match tokio::time::timeout_at(deadline, futures::StreamExt::next(body)).await {
+            Ok(Some(Ok(chunk))) => read += chunk.len() as u64,
+            _ => return,
+        }
+    }
+}
+
+/// Checks and stores an upload; the 201 answer with its Attachment.
+async fn store_upload<S>(
+    state: &Arc<AppState>,
+    owner: UserId,
+    name: String,
+    headers: &HeaderMap,
+    body: &mut S,
+) -> Result<Response, ApiError>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin + Send,
+{
+    check_name(&name)?;
     let max = state.limits.max_attachment_bytes;
     let too_large = || {
         ApiError::new(
@@ -165,35 +217,29 @@ async fn upload(
             format!("a file may be at most {max} bytes"),
         )
     };
-    let declared_len = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared_len = declared_length(headers);
     if declared_len.is_some_and(|len| len > max) {
         return Err(too_large());
     }
     let store = state.directory.store();
     let quota = state.limits.attachment_quota_bytes;
-    let used = u64::try_from(store.attachment_bytes(me.id).await?).unwrap_or(0);
+    let used = u64::try_from(store.attachment_bytes(owner).await?).unwrap_or(0);
     let room = quota.saturating_sub(used);
     if declared_len.is_some_and(|len| len > room) || room == 0 {
         return Err(quota_full(quota));
     }
     let limit = max.min(room);
-    let content_type = declared_type(&headers);
+    let content_type = declared_type(headers);
     let id = AttachmentId::new();
     store
-        .begin_attachment(id, me.id, &q.name, &content_type, chrono::Utc::now())
+        .begin_attachment(id, owner, &name, &content_type, chrono::Utc::now())
         .await?;
     let pending = Pending {
         state: state.clone(),
         id,
         done: false,
     };
-    let written = match state
-        .files
-        .upload(&object_key(id), idle_bounded(body, UPLOAD_IDLE), limit)
-        .await
-    {
+    let written = match state.files.upload(&object_key(id), body, limit).await {
         Ok(written) => written,
         Err(e) => {
             pending.discard().await;
@@ -225,7 +271,7 @@ async fn upload(
     metrics::counter!("chorus_attachment_upload_bytes_total").increment(written.size);
     let attachment = Attachment {
         attachment_id: id,
-        name: q.name,
+        name,
         content_type,
         size,
         sha256: written.sha256,

@@ -163,6 +163,12 @@ pub struct ServeArgs {
     /// Largest WebSocket frame in bytes [default: 65536].
     #[arg(long, env = "CHORUS_MAX_FRAME_BYTES", value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// Largest attachment, bytes [default: 26214400].
+    #[arg(long, env = "CHORUS_MAX_ATTACHMENT_BYTES", value_name = "BYTES")]
+    pub max_attachment_bytes: Option<u64>,
+    /// Bytes of attachments one user may keep stored [default: 1073741824].
+    #[arg(long, env = "CHORUS_ATTACHMENT_QUOTA_BYTES", value_name = "BYTES")]
+    pub attachment_quota_bytes: Option<u64>,
     /// HTTP connections held at once; 0: as many as the open-files limit allows
     /// [default: 0].
     #[arg(long, env = "CHORUS_MAX_CONNECTIONS", value_name = "N")]
@@ -239,6 +245,8 @@ impl ServeArgs {
             rate_per_sec => c.limits.rate_per_sec,
             rate_burst => c.limits.rate_burst,
             max_frame_bytes => c.limits.max_frame_bytes,
+            max_attachment_bytes => c.limits.max_attachment_bytes,
+            attachment_quota_bytes => c.limits.attachment_quota_bytes,
             max_connections => c.limits.max_connections,
             max_connections_per_address => c.limits.max_connections_per_address,
             jobs_git_schemes => c.jobs.git_schemes,
