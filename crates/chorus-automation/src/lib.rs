@@ -45,6 +45,8 @@ pub struct HookInput {
     pub origin: Origin,
     /// The files it carries: their shapes (name, type, size, digest), never the bytes.
     pub attachments: Vec<Attachment>,
+    /// The message it answers, if it answers one.
+    pub reply_to: Option<MessageId>,
 }
 
 /// Runs users' hooks: the sandboxes with the configured limits and the store behind

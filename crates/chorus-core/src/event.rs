@@ -76,6 +76,9 @@ pub struct MessageEvent {
     /// Files it carries: references checked by the gateway, never the bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// The earlier message of the conversation it answers (checked by the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
     /// Assigned by the store stage.
     pub seq: Option<i64>,
     /// When the gateway accepted it.
@@ -110,6 +113,7 @@ impl MessageEvent {
             sent_at: self.sent_at,
             origin: self.origin,
             attachments: self.attachments.clone(),
+            reply_to: self.reply_to,
         })
     }
 }

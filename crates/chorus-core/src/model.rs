@@ -119,6 +119,9 @@ pub struct Message {
     /// store).
     #[serde(default)]
     pub attachments: Vec<Attachment>,
+    /// The earlier message of the conversation it answers.
+    #[serde(default)]
+    pub reply_to: Option<MessageId>,
 }
 
 /// A file a user uploaded, as messages carry it.

@@ -20,6 +20,9 @@ pub enum ClientFrame {
         /// Uploads of the sender's to carry, in order.
         #[serde(default)]
         attachments: Vec<AttachmentId>,
+        /// The earlier message of the conversation it answers.
+        #[serde(default)]
+        reply_to: Option<MessageId>,
     },
     /// Replay what was missed, then learn every conversation's last `seq`.
     Sync {

@@ -345,6 +345,7 @@ struct TestMessage {
     /// Shapes for the script to see; a dry run reads no files.
     #[serde(default)]
     attachments: Vec<chorus_core::model::Attachment>,
+    reply_to: Option<MessageId>,
     conversation_id: Option<ConversationId>,
     sender_id: Option<UserId>,
     sender: Option<String>,
@@ -396,6 +397,7 @@ async fn test_script(
         sent_at: now_millis(),
         origin: m.origin.unwrap_or(Origin::User),
         attachments: m.attachments,
+        reply_to: m.reply_to,
     };
     let result = state.engine.dry_run(&script, hook, &input).await;
     let (logs, elapsed, outcome) = match result {

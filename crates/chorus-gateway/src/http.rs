@@ -316,6 +316,8 @@ struct HistoryQuery {
     after_seq: Option<i64>,
     before_seq: Option<i64>,
     limit: Option<i64>,
+    /// Only the messages answering this one.
+    reply_to: Option<chorus_core::MessageId>,
 }
 
 /// Default and largest page of history.
@@ -343,7 +345,11 @@ async fn list_messages(
         before_seq: q.before_seq,
         limit: limit.min(MAX_PAGE),
     };
-    let messages: Vec<Message> = state.directory.store().messages(id, page).await?;
+    let store = state.directory.store();
+    let messages: Vec<Message> = match q.reply_to {
+        Some(target) => store.replies(id, target, page).await?,
+        None => store.messages(id, page).await?,
+    };
     Ok(Json(json!({ "messages": messages })))
 }
 
@@ -353,6 +359,7 @@ struct PostMessage {
     body: String,
     #[serde(default)]
     attachments: Vec<chorus_core::AttachmentId>,
+    reply_to: Option<chorus_core::MessageId>,
 }
 
 async fn post_message(
@@ -368,6 +375,7 @@ async fn post_message(
         client_msg_id: req.client_msg_id,
         body: req.body,
         attachments: req.attachments,
+        reply_to: req.reply_to,
     };
     let message_id = submit(&state, message).await?;
     Ok((

@@ -58,6 +58,8 @@ pub struct Submission {
     pub body: String,
     /// Uploads of the sender's to carry, in order.
     pub attachments: Vec<AttachmentId>,
+    /// The earlier message of the conversation it answers.
+    pub reply_to: Option<MessageId>,
 }
 
 /// Validates a message and puts it on the log; returns its id once the log holds it.
@@ -101,6 +103,7 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
         client_msg_id,
         body,
         attachments,
+        reply_to,
     } = message;
     if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
         return Err(ApiError::bad_request(format!(
@@ -130,6 +133,9 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
     let members = require_member(state, conversation, sender).await?;
     // Before the rate limit, which a refused send must not use up.
     let attachments = sender_uploads(state, sender, attachments).await?;
+    if let Some(target) = reply_to {
+        require_in(state, conversation, target).await?;
+    }
     state
         .limiter
         .check(sender)
@@ -137,6 +143,7 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
     let message_id = MessageId::derive(sender, conversation, &client_msg_id);
     let route = state.engine.route_for(sender, &members);
     let event = StageEvent::Message(chorus_core::event::MessageEvent {
+        reply_to,
         message_id,
         client_msg_id,
         conversation_id: conversation,
@@ -188,6 +195,21 @@ async fn sender_uploads(
         )));
     }
     Ok(found)
+}
+
+/// Checks that `message` is one of `conversation`'s (`not_found` otherwise, as for a
+/// message that does not exist).
+pub async fn require_in(
+    state: &AppState,
+    conversation: ConversationId,
+    message: MessageId,
+) -> Result<(), ApiError> {
+    match state.directory.store().message(message).await? {
+        Some(m) if m.conversation_id == conversation => Ok(()),
+        _ => Err(ApiError::not_found(format!(
+            "message {message} does not exist in conversation {conversation}"
+        ))),
+    }
 }
 
 /// Publishes a notice for the route stage (typing, read, presence), keyed by `key`.

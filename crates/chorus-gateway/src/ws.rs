@@ -382,6 +382,7 @@ impl Session {
                 conversation_id,
                 body,
                 attachments,
+                reply_to,
             } => {
                 let message = Submission {
                     sender: self.user.id,
@@ -390,6 +391,7 @@ impl Session {
                     client_msg_id: client_msg_id.clone(),
                     body,
                     attachments,
+                    reply_to,
                 };
                 let submitted = submit_pipelined(&self.state, message).await;
                 // Answers go out in send order, refusals included.

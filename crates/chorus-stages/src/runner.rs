@@ -315,6 +315,7 @@ mod tests {
         let sender = UserId::new();
         let conversation = ConversationId::new();
         encode(&StageEvent::Message(MessageEvent {
+            reply_to: None,
             attachments: Vec::new(),
             message_id: MessageId::derive(sender, conversation, body),
             client_msg_id: body.into(),
@@ -396,6 +397,7 @@ mod tests {
             .await
             .unwrap();
         let event = StageEvent::Message(MessageEvent {
+            reply_to: None,
             attachments: Vec::new(),
             message_id: MessageId::derive(a.id, conversation.id, "c1"),
             client_msg_id: "c1".into(),

@@ -53,6 +53,7 @@ impl Names {
             sent_at: m.sent_at,
             origin: m.origin,
             attachments: m.attachments.clone(),
+            reply_to: m.reply_to,
         })
     }
 }
@@ -471,6 +472,7 @@ impl<'a> Sends<'a> {
             body: w.body,
             // What a script sends is text: it cannot hand on another user's files.
             attachments: Vec::new(),
+            reply_to: None,
             seq: None,
             sent_at: now_millis(),
             origin: w.origin,

@@ -79,5 +79,6 @@ fn new_message(m: &MessageEvent) -> NewMessage {
         sent_at: m.sent_at,
         origin: m.origin,
         attachments: m.attachments.clone(),
+        reply_to: m.reply_to,
     }
 }

@@ -65,6 +65,7 @@ pub(crate) fn plan(
             sent_at: from_millis(millis(m.sent_at))?,
             origin: m.origin,
             attachments: m.attachments.clone(),
+            reply_to: m.reply_to,
         };
         stored.insert(m.message_id, message.clone());
         appended.push(Appended::New(message));
@@ -85,6 +86,7 @@ mod tests {
     fn new_message(conversation: ConversationId, key: &str) -> NewMessage {
         let sender = UserId(uuid::Uuid::from_u128(7));
         NewMessage {
+            reply_to: None,
             attachments: Vec::new(),
             message_id: MessageId::derive(sender, conversation, key),
             client_msg_id: key.to_owned(),
@@ -150,6 +152,7 @@ mod tests {
         let c = conversation(1);
         let batch = [new_message(c, "old"), new_message(c, "new")];
         let stored = Message {
+            reply_to: None,
             attachments: Vec::new(),
             message_id: batch[0].message_id,
             client_msg_id: "old".into(),

@@ -107,7 +107,7 @@ pub(crate) fn new_direct(
 
 /// The columns of a message, in the order they are inserted.
 pub(crate) const MESSAGE_COLUMNS: &str = "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin, \
-     attachments";
+     attachments, reply_to";
 
 /// Emits `impl Store for $store` and the row mapping and helpers it shares with the
 /// backend's own code (`user_row`, `message_row`, `conversation_row`, `insert_user`,
@@ -148,7 +148,47 @@ macro_rules! impl_store {
                         attachments: $crate::attachments::from_column(
                             row.try_get("attachments")?,
                         )?,
+                        reply_to: Self::get_opt_id(row, "reply_to")?.map(MessageId),
                     })
+                }
+
+                /// A page of a conversation's messages, of those answering `reply_to`
+                /// only if it is given; see [`Store::messages`].
+                async fn page_of(
+                    &self,
+                    conversation: ConversationId,
+                    reply_to: Option<MessageId>,
+                    page: Page,
+                ) -> Result<Vec<Message>> {
+                    let before = page.before_seq.unwrap_or(i64::MAX);
+                    // `$3` is either bound to the message answered or unused; the
+                    // partial index `messages_replies` serves the filtered pages.
+                    let answering = if reply_to.is_some() {
+                        " AND reply_to = $3"
+                    } else {
+                        ""
+                    };
+                    let (range, order) = match page.after_seq {
+                        Some(_) => ("seq > $4 AND seq < $2", "seq"),
+                        None => ("seq < $2", "seq DESC"),
+                    };
+                    let sql = format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages \
+                         WHERE conversation_id = $1 AND {range}{answering} \
+                         ORDER BY {order} LIMIT $5"
+                    );
+                    let mut rows = ::sqlx::query(&sql)
+                        .bind(Self::id(conversation.0))
+                        .bind(before)
+                        .bind(reply_to.map(|m| Self::id(m.0)))
+                        .bind(page.after_seq.unwrap_or(0))
+                        .bind(page.limit)
+                        .fetch_all(self.reader())
+                        .await?;
+                    if page.after_seq.is_none() {
+                        rows.reverse();
+                    }
+                    rows.iter().map(Self::message_row).collect()
                 }
 
                 /// A conversation from a row of `id, kind, title, owner_id, last_seq,
@@ -550,37 +590,17 @@ macro_rules! impl_store {
                     page: Page,
                 ) -> Result<Vec<Message>> {
                     let _timer = QueryTimer::start("messages");
-                    let before = page.before_seq.unwrap_or(i64::MAX);
-                    let rows = match page.after_seq {
-                        Some(after) => {
-                            ::sqlx::query(&format!(
-                                "SELECT {MESSAGE_COLUMNS} FROM messages \
-                                 WHERE conversation_id = $1 AND seq > $2 AND seq < $3 \
-                                 ORDER BY seq LIMIT $4"
-                            ))
-                            .bind(Self::id(conversation.0))
-                            .bind(after)
-                            .bind(before)
-                            .bind(page.limit)
-                            .fetch_all(self.reader())
-                            .await?
-                        }
-                        None => {
-                            let mut rows = ::sqlx::query(&format!(
-                                "SELECT {MESSAGE_COLUMNS} FROM messages \
-                                 WHERE conversation_id = $1 AND seq < $2 \
-                                 ORDER BY seq DESC LIMIT $3"
-                            ))
-                            .bind(Self::id(conversation.0))
-                            .bind(before)
-                            .bind(page.limit)
-                            .fetch_all(self.reader())
-                            .await?;
-                            rows.reverse();
-                            rows
-                        }
-                    };
-                    rows.iter().map(Self::message_row).collect()
+                    self.page_of(conversation, None, page).await
+                }
+
+                async fn replies(
+                    &self,
+                    conversation: ConversationId,
+                    message: MessageId,
+                    page: Page,
+                ) -> Result<Vec<Message>> {
+                    let _timer = QueryTimer::start("replies");
+                    self.page_of(conversation, Some(message), page).await
                 }
 
                 async fn mark_read(

@@ -147,6 +147,8 @@ pub struct NewMessage {
     pub origin: Origin,
     /// Files it carries (ready uploads of the sender's, checked by the gateway).
     pub attachments: Vec<Attachment>,
+    /// The message it answers (one of its conversation's, checked by the gateway).
+    pub reply_to: Option<MessageId>,
 }
 
 /// What [`Store::append_messages`] did with one message.
@@ -251,6 +253,13 @@ pub trait Store:
     /// A page of history, ascending by `seq`: the first `limit` after `after_seq`, or
     /// without `after_seq` the last `limit` before `before_seq`.
     async fn messages(&self, conversation: ConversationId, page: Page) -> Result<Vec<Message>>;
+    /// A page of the messages answering `message`, as [`Store::messages`] pages.
+    async fn replies(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+        page: Page,
+    ) -> Result<Vec<Message>>;
     /// Moves the read marker forward (capped at `last_seq`); returns the marker now.
     async fn mark_read(&self, conversation: ConversationId, user: UserId, seq: i64) -> Result<i64>;
     /// `last_seq` of every conversation of `user`.

@@ -154,9 +154,9 @@ impl Backend for PostgresStore {
             // One statement for the whole batch: arrays of columns, zipped by UNNEST.
             sqlx::query(
                 "INSERT INTO messages (message_id, client_msg_id, conversation_id, seq, \
-                 sender_id, body, sent_at, origin, attachments) \
+                 sender_id, body, sent_at, origin, attachments, reply_to) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], \
-                 $5::uuid[], $6::text[], $7::bigint[], $8::text[], $9::text[])",
+                 $5::uuid[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::uuid[])",
             )
             .bind(new.iter().map(|m| m.message_id.0).collect::<Vec<_>>())
             .bind(
@@ -173,6 +173,11 @@ impl Backend for PostgresStore {
             .bind(
                 new.iter()
                     .map(|m| crate::attachments::to_column(&m.attachments))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                new.iter()
+                    .map(|m| m.reply_to.map(|r| r.0))
                     .collect::<Vec<_>>(),
             )
             .execute(&mut *tx)

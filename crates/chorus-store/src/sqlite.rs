@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Messages looked up or inserted per statement: 9 parameters a message to insert and
+/// Messages looked up or inserted per statement: 10 parameters a message to insert and
 /// 3 for each of its attachments (at most 10), well under the 32766 parameters SQLite
 /// allows in one trip.
 const CHUNK: usize = 500;
@@ -428,7 +428,8 @@ impl Backend for SqliteStore {
                         .push_bind(&m.body)
                         .push_bind(millis(m.sent_at))
                         .push_bind(m.origin.as_str())
-                        .push_bind(crate::attachments::to_column(&m.attachments));
+                        .push_bind(crate::attachments::to_column(&m.attachments))
+                        .push_bind(m.reply_to.map(|r| r.to_string()));
                 });
                 write.push("; ");
                 let links: Vec<(&Message, &Attachment)> = chunk

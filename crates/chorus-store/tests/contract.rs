@@ -126,6 +126,7 @@ fn sent_at() -> DateTime<Utc> {
 
 fn new_message(conversation: ConversationId, sender: UserId, key: &str) -> NewMessage {
     NewMessage {
+        reply_to: None,
         attachments: Vec::new(),
         message_id: MessageId::derive(sender, conversation, key),
         client_msg_id: key.to_owned(),
@@ -1551,6 +1552,7 @@ macro_rules! store_contract {
                 concurrent_uploads_share_one_quota,
                 messages_carry_attachments_and_share_them_with_members,
                 expired_uploads_are_those_no_message_carries,
+                replies_are_kept_and_paged_like_history,
             }
         }
     };
@@ -1794,5 +1796,88 @@ async fn expired_uploads_are_those_no_message_carries(db: &Fresh) {
         store.expired_attachments(cutoff, 1).await.unwrap().len(),
         1,
         "at most limit"
+    );
+}
+
+async fn replies_are_kept_and_paged_like_history(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users::<2>(&store).await;
+    let group = store.create_group(a, "g", &[b]).await.unwrap();
+    let original = new_message(group.id, a, "original");
+    let other = new_message(group.id, a, "other");
+    let mut batch = vec![original.clone(), other.clone()];
+    for i in 0..5 {
+        let mut reply = new_message(group.id, b, &format!("reply {i}"));
+        reply.reply_to = Some(if i == 2 {
+            other.message_id
+        } else {
+            original.message_id
+        });
+        batch.push(reply);
+    }
+    store.append_messages(&batch).await.unwrap();
+    let page = |after_seq, before_seq, limit| Page {
+        after_seq,
+        before_seq,
+        limit,
+    };
+    let seqs = |ms: Vec<Message>| ms.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let replies = store
+        .replies(group.id, original.message_id, page(None, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(seqs(replies.clone()), vec![3, 4, 6, 7], "oldest first");
+    assert!(
+        replies
+            .iter()
+            .all(|m| m.reply_to == Some(original.message_id))
+    );
+    assert_eq!(
+        seqs(
+            store
+                .replies(group.id, original.message_id, page(Some(3), None, 2))
+                .await
+                .unwrap()
+        ),
+        vec![4, 6],
+        "after a seq"
+    );
+    assert_eq!(
+        seqs(
+            store
+                .replies(group.id, original.message_id, page(None, Some(7), 2))
+                .await
+                .unwrap()
+        ),
+        vec![4, 6],
+        "the last before a seq"
+    );
+    assert_eq!(
+        seqs(
+            store
+                .replies(group.id, other.message_id, page(None, None, 10))
+                .await
+                .unwrap()
+        ),
+        vec![5]
+    );
+    let history = store
+        .messages(group.id, page(None, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(history.clone()),
+        vec![1, 2, 3, 4, 5, 6, 7],
+        "history has them all"
+    );
+    assert_eq!(history[0].reply_to, None);
+    assert_eq!(
+        store
+            .message(batch[4].message_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .reply_to,
+        Some(other.message_id)
     );
 }

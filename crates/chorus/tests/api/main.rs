@@ -11,4 +11,5 @@ mod jobs;
 mod lifecycle;
 mod oidc;
 mod protocol;
+mod replies;
 mod security;
