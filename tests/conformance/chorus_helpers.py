@@ -166,6 +166,8 @@ MESSAGE_FIELDS = (
     "body",
     "sent_at",
     "origin",
+    "attachments",
+    "reply_to",
 )
 
 
@@ -181,6 +183,9 @@ def assert_message_shape(m: Any) -> None:
     assert isinstance(m["body"], str), m
     assert m["origin"] in ("user", "script", "auto_reply"), m
     parse_time(m["sent_at"])
+    # Protocol v1.1: the files it carries and what it answers.
+    assert isinstance(m["attachments"], list) and len(m["attachments"]) <= 10, m
+    assert m["reply_to"] is None or is_uuid(m["reply_to"]), m
 
 
 def assert_same_message(a: dict, b: dict) -> None:
