@@ -421,6 +421,152 @@ describe('chorus web app', () => {
     await waitForText(b.locator(`a.conv[data-conversation="${direct}"] .conv-preview`), 'Attachment: pasted.png');
   });
 
+  it('replies: the Reply button by keyboard and mouse, the quote, and a jump to the original (loading older pages)', T, async () => {
+    const a = A.page;
+    const b = B.page;
+    await a.goto(`/#/c/${direct}`);
+    await b.goto(`/#/c/${direct}`);
+    /** The message (not pending) whose body has `text`. */
+    const msgIn = (page, text) => page.locator('.message-list li.msg:not(.pending)').filter({ has: page.locator('p.body', { hasText: text }) });
+    const write = async (page, text) => {
+      await page.getByLabel('Message', { exact: true }).fill(text);
+      await page.keyboard.press('Enter');
+      await waitForText(messageBodies(page), text);
+    };
+    /** Whether the message `selector` finds is highlighted, focused and on screen
+     * (inside the message list and inside the window). Runs in the page. */
+    const shownAndHighlighted = ({ selector }) => {
+      const el = document.querySelector(selector);
+      if (!el) return false;
+      const r = el.getBoundingClientRect();
+      const list = el.closest('.messages').getBoundingClientRect();
+      const inView = r.height > 0 && r.top >= list.top && r.bottom <= list.bottom && r.top >= 0 && r.bottom <= window.innerHeight;
+      return inView && el.classList.contains('highlight') && el.dataset.highlighted === 'true' && document.activeElement === el;
+    };
+
+    // ada asks, then 20 more messages push the question off screen, then two more.
+    await write(a, 'Which day works for the review?');
+    for (let i = 1; i <= 20; i++) {
+      const r = await server.api('POST', `/conversations/${direct}/messages`, users.ada.token, { client_msg_id: `agenda-${i}`, body: `agenda item ${i}` });
+      assert.equal(r.status, 202);
+    }
+    await write(a, 'Thursday or Friday are free');
+    await write(a, 'Or early next week');
+    await msgIn(b, 'Or early next week').waitFor();
+
+    // bob, by keyboard: the Reply button is hidden until focused, Enter starts a reply,
+    // Escape in the composer cancels it, Space starts it again.
+    await b.mouse.move(0, 0);
+    const question = msgIn(b, 'Which day works for the review?');
+    const replyButton = question.getByRole('button', { name: 'Reply' });
+    const opacity = () => replyButton.evaluate((el) => getComputedStyle(el.closest('.msg-actions')).opacity);
+    assert.equal(await opacity(), '0');
+    await replyButton.focus();
+    assert.equal(await opacity(), '1');
+    await b.keyboard.press('Enter');
+    const bar = b.getByTestId('reply-bar');
+    await waitForText(bar, 'Replying to ada: Which day works for the review?');
+    assert.equal(await b.evaluate(() => document.activeElement?.id), 'composer-input');
+    await b.keyboard.press('Escape');
+    await bar.waitFor({ state: 'detached' });
+    await replyButton.focus();
+    await b.keyboard.press('Space');
+    await waitForText(bar, 'Replying to ada: Which day works for the review?');
+    await b.keyboard.type('Thursday works for me');
+    await b.keyboard.press('Enter');
+    await bar.waitFor({ state: 'detached' });
+    const answer = msgIn(b, 'Thursday works for me');
+    await waitForText(answer.locator('.quote'), 'Which day works for the review?');
+    assert.equal(await answer.locator('.quote .quote-sender').textContent(), 'ada');
+
+    // bob, by mouse: hovering shows the button; × cancels.
+    const late = msgIn(b, 'Or early next week');
+    await late.hover();
+    await late.getByRole('button', { name: 'Reply' }).click();
+    await waitForText(bar, 'Replying to ada: Or early next week');
+    // The bar takes room from the list: a reader at the bottom stays there.
+    await b.waitForFunction(() => {
+      const el = document.querySelector('.messages');
+      return el.scrollHeight - el.scrollTop - el.clientHeight < 5;
+    });
+    await screenshot(b, 'replies');
+    await bar.getByRole('button', { name: 'Cancel reply' }).click();
+    await bar.waitFor({ state: 'detached' });
+    // …and a reply to the very first message, sent with the button.
+    const first = b.locator('.message-list li.msg[data-seq="1"]');
+    await first.scrollIntoViewIfNeeded();
+    await first.hover();
+    await first.getByRole('button', { name: 'Reply' }).click();
+    await waitForText(bar, 'Replying to ada: hello bob');
+    await b.getByLabel('Message', { exact: true }).fill('sorry, only saw this now: hi!');
+    await b.getByRole('button', { name: 'Send' }).click();
+    await bar.waitFor({ state: 'detached' });
+    await msgIn(b, 'sorry, only saw this now').waitFor();
+
+    // ada sees the quote on bob's reply; the original is off screen until she chooses
+    // the quote (by keyboard), then it is scrolled to, focused and highlighted a while.
+    const answerA = msgIn(a, 'Thursday works for me');
+    const quote = answerA.locator('.quote');
+    await waitForText(quote, 'Which day works for the review?');
+    assert.equal(await quote.locator('.quote-sender').textContent(), 'You');
+    const originalA = msgIn(a, 'Which day works for the review?');
+    const questionSeq = await originalA.getAttribute('data-seq');
+    const offScreen = await originalA.evaluate((el) => {
+      const r = el.getBoundingClientRect();
+      const list = el.closest('.messages').getBoundingClientRect();
+      return r.bottom <= list.top || r.top >= list.bottom;
+    });
+    assert.equal(offScreen, true, 'the original is off screen before the jump');
+    await quote.focus();
+    await a.keyboard.press('Enter');
+    await a.waitForFunction(shownAndHighlighted, { selector: `.message-list li.msg[data-seq="${questionSeq}"]` });
+    await a.waitForFunction(() => !document.querySelector('.message-list li.msg.highlight'), null, { timeout: 5_000 });
+
+    // After a reload only the latest page is held: the quote of the first message says
+    // it is not loaded; a click loads older pages until it comes.
+    await a.reload();
+    await a.waitForSelector('.pill[data-status="online"]');
+    const lateA = msgIn(a, 'sorry, only saw this now');
+    const lateQuote = lateA.locator('.quote');
+    await waitForText(lateQuote, 'Original message not loaded');
+    assert.equal(await a.locator('.message-list li.msg[data-seq="1"]').count(), 0);
+    await lateQuote.click();
+    await a.waitForFunction(shownAndHighlighted, { selector: '.message-list li.msg[data-seq="1"]' }, { timeout: 30_000 });
+    await waitForText(lateQuote, 'hello bob');
+    assert.equal(await lateQuote.locator('.quote-sender').textContent(), 'You');
+
+    // What the server stored, and the replies it lists.
+    const page = await server.api('GET', `/conversations/${direct}/messages?limit=40`, users.bob.token);
+    assert.equal(page.status, 200);
+    const stored = (body) => page.body.messages.find((m) => m.body === body);
+    const q = stored('Which day works for the review?');
+    const ans = stored('Thursday works for me');
+    assert.equal(ans.reply_to, q.message_id);
+    assert.equal(q.reply_to, null);
+    assert.equal(stored('Or early next week').reply_to, null);
+    const oldest = await server.api('GET', `/conversations/${direct}/messages?after_seq=0&limit=1`, users.bob.token);
+    assert.equal(oldest.body.messages[0].body, 'hello bob');
+    assert.equal(stored('sorry, only saw this now: hi!').reply_to, oldest.body.messages[0].message_id);
+    const replies = await server.api('GET', `/conversations/${direct}/messages?reply_to=${q.message_id}`, users.ada.token);
+    assert.equal(replies.status, 200);
+    assert.deepEqual(
+      replies.body.messages.map((m) => [m.message_id, m.body, m.reply_to]),
+      [[ans.message_id, 'Thursday works for me', q.message_id]],
+    );
+    const none = await server.api('GET', `/conversations/${direct}/messages?reply_to=${stored('Or early next week').message_id}`, users.ada.token);
+    assert.deepEqual(none.body, { messages: [] });
+    // A reply to a message of another conversation is refused.
+    const team = (await server.api('GET', '/conversations', users.ada.token)).body.conversations.find((c) => c.title === 'Team');
+    const elsewhere = (await server.api('GET', `/conversations/${team.id}/messages?limit=1`, users.ada.token)).body.messages[0];
+    const refused = await server.api('POST', `/conversations/${direct}/messages`, users.ada.token, {
+      client_msg_id: 'reply-elsewhere',
+      body: 'wrong place',
+      reply_to: elsewhere.message_id,
+    });
+    assert.equal(refused.status, 404);
+    assert.equal(refused.body.error.code, 'not_found');
+  });
+
   it('is usable with the keyboard and labelled', T, async () => {
     const b = B.page;
     await b.goto('/#/');

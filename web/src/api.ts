@@ -185,14 +185,16 @@ export const api = {
     request<Conversation>('POST', '/conversations', { kind: 'direct', members: [userId] }),
   createGroup: (title: string, members: string[]) =>
     request<Conversation>('POST', '/conversations', { kind: 'group', title, members }),
-  messages: (id: string, page: { before_seq?: number; after_seq?: number; limit?: number }) =>
+  /** A page of history; with `reply_to`, only the messages answering that one (oldest
+   * first). */
+  messages: (id: string, page: { before_seq?: number; after_seq?: number; limit?: number; reply_to?: string }) =>
     request<{ messages: Message[] }>('GET', `/conversations/${seg(id)}/messages${q(page)}`).then((r) => r.messages),
-  postMessage: (id: string, client_msg_id: string, body: string, attachments: string[] = []) =>
-    request<{ message_id: string }>(
-      'POST',
-      `/conversations/${seg(id)}/messages`,
-      attachments.length ? { client_msg_id, body, attachments } : { client_msg_id, body },
-    ),
+  postMessage: (id: string, client_msg_id: string, body: string, attachments: string[] = [], reply_to: string | null = null) => {
+    const msg: { client_msg_id: string; body: string; attachments?: string[]; reply_to?: string } = { client_msg_id, body };
+    if (attachments.length) msg.attachments = attachments;
+    if (reply_to) msg.reply_to = reply_to;
+    return request<{ message_id: string }>('POST', `/conversations/${seg(id)}/messages`, msg);
+  },
 
   /** An attachment's bytes (`GET /attachments/{id}`). */
   attachment: (id: string) => requestBlob(`/attachments/${seg(id)}`),

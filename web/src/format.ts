@@ -142,15 +142,16 @@ export function authErrorMessage(mode: AuthMode, e: unknown): string {
   }
 }
 
-/** What to tell a person about a refused send, from the error code. */
-export function sendErrorMessage(code: string, message: string): string {
+/** What to tell a person about a refused send, from the error code. `reply`: the send
+ * answered a message, which `not_found` may also be about. */
+export function sendErrorMessage(code: string, message: string, reply = false): string {
   switch (code) {
     case 'too_large':
       return 'Too long: messages are at most 16 KiB.';
     case 'forbidden':
       return 'You are no longer a member of this conversation.';
     case 'not_found':
-      return 'This conversation no longer exists.';
+      return reply ? 'Not sent: the message it replies to, or this conversation, no longer exists.' : 'This conversation no longer exists.';
     case 'blocked':
       return `Blocked by your outgoing script: ${message}`;
     case 'bad_request':

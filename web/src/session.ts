@@ -6,7 +6,15 @@ import { createContext } from 'preact';
 import { useContext, useEffect, useState } from 'preact/hooks';
 import { api, ApiError } from './api';
 import { uuid } from './format';
-import { type Action, type ChatState, initialState, reducer, sinceFor, unknownConversations } from './store';
+import {
+  type Action,
+  type ChatState,
+  initialState,
+  type OutgoingMessage,
+  reducer,
+  sinceFor,
+  unknownConversations,
+} from './store';
 import type { Attachment, Job, ServerFrame, User } from './types';
 import { ChatClient } from './ws';
 
@@ -22,7 +30,8 @@ export class ChatSession {
   private readonly jobListeners = new Set<(job: Job) => void>();
   private readonly lastTyping = new Map<string, number>();
   private readonly fetching = new Set<string>();
-  private readonly loadingOlder = new Set<string>();
+  /** Conversation id → the older page being fetched. */
+  private readonly loadingOlder = new Map<string, Promise<boolean>>();
   private typingTimer: number | undefined;
   private readonly onOffline = () => this.client.networkLost();
   private readonly onOnline = () => this.client.networkBack();
@@ -125,30 +134,41 @@ export class ChatSession {
     this.dispatch({ type: 'page', conversation_id: id, messages, latest: true });
   }
 
-  /** Fetch the page before the oldest message held; false when there is none. */
-  async loadOlder(id: string): Promise<boolean> {
+  /** Fetch the page before the oldest message held; false when there is none. Called
+   * while a page is being fetched, it answers with that one (so that a caller looking
+   * for an old message, replies.ts `seekOlder`, goes on to the next page). */
+  loadOlder(id: string): Promise<boolean> {
+    const running = this.loadingOlder.get(id);
+    if (running) return running;
     const held = this.state.messages[id] ?? [];
     const first = held[0]?.seq ?? 0;
-    if (first <= 1 || this.loadingOlder.has(id)) return false;
-    this.loadingOlder.add(id);
-    try {
-      const messages = await api.messages(id, { before_seq: first, limit: PAGE });
-      this.dispatch({ type: 'page', conversation_id: id, messages, latest: false });
-      return messages.length > 0;
-    } finally {
-      this.loadingOlder.delete(id);
-    }
+    if (first <= 1) return Promise.resolve(false);
+    const page = api
+      .messages(id, { before_seq: first, limit: PAGE })
+      .then((messages) => {
+        this.dispatch({ type: 'page', conversation_id: id, messages, latest: false });
+        return messages.length > 0;
+      })
+      .finally(() => this.loadingOlder.delete(id));
+    this.loadingOlder.set(id, page);
+    return page;
   }
 
-  /** Send a message; `body` may be empty when there are attachments. */
-  send(conversation_id: string, body: string, attachments: Attachment[] = []): void {
+  /** Send a message; `body` may be empty when there are attachments. `reply_to`: the
+   * message_id it answers (sending ends the reply being written, store.ts). */
+  send(conversation_id: string, body: string, attachments: Attachment[] = [], reply_to: string | null = null): void {
     const ids = attachments.map((a) => a.attachment_id);
-    const client_msg_id = this.client.send(conversation_id, body, ids);
-    const message = attachments.length
-      ? { client_msg_id, conversation_id, body, attachments }
-      : { client_msg_id, conversation_id, body };
+    const client_msg_id = this.client.send(conversation_id, body, ids, reply_to);
+    const message: OutgoingMessage = { client_msg_id, conversation_id, body };
+    if (attachments.length) message.attachments = attachments;
+    if (reply_to) message.reply_to = reply_to;
     this.dispatch({ type: 'outgoing', message });
     this.lastTyping.delete(conversation_id);
+  }
+
+  /** Start replying to a message of the conversation, or stop (null). */
+  replyTo(conversation_id: string, message_id: string | null): void {
+    this.dispatch({ type: 'reply', conversation_id, message_id });
   }
 
   dismiss(client_msg_id: string): void {

@@ -21,6 +21,8 @@ export interface OutgoingMessage {
   body: string;
   /** Uploads it carries (shown while it is pending). */
   attachments?: Attachment[];
+  /** The message_id it answers. */
+  reply_to?: string;
   /** Set when the server refused it for good. */
   error?: { code: string; message: string };
 }
@@ -39,6 +41,9 @@ export interface ChatState {
   typing: Record<string, Record<string, number>>;
   users: Record<string, User>;
   outgoing: OutgoingMessage[];
+  /** Conversation id → the message_id the composer is replying to there (one reply
+   * being written per conversation; another conversation's is not carried over). */
+  replying: Record<string, string>;
   status: Status;
   retryInMs?: number;
 }
@@ -53,6 +58,7 @@ export const initialState: ChatState = {
   typing: {},
   users: {},
   outgoing: [],
+  replying: {},
   status: 'stopped',
 };
 
@@ -66,6 +72,8 @@ export type Action =
   | { type: 'frame'; frame: ServerFrame; now: number }
   | { type: 'status'; status: Status; retryInMs?: number }
   | { type: 'outgoing'; message: OutgoingMessage }
+  /** Start replying to a held message of the conversation, or stop (`message_id` null). */
+  | { type: 'reply'; conversation_id: string; message_id: string | null }
   | { type: 'send-failed'; client_msg_id: string; code: string; message: string }
   | { type: 'dismiss'; client_msg_id: string }
   | { type: 'read-local'; conversation_id: string; seq: number }
@@ -86,6 +94,14 @@ export function mergeMessages(a: Message[], b: Message[]): Message[] {
 
 function dedupe(list: Message[]): Message[] {
   return list.filter((m, i) => i === 0 || m.seq !== list[i - 1].seq);
+}
+
+/** `record` without `key` (the same object when it has none). */
+function without<T>(record: Record<string, T>, key: string): Record<string, T> {
+  if (!(key in record)) return record;
+  const rest = { ...record };
+  delete rest[key];
+  return rest;
 }
 
 function fromServer(c: Conversation, prev?: ConversationState): ConversationState {
@@ -160,8 +176,22 @@ export function reducer(state: ChatState, action: Action): ChatState {
         online: action.status === 'online' ? state.online : {},
         typing: action.status === 'online' ? state.typing : {},
       };
-    case 'outgoing':
-      return { ...state, outgoing: [...state.outgoing, action.message] };
+    case 'outgoing': {
+      // Sending ends the reply being written in that conversation (it went with it).
+      const cid = action.message.conversation_id;
+      return { ...state, outgoing: [...state.outgoing, action.message], replying: without(state.replying, cid) };
+    }
+    case 'reply': {
+      const cid = action.conversation_id;
+      if (action.message_id === null) {
+        return cid in state.replying ? { ...state, replying: without(state.replying, cid) } : state;
+      }
+      // Only a message of that conversation, and one held (it is what the bar shows).
+      const held = state.messages[cid] ?? [];
+      if (!held.some((m) => m.message_id === action.message_id)) return state;
+      if (state.replying[cid] === action.message_id) return state;
+      return { ...state, replying: { ...state.replying, [cid]: action.message_id } };
+    }
     case 'send-failed':
       return {
         ...state,

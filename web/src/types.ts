@@ -52,6 +52,9 @@ export interface Message {
   /** Always sent by servers that have attachments (`[]` when none); older ones leave it
    * out, so read it as `m.attachments ?? []`. */
   attachments?: Attachment[];
+  /** The message_id of the earlier message of the same conversation this one answers,
+   * or null. Servers before replies leave it out: read it as `m.reply_to ?? null`. */
+  reply_to?: string | null;
 }
 
 export interface AutoReply {
@@ -129,7 +132,7 @@ export type ServerFrame =
 
 /** Frames the client sends (§5.2). */
 export type ClientFrame =
-  | { type: 'send'; client_msg_id: string; conversation_id: string; body: string; attachments?: string[] }
+  | { type: 'send'; client_msg_id: string; conversation_id: string; body: string; attachments?: string[]; reply_to?: string }
   | { type: 'sync'; since: Record<string, number> }
   | { type: 'typing'; conversation_id: string }
   | { type: 'read'; conversation_id: string; seq: number }

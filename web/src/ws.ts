@@ -62,6 +62,8 @@ export interface PendingSend {
   body: string;
   /** Attachment ids (uploads of the sender's); none when empty. */
   attachments: string[];
+  /** The message_id it answers (same conversation), or null. */
+  reply_to: string | null;
   accepted: boolean;
 }
 
@@ -143,11 +145,18 @@ export class ChatClient {
     return [...this.pending.values()];
   }
 
-  /** Queue a message; it goes out now if the session is synced, else after the next
-   * `synced`. Returns its client_msg_id. */
-  send(conversation_id: string, body: string, attachments: string[] = []): string {
+  /** Queue a message (answering `reply_to` when given); it goes out now if the session
+   * is synced, else after the next `synced`. Returns its client_msg_id. */
+  send(conversation_id: string, body: string, attachments: string[] = [], reply_to: string | null = null): string {
     const client_msg_id = this.o.newId();
-    const p: PendingSend = { client_msg_id, conversation_id, body, attachments: [...attachments], accepted: false };
+    const p: PendingSend = {
+      client_msg_id,
+      conversation_id,
+      body,
+      attachments: [...attachments],
+      reply_to: reply_to || null,
+      accepted: false,
+    };
     this.pending.set(client_msg_id, p);
     if (this.synced) this.resend(p);
     return client_msg_id;
@@ -298,10 +307,12 @@ export class ChatClient {
   }
 
   /** The `send` frame of a pending send: the same every time, so a retry is the same
-   * message to the server (`attachments` only when there are some). */
+   * message to the server (`attachments` only when there are some, `reply_to` only when
+   * it answers one). */
   private resend(p: PendingSend): void {
     const frame: Extract<ClientFrame, { type: 'send' }> = { type: 'send', client_msg_id: p.client_msg_id, conversation_id: p.conversation_id, body: p.body };
     if (p.attachments.length) frame.attachments = p.attachments;
+    if (p.reply_to) frame.reply_to = p.reply_to;
     this.write(frame);
   }
 

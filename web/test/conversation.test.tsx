@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { auth } from '../src/api';
 import { Chats } from '../src/screens/Chats';
 import { type ChatSession, SessionContext } from '../src/session';
-import { type ChatState, initialState } from '../src/store';
+import { type Action, type ChatState, initialState, reducer } from '../src/store';
 import type { Attachment, Message } from '../src/types';
 import { attachment, FakeXhr } from './fakes';
 
@@ -36,9 +36,12 @@ function msg(seq: number, body: string, attachments: Attachment[]): Message {
   };
 }
 
-/** What ConversationView needs of a session; `sent` records `send` calls. */
-function fakeSession(messages: Message[]) {
-  const state: ChatState = {
+/** What ConversationView needs of a session, over the real reducer; `sent` records
+ * `send` calls (and `replyTos` their reply_to). `older`: the pages `loadOlder` gives,
+ * newest first. `others`: more conversations, by id, with their messages. */
+function fakeSession(messages: Message[], opts: { older?: Message[][]; others?: Record<string, Message[]> } = {}) {
+  const others = Object.entries(opts.others ?? {});
+  let state: ChatState = {
     ...initialState,
     me: ME,
     users: { [ME.id]: ME, [BOB.id]: BOB },
@@ -55,23 +58,65 @@ function fakeSession(messages: Message[]) {
         my_read: messages.length,
         last_at: '2025-03-14T09:26:53Z',
       },
+      ...Object.fromEntries(
+        others.map(([id, list]) => [
+          id,
+          {
+            id,
+            kind: 'group' as const,
+            title: `Group ${id}`,
+            members: [ME.id, BOB.id],
+            owner_id: ME.id,
+            created_at: '2025-03-14T09:00:00Z',
+            last_seq: list.length,
+            unread: 0,
+            my_read: list.length,
+            last_at: '2025-03-14T09:00:00Z',
+          },
+        ]),
+      ),
     },
-    messages: { [C]: messages },
-    loaded: { [C]: true },
+    messages: { [C]: messages, ...Object.fromEntries(others) },
+    loaded: { [C]: true, ...Object.fromEntries(others.map(([id]) => [id, true])) },
     status: 'online',
   };
+  const listeners = new Set<() => void>();
+  const older = [...(opts.older ?? [])];
   const sent: [string, string, Attachment[]][] = [];
+  const replyTos: (string | null)[] = [];
+  const loads: string[] = [];
+  const dispatch = (a: Action) => {
+    state = reducer(state, a);
+    for (const fn of listeners) fn();
+  };
   const session = {
-    state,
-    subscribe: () => () => {},
+    get state() {
+      return state;
+    },
+    subscribe: (fn: () => void) => {
+      listeners.add(fn);
+      return () => listeners.delete(fn);
+    },
     open: async () => {},
     markRead: () => {},
     typing: () => {},
-    loadOlder: async () => false,
+    loadOlder: async (id: string) => {
+      loads.push(id);
+      const page = older.shift();
+      if (!page) return false;
+      dispatch({ type: 'page', conversation_id: id, messages: page, latest: false });
+      return page.length > 0;
+    },
     dismiss: () => {},
-    send: (id: string, body: string, attachments: Attachment[] = []) => sent.push([id, body, attachments]),
+    replyTo: (conversation_id: string, message_id: string | null) => dispatch({ type: 'reply', conversation_id, message_id }),
+    send: (id: string, body: string, attachments: Attachment[] = [], reply_to: string | null = null) => {
+      sent.push([id, body, attachments]);
+      replyTos.push(reply_to);
+      const message = { client_msg_id: `out-${sent.length}`, conversation_id: id, body, ...(reply_to ? { reply_to } : {}) };
+      dispatch({ type: 'outgoing', message });
+    },
   } as unknown as ChatSession;
-  return { session, sent };
+  return { session, sent, replyTos, loads };
 }
 
 /** Answer fetches of bytes from a table of path → [status, body]; records the calls. */
@@ -113,18 +158,21 @@ afterEach(() => {
   auth.token = null;
 });
 
-async function show(messages: Message[]) {
-  const s = fakeSession(messages);
-  await act(() =>
-    render(
-      <SessionContext.Provider value={s.session}>
-        <Chats conversationId={C} />
-      </SessionContext.Provider>,
-      root,
-    ),
-  );
-  await flush();
-  return s;
+async function show(messages: Message[], opts: Parameters<typeof fakeSession>[1] = {}) {
+  const s = fakeSession(messages, opts);
+  const open = async (id: string) => {
+    await act(() =>
+      render(
+        <SessionContext.Provider value={s.session}>
+          <Chats conversationId={id} />
+        </SessionContext.Provider>,
+        root,
+      ),
+    );
+    await flush();
+  };
+  await open(C);
+  return { ...s, open };
 }
 
 const $ = <T extends Element = HTMLElement>(sel: string) => root.querySelector<T>(sel);
@@ -368,5 +416,191 @@ describe('the composer with attachments', () => {
     await choose(new File(['x'], 'a.txt'));
     await act(() => render(null, root));
     expect(FakeXhr.made[0].aborted).toBe(true);
+  });
+});
+
+describe('replies', () => {
+  const reply = (seq: number, body: string, reply_to: string | null | undefined, extra: Partial<Message> = {}): Message => ({
+    ...msg(seq, body, []),
+    ...(reply_to === undefined ? {} : { reply_to }),
+    ...extra,
+  });
+  const item = (seq: number) => $(`.message-list li.msg[data-seq="${seq}"]`)!;
+  const replyButton = (seq: number) => item(seq).querySelector<HTMLButtonElement>('button[aria-label="Reply"]')!;
+  const input = () => $<HTMLTextAreaElement>('#composer-input')!;
+  const bar = () => $('.reply-bar-text')?.textContent ?? null;
+  const quoteOf = (seq: number) => item(seq).querySelector<HTMLElement>('.quote');
+  const type = async (text: string) => {
+    input().value = text;
+    await act(() => {
+      input().dispatchEvent(new Event('input', { bubbles: true }));
+    });
+  };
+  const key = async (el: Element, k: string) => {
+    const ev = new KeyboardEvent('keydown', { key: k, bubbles: true, cancelable: true });
+    await act(() => {
+      el.dispatchEvent(ev);
+    });
+    return ev;
+  };
+
+  it('a Reply button on every message starts a reply shown above the composer; × and Escape cancel it', async () => {
+    await show([msg(1, 'Which day works\nfor the review?', []), msg(2, '', [txt])]);
+    const buttons = [...root.querySelectorAll<HTMLButtonElement>('.message-list button[aria-label="Reply"]')];
+    expect(buttons).toHaveLength(2);
+    // Each names what it answers, for screen readers.
+    expect(buttons[0].getAttribute('aria-describedby')).toBe('msg-1');
+    expect($('#msg-1')?.textContent).toContain('Which day works');
+    expect(bar()).toBeNull();
+
+    await click(replyButton(1));
+    expect(bar()).toBe('Replying to bob: Which day works for the review?');
+    expect(document.activeElement).toBe(input());
+    expect(input().getAttribute('aria-describedby')).toBe('reply-bar-text composer-help');
+    expect($('#composer-help')?.textContent).toContain('Escape cancels the reply.');
+
+    await click(button('Cancel reply'));
+    expect(bar()).toBeNull();
+    expect(document.activeElement).toBe(input());
+    expect(input().getAttribute('aria-describedby')).toBe('composer-help');
+
+    await click(replyButton(2));
+    expect(bar()).toBe('Replying to bob: Attachment: notes.txt');
+    expect((await key(input(), 'Escape')).defaultPrevented).toBe(true);
+    expect(bar()).toBeNull();
+    // With no reply, Escape is left alone.
+    expect((await key(input(), 'Escape')).defaultPrevented).toBe(false);
+  });
+
+  it('sending sends the reply_to and ends the reply; the pending message shows its quote', async () => {
+    const { sent, replyTos, session } = await show([msg(1, 'Which day works?', [])]);
+    await click(replyButton(1));
+    await type('Thursday');
+    await act(() => {
+      $('form.composer')!.dispatchEvent(new Event('submit', { bubbles: true, cancelable: true }));
+    });
+    expect(sent).toEqual([[C, 'Thursday', []]]);
+    expect(replyTos).toEqual(['m-1']);
+    expect(bar()).toBeNull();
+    expect(session.state.replying).toEqual({});
+    const pending = $('li.msg.pending')!;
+    expect(pending.querySelector('.quote-sender')?.textContent).toBe('bob');
+    expect(pending.querySelector('.quote-text')?.textContent).toBe('Which day works?');
+    expect(pending.querySelector('.body')?.textContent).toBe('Thursday');
+
+    // The next message is no reply.
+    await type('and Friday');
+    await key(input(), 'Enter');
+    expect(replyTos).toEqual(['m-1', null]);
+  });
+
+  it('the reply belongs to its conversation: another one does not show it', async () => {
+    const other = { ...msg(1, 'in the group', []), message_id: 'g-1', conversation_id: 'c-2' };
+    const { open, session } = await show([msg(1, 'Which day works?', [])], { others: { 'c-2': [other] } });
+    await click(replyButton(1));
+    expect(bar()).toBe('Replying to bob: Which day works?');
+    await open('c-2');
+    expect($('#conv-title')?.textContent).toBe('Group c-2');
+    expect(bar()).toBeNull();
+    await click(replyButton(1));
+    expect(bar()).toBe('Replying to bob: in the group');
+    expect(session.state.replying).toEqual({ [C]: 'm-1', 'c-2': 'g-1' });
+    await open(C);
+    expect(bar()).toBe('Replying to bob: Which day works?');
+  });
+
+  it("shows a quote above a reply's body: the original's sender and start, an attachment's name, or that it is not loaded", async () => {
+    const long = 'word '.repeat(40).trim();
+    await show([
+      msg(1, 'Which day works for the review?', []),
+      reply(2, 'mine', null, { sender_id: ME.id }),
+      reply(3, 'Thursday', 'm-1', { sender_id: ME.id }),
+      reply(4, 'yours?', 'm-2'),
+      msg(5, '', [txt]),
+      reply(6, 'got it', 'm-5', { sender_id: ME.id }),
+      reply(7, long, 'm-3'),
+      reply(8, 'about something old', '0191f0a5-0000-7000-8000-0000000000ff'),
+      // A server before replies sends no reply_to at all.
+      reply(9, 'plain', undefined),
+    ]);
+    expect(quoteOf(1)).toBeNull();
+    expect(quoteOf(2)).toBeNull();
+    expect(quoteOf(9)).toBeNull();
+    const q3 = quoteOf(3)!;
+    expect(q3.tagName).toBe('BUTTON');
+    expect(q3.querySelector('.quote-sender')?.textContent).toBe('bob');
+    expect(q3.querySelector('.quote-text')?.textContent).toBe('Which day works for the review?');
+    expect(q3.getAttribute('aria-label')).toBe('Show the original message, from bob: Which day works for the review?');
+    // Above the body, inside the bubble.
+    expect(q3.parentElement?.classList.contains('bubble')).toBe(true);
+    expect(q3.nextElementSibling?.textContent).toBe('Thursday');
+    expect(quoteOf(4)?.querySelector('.quote-sender')?.textContent).toBe('You');
+    expect(quoteOf(6)?.querySelector('.quote-text')?.textContent).toBe('Attachment: notes.txt');
+    expect(quoteOf(7)?.querySelector('.quote-text')?.textContent).toBe('Thursday');
+    const q8 = quoteOf(8)!;
+    expect(q8.getAttribute('data-state')).toBe('not-loaded');
+    expect(q8.querySelector('.quote-sender')).toBeNull();
+    expect(q8.querySelector('.quote-text')?.textContent).toBe('Original message not loaded');
+    expect(q8.getAttribute('aria-label')).toBe('Original message not loaded: load older messages to show it');
+  });
+
+  it('choosing a quote scrolls to the original, focuses it and highlights it for a while', async () => {
+    const scrolled: string[] = [];
+    vi.spyOn(HTMLElement.prototype, 'scrollIntoView').mockImplementation(function (this: HTMLElement) {
+      scrolled.push(this.dataset.seq ?? '?');
+    });
+    await show([msg(1, 'Which day works?', []), ...Array.from({ length: 5 }, (_, i) => msg(i + 2, `filler ${i}`, [])), reply(7, 'Thursday', 'm-1')]);
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      await click(quoteOf(7));
+      await act(() => Promise.resolve());
+      expect(scrolled).toEqual(['1']);
+      expect(item(1).classList.contains('highlight')).toBe(true);
+      expect(item(1).getAttribute('data-highlighted')).toBe('true');
+      expect(document.activeElement).toBe(item(1));
+      expect(item(7).classList.contains('highlight')).toBe(false);
+      await act(() => {
+        vi.advanceTimersByTime(2_499);
+      });
+      expect(item(1).classList.contains('highlight')).toBe(true);
+      await act(() => {
+        vi.advanceTimersByTime(1);
+      });
+      expect(item(1).classList.contains('highlight')).toBe(false);
+      expect(item(1).hasAttribute('data-highlighted')).toBe(false);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('loads older pages until the original comes; says so when the whole history does not have it', async () => {
+    const scrolled: string[] = [];
+    vi.spyOn(HTMLElement.prototype, 'scrollIntoView').mockImplementation(function (this: HTMLElement) {
+      scrolled.push(this.dataset.seq ?? '?');
+    });
+    const { loads } = await show([reply(5, 'Thursday', 'm-2'), reply(6, 'what was that?', 'm-gone')], {
+      older: [
+        [msg(3, 'three', []), msg(4, 'four', [])],
+        [msg(1, 'one', []), msg(2, 'Which day works?', [])],
+      ],
+    });
+    expect(quoteOf(5)?.getAttribute('data-state')).toBe('not-loaded');
+    await click(quoteOf(5));
+    await flush();
+    expect(loads).toEqual([C, C]);
+    expect(scrolled).toEqual(['2']);
+    expect(item(2).classList.contains('highlight')).toBe(true);
+    expect(quoteOf(5)?.querySelector('.quote-sender')?.textContent).toBe('bob');
+    expect(quoteOf(5)?.querySelector('.quote-text')?.textContent).toBe('Which day works?');
+
+    // All history is held now: one more try, then the quote says it is unavailable and
+    // is no longer a button.
+    await click(quoteOf(6));
+    await flush();
+    expect(loads).toEqual([C, C, C]);
+    const q6 = quoteOf(6)!;
+    expect(q6.tagName).toBe('P');
+    expect(q6.textContent).toBe('Original message unavailable');
+    expect(scrolled).toEqual(['2']);
   });
 });

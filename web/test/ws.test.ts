@@ -236,6 +236,53 @@ describe('ChatClient', () => {
     expect(last().ofType('send')).toEqual([frame]);
   });
 
+  it('carries reply_to in the send and in the resend after a reconnect, with attachments too', () => {
+    const { client, handshake, last, timers } = setup();
+    client.start();
+    handshake();
+    const original = '0191f0a5-1111-7000-8000-000000000001';
+    const plain = client.send(C1, 'no reply');
+    const id = client.send(C1, 'yes, Thursday', [], original);
+    const both = client.send(C1, '', ['0191f0a5-0000-7000-8000-00000000000a'], original);
+    const frames = [
+      { type: 'send', client_msg_id: plain, conversation_id: C1, body: 'no reply' },
+      { type: 'send', client_msg_id: id, conversation_id: C1, body: 'yes, Thursday', reply_to: original },
+      {
+        type: 'send',
+        client_msg_id: both,
+        conversation_id: C1,
+        body: '',
+        attachments: ['0191f0a5-0000-7000-8000-00000000000a'],
+        reply_to: original,
+      },
+    ];
+    expect(last().ofType('send')).toEqual(frames);
+    expect(client.unconfirmed().map((p) => p.reply_to)).toEqual([null, original, original]);
+    // Accepted is no storage promise: the connection drops, all three go again after
+    // the resync, reply_to kept.
+    last().recv({ type: 'accepted', client_msg_id: id, message_id: 'm' });
+    last().serverClose();
+    timers.advance(100);
+    handshake();
+    expect(last().ofType('send')).toEqual(frames);
+    // Its echo confirms it; the others are resent once more after the next reconnect.
+    last().recv({ type: 'message', message: msg(7, { client_msg_id: id, sender_id: ME.id, body: 'yes, Thursday', reply_to: original }) });
+    last().serverClose();
+    timers.advance(100);
+    handshake();
+    expect(last().ofType('send')).toEqual([frames[0], frames[2]]);
+  });
+
+  it('a reply refused with not_found (original not in the conversation) is final', () => {
+    const { client, handshake, last, failed } = setup();
+    client.start();
+    handshake();
+    const id = client.send(C1, 'answer', [], 'm-elsewhere');
+    last().recv({ type: 'error', code: 'not_found', message: 'message m-elsewhere does not exist in conversation c-1', client_msg_id: id });
+    expect(failed).toEqual([`${id}:not_found`]);
+    expect(client.unconfirmed()).toEqual([]);
+  });
+
   it('does not resend a send whose echo came in the sync replay', () => {
     const { client, handshake, last, timers } = setup();
     client.start();

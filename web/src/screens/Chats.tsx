@@ -1,4 +1,5 @@
-import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
+import type { RefObject } from 'preact';
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { ApiError, type Upload, uploadAttachment } from '../api';
 import { AttachmentList, ImageViewer } from '../components';
 import {
@@ -26,11 +27,14 @@ import {
   userName,
   uuid,
 } from '../format';
+import { findOriginal, quoteView, type QuoteView, type ReplyBar, replyBar, seekOlder } from '../replies';
 import { useChat, useSession } from '../session';
 import { type ChatState, type ConversationState, sortedConversations, typingIn } from '../store';
 import type { Attachment, Message } from '../types';
 
 const MAX_BODY_BYTES = 16_384;
+/** How long the original of a quote stays highlighted after a jump to it. */
+const HIGHLIGHT_MS = 2_500;
 
 export function Chats({ conversationId }: { conversationId: string | null }) {
   return (
@@ -159,6 +163,15 @@ function ConversationView({ id }: { id: string }) {
   const [viewing, setViewing] = useState<Attachment | null>(null);
   const [dropping, setDropping] = useState(false);
   const dragDepth = useRef(0);
+  const inputRef = useRef<HTMLTextAreaElement>(null);
+  // Replies: the original being looked for (older pages loading), the ones the whole
+  // history did not have, the one highlighted after a jump (`n` restarts the timer when
+  // the same one is chosen again) and the one to scroll to once it is rendered.
+  const [seeking, setSeeking] = useState<string | null>(null);
+  const [unavailable, setUnavailable] = useState<Record<string, true>>({});
+  const [highlight, setHighlight] = useState<{ seq: number; n: number } | null>(null);
+  const scrollTo = useRef<number | null>(null);
+  const byId = useMemo(() => new Map(messages.map((m) => [m.message_id, m])), [messages]);
 
   useEffect(() => {
     session.open(id).catch((e: Error) => setLoadError(e.message));
@@ -192,6 +205,41 @@ function ConversationView({ id }: { id: string }) {
     // `c`: the list is not rendered until the conversation is known, which may come
     // after its first page.
   }, [messages, outgoing.length, !!c]);
+
+  // The list also changes size without a message coming: the composer grows (the
+  // "Replying to" bar, upload chips, a longer text), the window is resized. A reader at
+  // the bottom stays there.
+  useEffect(() => {
+    const el = listRef.current;
+    if (!el || typeof ResizeObserver === 'undefined') return;
+    const ro = new ResizeObserver(() => {
+      if (atBottom.current) el.scrollTop = el.scrollHeight;
+      lastHeight.current = el.scrollHeight;
+    });
+    ro.observe(el);
+    const list = el.querySelector('.message-list');
+    if (list) ro.observe(list);
+    return () => ro.disconnect();
+  }, [!!c]);
+
+  // After a jump to the original of a quote: once it is rendered, bring it to the middle
+  // of the list and give it focus (keyboard users go on from there).
+  useLayoutEffect(() => {
+    const seq = scrollTo.current;
+    if (seq === null) return;
+    const el = listRef.current?.querySelector<HTMLElement>(`li.msg[data-seq="${seq}"]`);
+    if (!el) return;
+    scrollTo.current = null;
+    atBottom.current = false;
+    el.scrollIntoView({ block: 'center' });
+    el.focus({ preventScroll: true });
+  });
+
+  useEffect(() => {
+    if (!highlight) return;
+    const t = setTimeout(() => setHighlight(null), HIGHLIGHT_MS);
+    return () => clearTimeout(t);
+  }, [highlight]);
 
   const last = messages[messages.length - 1];
   // Read marker: move it when the newest message is on screen and the tab is visible.
@@ -227,6 +275,40 @@ function ConversationView({ id }: { id: string }) {
     if (el.scrollTop < 150 && (messages[0]?.seq ?? 1) > 1 && !loadingOlder) void loadOlder();
   };
 
+  /** Show the original of a quote: from the messages held, or after loading older
+   * pages (the same as scrolling back) until it comes or the history ends. */
+  const goToOriginal = async (reply_to: string) => {
+    if (seeking) return;
+    const held = () => findOriginal(session.state.messages[id] ?? [], reply_to);
+    let found = held();
+    if (!found) {
+      setSeeking(reply_to);
+      setLoadingOlder(true);
+      try {
+        await seekOlder(() => !!held(), () => session.loadOlder(id));
+        found = held();
+        if (!found) setUnavailable((u) => ({ ...u, [reply_to]: true }));
+      } catch (e) {
+        setLoadError((e as Error).message);
+      } finally {
+        setSeeking(null);
+        setLoadingOlder(false);
+      }
+    }
+    if (!found) return;
+    scrollTo.current = found.seq;
+    setHighlight((h) => ({ seq: found.seq, n: (h?.n ?? 0) + 1 }));
+  };
+
+  const startReply = (m: Message) => {
+    session.replyTo(id, m.message_id);
+    inputRef.current?.focus();
+  };
+  const cancelReply = () => {
+    session.replyTo(id, null);
+    inputRef.current?.focus();
+  };
+
   const jump = () => {
     const el = listRef.current;
     if (el) el.scrollTop = el.scrollHeight;
@@ -248,6 +330,10 @@ function ConversationView({ id }: { id: string }) {
   const title = conversationTitle(c, state.me?.id, state.users);
   const p = presence(state, c);
   const seenAt = seenMarkers(state, id, messages);
+  const quoteOf = (reply_to: string | null | undefined): QuoteView | undefined =>
+    reply_to ? quoteView(byId.get(reply_to), state.users, state.me?.id, !!unavailable[reply_to]) : undefined;
+  const replyId = state.replying[id] ?? null;
+  const replyOriginal = replyId ? byId.get(replyId) : undefined;
 
   // Files dropped anywhere on the conversation, or pasted into it, are attached.
   const hasFiles = (e: DragEvent) => [...(e.dataTransfer?.types ?? [])].includes('Files');
@@ -334,11 +420,19 @@ function ConversationView({ id }: { id: string }) {
                 sender={userName(state.users, m.sender_id)}
                 seenBy={seenAt.get(m.seq)}
                 onOpen={setViewing}
+                quote={quoteOf(m.reply_to)}
+                seeking={!!m.reply_to && seeking === m.reply_to}
+                onQuote={() => m.reply_to && void goToOriginal(m.reply_to)}
+                onReply={() => startReply(m)}
+                highlighted={highlight?.seq === m.seq}
               />
             ))}
             {outgoing.map((o) => (
               <li key={o.client_msg_id} class={`msg mine pending ${o.error ? 'failed' : ''}`} data-pending={o.client_msg_id}>
                 <div class="bubble">
+                  {o.reply_to && (
+                    <Quote view={quoteOf(o.reply_to)!} seeking={seeking === o.reply_to} onOpen={() => void goToOriginal(o.reply_to!)} />
+                  )}
                   {o.body && <p class="body">{o.body}</p>}
                   {o.attachments?.length ? (
                     <ul class="attachments" aria-label="Attachments">
@@ -355,7 +449,7 @@ function ConversationView({ id }: { id: string }) {
                 <div class="meta small">
                   {o.error ? (
                     <>
-                      <span class="error">{sendErrorMessage(o.error.code, o.error.message)}</span>{' '}
+                      <span class="error">{sendErrorMessage(o.error.code, o.error.message, !!o.reply_to)}</span>{' '}
                       <button type="button" class="link" onClick={() => session.dismiss(o.client_msg_id)}>
                         Dismiss
                       </button>
@@ -381,9 +475,12 @@ function ConversationView({ id }: { id: string }) {
       </p>
       <Composer
         uploads={uploads}
+        inputRef={inputRef}
+        reply={replyId ? replyBar(replyOriginal, state.users, state.me?.id) : null}
+        onCancelReply={cancelReply}
         onSend={(body, attachments) => {
           atBottom.current = true;
-          session.send(id, body, attachments);
+          session.send(id, body, attachments, replyId);
         }}
         onTyping={() => session.typing(id)}
       />
@@ -420,6 +517,35 @@ function seenMarkers(state: ChatState, id: string, messages: Message[]): Map<num
 
 const ORIGIN: Record<string, string> = { script: 'script', auto_reply: 'auto-reply' };
 
+/** The quote above a reply's body: who wrote the original and how it starts; a button
+ * that shows the original. Not a button when the history has been searched in vain. */
+function Quote({ view, seeking, onOpen }: { view: QuoteView; seeking: boolean; onOpen: () => void }) {
+  if (view.state === 'unavailable') {
+    return (
+      <p class="quote missing" data-state={view.state}>
+        <span class="quote-text">{view.text}</span>
+      </p>
+    );
+  }
+  const label = view.sender
+    ? `Show the original message, from ${view.sender}: ${view.text}`
+    : `${view.text}: load older messages to show it`;
+  return (
+    <button
+      type="button"
+      class={`quote ${view.state === 'found' ? '' : 'missing'}`}
+      data-state={view.state}
+      aria-label={label}
+      title={view.state === 'found' ? 'Show the original message' : 'Load older messages to show the original'}
+      aria-busy={seeking || undefined}
+      onClick={onOpen}
+    >
+      {view.sender && <span class="quote-sender">{view.sender}</span>}
+      <span class="quote-text">{seeking ? 'Loading older messages…' : view.text}</span>
+    </button>
+  );
+}
+
 function MessageItem({
   m,
   mine,
@@ -427,6 +553,11 @@ function MessageItem({
   sender,
   seenBy,
   onOpen,
+  quote,
+  seeking,
+  onQuote,
+  onReply,
+  highlighted,
 }: {
   m: Message;
   mine: boolean;
@@ -434,10 +565,21 @@ function MessageItem({
   sender: string;
   seenBy?: string[];
   onOpen: (a: Attachment) => void;
+  quote?: QuoteView;
+  seeking: boolean;
+  onQuote: () => void;
+  onReply: () => void;
+  highlighted: boolean;
 }) {
   const attachments = m.attachments ?? [];
   return (
-    <li class={`msg ${mine ? 'mine' : 'theirs'} ${showHead ? 'head' : ''}`} data-seq={m.seq}>
+    <li
+      class={`msg ${mine ? 'mine' : 'theirs'} ${showHead ? 'head' : ''} ${highlighted ? 'highlight' : ''}`}
+      data-seq={m.seq}
+      data-message-id={m.message_id}
+      data-highlighted={highlighted ? 'true' : undefined}
+      tabIndex={-1}
+    >
       {showHead && (
         <div class="meta small">
           <span class="sender">{mine ? 'You' : sender}</span>
@@ -447,9 +589,17 @@ function MessageItem({
           </time>
         </div>
       )}
-      <div class={`bubble ${attachments.length ? 'with-attachments' : ''}`}>
-        {(m.body || !attachments.length) && <p class="body">{m.body}</p>}
-        <AttachmentList list={attachments} onOpen={onOpen} />
+      <div class="msg-row">
+        <div class={`bubble ${attachments.length ? 'with-attachments' : ''}`} id={`msg-${m.seq}`}>
+          {quote && <Quote view={quote} seeking={seeking} onOpen={onQuote} />}
+          {(m.body || !attachments.length) && <p class="body">{m.body}</p>}
+          <AttachmentList list={attachments} onOpen={onOpen} />
+        </div>
+        <div class="msg-actions">
+          <button type="button" class="msg-action" aria-label="Reply" title="Reply" aria-describedby={`msg-${m.seq}`} onClick={onReply}>
+            <span aria-hidden="true">↩</span>
+          </button>
+        </div>
       </div>
       {seenBy && (
         <div class="seen small muted" data-testid="seen">
@@ -556,16 +706,21 @@ function UploadChips({ uploads }: { uploads: Uploads }) {
 
 function Composer({
   uploads,
+  inputRef: ref,
+  reply,
+  onCancelReply,
   onSend,
   onTyping,
 }: {
   uploads: Uploads;
+  inputRef: RefObject<HTMLTextAreaElement>;
+  reply: ReplyBar | null;
+  onCancelReply: () => void;
   onSend: (body: string, attachments: Attachment[]) => void;
   onTyping: () => void;
 }) {
   const [body, setBody] = useState('');
   const [error, setError] = useState<string | null>(null);
-  const ref = useRef<HTMLTextAreaElement>(null);
   const fileRef = useRef<HTMLInputElement>(null);
   const busy = uploading(uploads.state);
   const ready = canSend(uploads.state, body);
@@ -590,6 +745,21 @@ function Composer({
 
   return (
     <form class="composer" onSubmit={submit}>
+      {reply && (
+        <div class="reply-bar" data-testid="reply-bar">
+          <span class="reply-bar-text" id="reply-bar-text" title={reply.label}>
+            Replying to <strong class="reply-who">{reply.who}</strong>
+            {reply.snippet && (
+              <>
+                : <span class="reply-snippet">{reply.snippet}</span>
+              </>
+            )}
+          </span>
+          <button type="button" class="reply-cancel" aria-label="Cancel reply" title="Cancel reply (Escape)" onClick={onCancelReply}>
+            ×
+          </button>
+        </div>
+      )}
       <UploadChips uploads={uploads} />
       <input
         ref={fileRef}
@@ -622,7 +792,7 @@ function Composer({
         rows={1}
         placeholder="Write a message"
         value={body}
-        aria-describedby="composer-help"
+        aria-describedby={reply ? 'reply-bar-text composer-help' : 'composer-help'}
         aria-invalid={error ? true : undefined}
         onInput={(e) => {
           setBody(e.currentTarget.value);
@@ -630,6 +800,10 @@ function Composer({
         }}
         onKeyDown={(e) => {
           if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) submit(e);
+          else if (e.key === 'Escape' && reply && !e.isComposing) {
+            e.preventDefault();
+            onCancelReply();
+          }
         }}
       />
       <button type="submit" class="primary" disabled={!ready} title={busy ? 'Waiting for the uploads to finish' : undefined}>
@@ -639,7 +813,7 @@ function Composer({
         {error ??
           (busy
             ? 'Uploading: Send waits for the uploads to finish.'
-            : 'Enter sends, Shift+Enter starts a new line. Files can be attached, dropped or pasted.')}
+            : `Enter sends, Shift+Enter starts a new line.${reply ? ' Escape cancels the reply.' : ''} Files can be attached, dropped or pasted.`)}
       </p>
     </form>
   );
