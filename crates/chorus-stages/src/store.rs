@@ -53,6 +53,8 @@ impl StageWorker for StoreStage {
                     m.conversation_id = stored.conversation_id;
                     m.sender_id = stored.sender_id;
                     m.origin = stored.origin;
+                    m.attachments = stored.attachments;
+                    m.reply_to = stored.reply_to;
                 }
                 Some(Appended::NoConversation) | None => {
                     tracing::warn!(
