@@ -450,6 +450,63 @@ mod tests {
         (delivery, log.retained(&route_topic).unwrap())
     }
 
+    #[tokio::test]
+    async fn a_retry_of_a_stored_message_goes_on_as_stored_whatever_it_says() {
+        let log = MemoryLog::new();
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path(), &log, Topics::new("t")).await;
+        let store = ctx.directory.store();
+        let a = store.create_user("a", "x").await.unwrap();
+        let b = store.create_user("b", "x").await.unwrap();
+        let (conversation, _) = store.direct(a.id, b.id).await.unwrap();
+        let file = chorus_core::AttachmentId::new();
+        store
+            .begin_attachment(file, a.id, "f.txt", "text/plain", chrono::Utc::now())
+            .await
+            .unwrap();
+        assert!(store.finish_attachment(file, 1, "ab", 100).await.unwrap());
+        let shape = store.attachment(file).await.unwrap().unwrap().attachment;
+        let send = |body: &str, reply_to, attachments| MessageEvent {
+            reply_to,
+            attachments,
+            message_id: MessageId::derive(a.id, conversation.id, "same"),
+            client_msg_id: "same".into(),
+            conversation_id: conversation.id,
+            sender_id: a.id,
+            session_id: None,
+            body: body.into(),
+            seq: None,
+            sent_at: chrono::Utc::now(),
+            origin: Origin::User,
+            hops: 0,
+            route: vec![Stage::Store, Stage::Route],
+            suppress: Vec::new(),
+            budget: None,
+        };
+        let first = send("first", None, vec![shape.clone()]);
+        let retry = send(
+            "retry",
+            Some(MessageId::derive(b.id, conversation.id, "x")),
+            vec![],
+        );
+        let mut stage = crate::store::StoreStage;
+        let mut forwarded = Vec::new();
+        for event in [first, retry] {
+            let out = stage
+                .process(&ctx, vec![StageEvent::Message(event)])
+                .await
+                .unwrap();
+            let [Output::Next(Stage::Route, StageEvent::Message(m))] = &out[..] else {
+                panic!("{out:?}")
+            };
+            forwarded.push(m.clone());
+        }
+        assert_eq!(forwarded[1].seq, Some(1));
+        assert_eq!(forwarded[1].body, "first");
+        assert_eq!(forwarded[1].attachments, vec![shape]);
+        assert_eq!(forwarded[1].reply_to, None);
+    }
+
     fn delivered_seq(delivery: &Delivery) -> i64 {
         match delivery {
             Delivery::Message { message, .. } => message.seq,
