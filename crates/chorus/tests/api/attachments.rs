@@ -481,8 +481,7 @@ async fn uploads_never_sent_are_removed_after_the_grace_period() {
     );
     // A sweep removes the row, then the bytes, then reports what is stored.
     poll_until("the unsent upload was never removed", || async {
-        let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
-        let metrics = metrics.text().await.unwrap();
+        let metrics = app.metrics_text().await;
         app.fetch(&a, &unsent_path, &[]).await.status() == 404
             && metrics.contains("chorus_attachments_stored_objects 1")
     })
@@ -501,15 +500,7 @@ async fn uploads_never_sent_are_removed_after_the_grace_period() {
             .as_ref(),
         b"2"
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("chorus_attachments_stored_bytes 1"),
         "{metrics}"

@@ -300,15 +300,7 @@ impl Api {
     /// counter has no event to await).
     pub(crate) async fn wait_for_counter(&self, name: &str, at_least: f64) {
         poll_until(&format!("{name} never reached {at_least}"), || async {
-            let text = self
-                .http
-                .get(self.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = self.metrics_text().await;
             let value: f64 = text
                 .lines()
                 .filter(|l| l.split([' ', '{']).next() == Some(name))
@@ -317,6 +309,12 @@ impl Api {
             value >= at_least
         })
         .await;
+    }
+
+    /// What `/metrics` says now.
+    pub(crate) async fn metrics_text(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
     }
 
     pub(crate) async fn ws(&self, user: &TestUser) -> WsClient {
