@@ -168,6 +168,7 @@ MESSAGE_FIELDS = (
     "origin",
     "attachments",
     "reply_to",
+    "mentions",
 )
 
 
@@ -186,6 +187,7 @@ def assert_message_shape(m: Any) -> None:
     # Protocol v1.1: the files it carries and what it answers.
     assert isinstance(m["attachments"], list) and len(m["attachments"]) <= 10, m
     assert m["reply_to"] is None or is_uuid(m["reply_to"]), m
+    assert isinstance(m["mentions"], list) and all(is_uuid(u) for u in m["mentions"]), m
 
 
 def assert_same_message(a: dict, b: dict) -> None:
@@ -211,6 +213,8 @@ def assert_conversation_shape(c: Any) -> None:
     assert len(set(c["members"])) == len(c["members"]), f"duplicate members: {c!r}"
     assert isinstance(c["last_seq"], int) and c["last_seq"] >= 0, c
     assert isinstance(c["unread"], int) and c["unread"] >= 0, c
+    # Protocol v1.1: never more mentions unread than messages unread.
+    assert isinstance(c["mentions_unread"], int) and 0 <= c["mentions_unread"] <= c["unread"], c
     parse_time(c["created_at"])
     if c["kind"] == "direct":
         assert c["title"] is None, f"direct conversation with a title: {c!r}"

@@ -47,6 +47,8 @@ pub struct HookInput {
     pub attachments: Vec<Attachment>,
     /// The message it answers, if it answers one.
     pub reply_to: Option<MessageId>,
+    /// The members it mentions (known once it is stored: `onOutgoing` sees none).
+    pub mentions: Vec<UserId>,
 }
 
 /// Runs users' hooks: the sandboxes with the configured limits and the store behind

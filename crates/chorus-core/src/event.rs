@@ -79,6 +79,9 @@ pub struct MessageEvent {
     /// The earlier message of the conversation it answers (checked by the gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<MessageId>,
+    /// Members it mentions: set by the store stage, from the body it stores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
     /// Assigned by the store stage.
     pub seq: Option<i64>,
     /// When the gateway accepted it.
@@ -114,6 +117,7 @@ impl MessageEvent {
             origin: self.origin,
             attachments: self.attachments.clone(),
             reply_to: self.reply_to,
+            mentions: self.mentions.clone(),
         })
     }
 }
@@ -126,6 +130,11 @@ pub fn full_route() -> Vec<Stage> {
 /// Events on the stage topics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every event is a message: boxing it would cost an allocation each for \
+              the few notices' sake"
+)]
 pub enum StageEvent {
     /// A message following its routing slip.
     Message(MessageEvent),

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`body`]: what makes a message body storable, one check for every sender.
+//! - [`mentions`]: the `@username` tokens of a body.
 //! - [`ids`]: typed identifiers (users, conversations, messages, sessions, nodes).
 //! - [`error`]: the stable error codes of the public protocol and their HTTP statuses.
 //! - [`model`]: the public shapes of users, conversations, messages, scripts and jobs.
@@ -14,6 +15,7 @@ pub mod body;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod mentions;
 pub mod model;
 pub mod ratelimit;
 pub mod topics;

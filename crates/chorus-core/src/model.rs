@@ -61,6 +61,8 @@ pub struct Conversation {
     pub last_seq: i64,
     /// Messages after the viewer's read marker.
     pub unread: i64,
+    /// Messages after the viewer's read marker that mention the viewer.
+    pub mentions_unread: i64,
 }
 
 /// Where a message came from.
@@ -122,6 +124,10 @@ pub struct Message {
     /// The earlier message of the conversation it answers.
     #[serde(default)]
     pub reply_to: Option<MessageId>,
+    /// Members named as `@username` in the body, each once, in order of first
+    /// appearance.
+    #[serde(default)]
+    pub mentions: Vec<UserId>,
 }
 
 /// A file a user uploaded, as messages carry it.

@@ -346,6 +346,8 @@ struct TestMessage {
     #[serde(default)]
     attachments: Vec<chorus_core::model::Attachment>,
     reply_to: Option<MessageId>,
+    #[serde(default)]
+    mentions: Vec<UserId>,
     conversation_id: Option<ConversationId>,
     sender_id: Option<UserId>,
     sender: Option<String>,
@@ -398,6 +400,7 @@ async fn test_script(
         origin: m.origin.unwrap_or(Origin::User),
         attachments: m.attachments,
         reply_to: m.reply_to,
+        mentions: m.mentions,
     };
     let result = state.engine.dry_run(&script, hook, &input).await;
     let (logs, elapsed, outcome) = match result {

@@ -132,12 +132,13 @@ async fn create_conversation(
             require_users(&state, &[other]).await?;
             let (record, created) = store.direct(me.id, other).await?;
             let read = store.read_seq(record.id, me.id).await?.unwrap_or(0);
+            let mentions = mentions_in(&state, record.id, me.id).await?;
             let status = if created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            Ok((status, Json(record.view(read))).into_response())
+            Ok((status, Json(record.view(read, mentions))).into_response())
         }
         ConversationKind::Group => {
             let title = req.title.as_deref().map(str::trim).unwrap_or_default();
@@ -164,7 +165,7 @@ async fn create_conversation(
             }
             require_users(&state, &req.members).await?;
             let record = store.create_group(me.id, title, &req.members).await?;
-            Ok((StatusCode::CREATED, Json(record.view(0))).into_response())
+            Ok((StatusCode::CREATED, Json(record.view(0, 0))).into_response())
         }
     }
 }
@@ -173,15 +174,35 @@ async fn list_conversations(
     State(state): Shared,
     AuthUser(me): AuthUser,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let mentions = state.directory.store().mentions_unread(me.id).await?;
     let conversations: Vec<Conversation> = state
         .directory
         .store()
         .conversations_of(me.id)
         .await?
         .into_iter()
-        .map(|(record, read)| record.view(read))
+        .map(|(record, read)| {
+            let mentions = mentions
+                .iter()
+                .find(|(c, _)| *c == record.id)
+                .map_or(0, |(_, n)| *n);
+            record.view(read, mentions)
+        })
         .collect();
     Ok(Json(json!({ "conversations": conversations })))
+}
+
+/// The messages after `user`'s read marker in `conversation` that mention `user`.
+async fn mentions_in(
+    state: &AppState,
+    conversation: ConversationId,
+    user: UserId,
+) -> Result<i64, ApiError> {
+    let all = state.directory.store().mentions_unread(user).await?;
+    Ok(all
+        .into_iter()
+        .find(|(c, _)| *c == conversation)
+        .map_or(0, |(_, n)| n))
 }
 
 async fn member_view(
@@ -209,7 +230,8 @@ async fn get_conversation(
     ApiPath(id): ApiPath<ConversationId>,
 ) -> Result<Json<Conversation>, ApiError> {
     let (record, read) = member_view(&state, id, me.id).await?;
-    Ok(Json(record.view(read)))
+    let mentions = mentions_in(&state, id, me.id).await?;
+    Ok(Json(record.view(read, mentions)))
 }
 
 #[derive(Deserialize)]
@@ -242,7 +264,8 @@ async fn add_member(
     state.directory.store().add_member(id, req.user_id).await?;
     members_changed(&state, id).await;
     let (record, read) = member_view(&state, id, me.id).await?;
-    Ok(Json(record.view(read)))
+    let mentions = mentions_in(&state, id, me.id).await?;
+    Ok(Json(record.view(read, mentions)))
 }
 
 async fn remove_member(

@@ -143,6 +143,7 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
     let message_id = MessageId::derive(sender, conversation, &client_msg_id);
     let route = state.engine.route_for(sender, &members);
     let event = StageEvent::Message(chorus_core::event::MessageEvent {
+        mentions: Vec::new(),
         reply_to,
         message_id,
         client_msg_id,

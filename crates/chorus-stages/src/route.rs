@@ -25,7 +25,15 @@ impl StageWorker for RouteStage {
                 continue;
             };
             let key = event.key();
-            for (node, users) in ctx.registry.locate(&recipients).await? {
+            let located = ctx.registry.locate(&recipients).await?;
+            if let StageEvent::Message(m) = &event {
+                for user in &m.mentions {
+                    if !located.iter().any(|(_, users)| users.contains(user)) {
+                        mentioned_offline(*user, m);
+                    }
+                }
+            }
+            for (node, users) in located {
                 if let Some(delivery) = event.delivery(users) {
                     metrics::counter!("chorus_route_deliveries_total").increment(1);
                     out.push(Outgoing::new(
@@ -38,6 +46,13 @@ impl StageWorker for RouteStage {
         }
         Ok(out.into_iter().map(Output::Record).collect())
     }
+}
+
+/// A member was mentioned while no session of theirs is open: the place where a push
+/// notification (to a phone, by e-mail) will be sent from. Today it is counted.
+fn mentioned_offline(user: UserId, message: &MessageEvent) {
+    metrics::counter!("chorus_mentions_offline_total").increment(1);
+    tracing::debug!(%user, message_id = %message.message_id, "mentioned while offline");
 }
 
 /// Who gets `event` live: the conversation's members (but a typing notice's typist),

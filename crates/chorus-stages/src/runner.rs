@@ -315,6 +315,7 @@ mod tests {
         let sender = UserId::new();
         let conversation = ConversationId::new();
         encode(&StageEvent::Message(MessageEvent {
+            mentions: Vec::new(),
             reply_to: None,
             attachments: Vec::new(),
             message_id: MessageId::derive(sender, conversation, body),
@@ -397,6 +398,7 @@ mod tests {
             .await
             .unwrap();
         let event = StageEvent::Message(MessageEvent {
+            mentions: Vec::new(),
             reply_to: None,
             attachments: Vec::new(),
             message_id: MessageId::derive(a.id, conversation.id, "c1"),
@@ -467,6 +469,7 @@ mod tests {
         assert!(store.finish_attachment(file, 1, "ab", 100).await.unwrap());
         let shape = store.attachment(file).await.unwrap().unwrap().attachment;
         let send = |body: &str, reply_to, attachments| MessageEvent {
+            mentions: Vec::new(),
             reply_to,
             attachments,
             message_id: MessageId::derive(a.id, conversation.id, "same"),

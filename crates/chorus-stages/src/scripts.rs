@@ -54,6 +54,7 @@ impl Names {
             origin: m.origin,
             attachments: m.attachments.clone(),
             reply_to: m.reply_to,
+            mentions: m.mentions.clone(),
         })
     }
 }
@@ -473,6 +474,8 @@ impl<'a> Sends<'a> {
             // What a script sends is text: it cannot hand on another user's files.
             attachments: Vec::new(),
             reply_to: None,
+            // Set by the store stage, from the body it stores.
+            mentions: Vec::new(),
             seq: None,
             sent_at: now_millis(),
             origin: w.origin,

@@ -6,6 +6,7 @@
 use crate::runner::{Output, StageContext, StageError, StageWorker, forward};
 use async_trait::async_trait;
 use chorus_core::event::{MessageEvent, StageEvent};
+use chorus_core::mentions::named;
 use chorus_core::topics::Stage;
 use chorus_store::{Appended, NewMessage};
 
@@ -17,8 +18,9 @@ impl StageWorker for StoreStage {
     async fn process(
         &mut self,
         ctx: &StageContext,
-        events: Vec<StageEvent>,
+        mut events: Vec<StageEvent>,
     ) -> Result<Vec<Output>, StageError> {
+        mention(ctx, &mut events).await?;
         let batch: Vec<NewMessage> = events
             .iter()
             .filter_map(|e| match e {
@@ -55,6 +57,7 @@ impl StageWorker for StoreStage {
                     m.origin = stored.origin;
                     m.attachments = stored.attachments;
                     m.reply_to = stored.reply_to;
+                    m.mentions = stored.mentions;
                 }
                 Some(Appended::NoConversation) | None => {
                     tracing::warn!(
@@ -82,5 +85,45 @@ fn new_message(m: &MessageEvent) -> NewMessage {
         origin: m.origin,
         attachments: m.attachments.clone(),
         reply_to: m.reply_to,
+        mentions: m.mentions.clone(),
     }
+}
+
+/// Sets each message's mentions: the members of its conversation that its body names
+/// as `@username`, in order of first appearance, each once. Here rather than at the
+/// gateway, so that what scripts send and rewrite is counted by the body stored. One
+/// lookup of the names a batch holds, none for a batch without `@` names.
+async fn mention(ctx: &StageContext, events: &mut [StageEvent]) -> Result<(), StageError> {
+    let mut names: Vec<String> = Vec::new();
+    for event in events.iter() {
+        if let StageEvent::Message(m) = event {
+            for name in named(&m.body) {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let users = ctx.directory.store().users_named(&names).await?;
+    for event in events.iter_mut() {
+        let StageEvent::Message(m) = event else {
+            continue;
+        };
+        let mut mentions = Vec::new();
+        let members = ctx.directory.members(m.conversation_id).await?;
+        for name in named(&m.body) {
+            if let Some(user) = users.iter().find(|u| u.username == name)
+                && members.contains(user.id)
+                && !mentions.contains(&user.id)
+            {
+                mentions.push(user.id);
+            }
+        }
+        m.mentions = mentions;
+    }
+    Ok(())
 }

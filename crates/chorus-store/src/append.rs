@@ -66,6 +66,7 @@ pub(crate) fn plan(
             origin: m.origin,
             attachments: m.attachments.clone(),
             reply_to: m.reply_to,
+            mentions: m.mentions.clone(),
         };
         stored.insert(m.message_id, message.clone());
         appended.push(Appended::New(message));
@@ -86,6 +87,7 @@ mod tests {
     fn new_message(conversation: ConversationId, key: &str) -> NewMessage {
         let sender = UserId(uuid::Uuid::from_u128(7));
         NewMessage {
+            mentions: Vec::new(),
             reply_to: None,
             attachments: Vec::new(),
             message_id: MessageId::derive(sender, conversation, key),
@@ -152,6 +154,7 @@ mod tests {
         let c = conversation(1);
         let batch = [new_message(c, "old"), new_message(c, "new")];
         let stored = Message {
+            mentions: Vec::new(),
             reply_to: None,
             attachments: Vec::new(),
             message_id: batch[0].message_id,

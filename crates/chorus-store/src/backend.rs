@@ -107,7 +107,7 @@ pub(crate) fn new_direct(
 
 /// The columns of a message, in the order they are inserted.
 pub(crate) const MESSAGE_COLUMNS: &str = "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin, \
-     attachments, reply_to";
+     attachments, reply_to, mentions";
 
 /// Emits `impl Store for $store` and the row mapping and helpers it shares with the
 /// backend's own code (`user_row`, `message_row`, `conversation_row`, `insert_user`,
@@ -149,6 +149,7 @@ macro_rules! impl_store {
                             row.try_get("attachments")?,
                         )?,
                         reply_to: Self::get_opt_id(row, "reply_to")?.map(MessageId),
+                        mentions: $crate::mentions_from_column(row.try_get("mentions")?)?,
                     })
                 }
 
@@ -637,6 +638,48 @@ macro_rules! impl_store {
                     .await?
                     .iter()
                     .map(|r| Ok((ConversationId(Self::get_id(r, "id")?), r.try_get("last_seq")?)))
+                    .collect()
+                }
+
+                async fn users_named(&self, names: &[&str]) -> Result<Vec<User>> {
+                    let _timer = QueryTimer::start("users_named");
+                    // A few names a batch, most batches none: one lookup each, by the
+                    // unique index on `username`.
+                    let mut users = Vec::with_capacity(names.len());
+                    for name in names {
+                        let row = ::sqlx::query("SELECT id, username FROM users WHERE username = $1")
+                            .bind(*name)
+                            .fetch_optional(self.reader())
+                            .await?;
+                        if let Some(row) = row {
+                            users.push(Self::user_row(&row)?);
+                        }
+                    }
+                    Ok(users)
+                }
+
+                async fn mentions_unread(
+                    &self,
+                    user: UserId,
+                ) -> Result<Vec<(ConversationId, i64)>> {
+                    let _timer = QueryTimer::start("mentions_unread");
+                    ::sqlx::query(
+                        "SELECT mm.conversation_id, COUNT(*) AS n FROM message_mentions mm \
+                         JOIN members m ON m.conversation_id = mm.conversation_id \
+                         AND m.user_id = mm.user_id \
+                         WHERE mm.user_id = $1 AND mm.seq > m.read_seq \
+                         GROUP BY mm.conversation_id",
+                    )
+                    .bind(Self::id(user.0))
+                    .fetch_all(self.reader())
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok((
+                            ConversationId(Self::get_id(r, "conversation_id")?),
+                            r.try_get("n")?,
+                        ))
+                    })
                     .collect()
                 }
             }

@@ -113,10 +113,12 @@ pub struct ConversationRecord {
 }
 
 impl ConversationRecord {
-    /// The conversation as `viewer` sees it, given their read marker.
-    pub fn view(self, read_seq: i64) -> Conversation {
+    /// The conversation as `viewer` sees it, given their read marker and how many
+    /// messages after it mention them.
+    pub fn view(self, read_seq: i64, mentions_unread: i64) -> Conversation {
         Conversation {
             unread: (self.last_seq - read_seq).max(0),
+            mentions_unread,
             id: self.id,
             kind: self.kind,
             title: self.title,
@@ -149,6 +151,8 @@ pub struct NewMessage {
     pub attachments: Vec<Attachment>,
     /// The message it answers (one of its conversation's, checked by the gateway).
     pub reply_to: Option<MessageId>,
+    /// Members it mentions.
+    pub mentions: Vec<UserId>,
 }
 
 /// What [`Store::append_messages`] did with one message.
@@ -264,6 +268,11 @@ pub trait Store:
     async fn mark_read(&self, conversation: ConversationId, user: UserId, seq: i64) -> Result<i64>;
     /// `last_seq` of every conversation of `user`.
     async fn last_seqs(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>>;
+    /// The users with these exact names (those that exist).
+    async fn users_named(&self, names: &[&str]) -> Result<Vec<User>>;
+    /// Per conversation of `user` with any: the messages after `user`'s read marker
+    /// that mention `user`.
+    async fn mentions_unread(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>>;
 }
 
 /// Measures one database call into `chorus_db_query_seconds{op}` when dropped (so an
@@ -287,6 +296,18 @@ impl Drop for QueryTimer {
         metrics::histogram!("chorus_db_query_seconds", "op" => self.op)
             .record(self.started.elapsed().as_secs_f64());
     }
+}
+
+/// A message's mentions as stored in its row: `None` for nobody, else a JSON array.
+fn mentions_to_column(mentions: &[UserId]) -> Option<String> {
+    (!mentions.is_empty()).then(|| serde_json::to_string(mentions).expect("ids always serialize"))
+}
+
+/// Reads the column written by [`mentions_to_column`].
+fn mentions_from_column(column: Option<&str>) -> Result<Vec<UserId>> {
+    column.map_or(Ok(Vec::new()), |json| {
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("mentions: {e}")))
+    })
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {

@@ -154,9 +154,10 @@ impl Backend for PostgresStore {
             // One statement for the whole batch: arrays of columns, zipped by UNNEST.
             sqlx::query(
                 "INSERT INTO messages (message_id, client_msg_id, conversation_id, seq, \
-                 sender_id, body, sent_at, origin, attachments, reply_to) \
+                 sender_id, body, sent_at, origin, attachments, reply_to, mentions) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], \
-                 $5::uuid[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::uuid[])",
+                 $5::uuid[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::uuid[], \
+                 $11::text[])",
             )
             .bind(new.iter().map(|m| m.message_id.0).collect::<Vec<_>>())
             .bind(
@@ -178,6 +179,11 @@ impl Backend for PostgresStore {
             .bind(
                 new.iter()
                     .map(|m| m.reply_to.map(|r| r.0))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                new.iter()
+                    .map(|m| crate::mentions_to_column(&m.mentions))
                     .collect::<Vec<_>>(),
             )
             .execute(&mut *tx)
@@ -210,6 +216,27 @@ impl Backend for PostgresStore {
                         .map(|(m, _)| m.conversation_id.0)
                         .collect::<Vec<_>>(),
                 )
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mentioned: Vec<(&Message, &UserId)> = new
+                .iter()
+                .flat_map(|m| m.mentions.iter().map(move |u| (*m, u)))
+                .collect();
+            if !mentioned.is_empty() {
+                sqlx::query(
+                    "INSERT INTO message_mentions (user_id, conversation_id, seq) \
+                     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[]) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(mentioned.iter().map(|(_, u)| u.0).collect::<Vec<_>>())
+                .bind(
+                    mentioned
+                        .iter()
+                        .map(|(m, _)| m.conversation_id.0)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(mentioned.iter().map(|(m, _)| m.seq).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await?;
             }

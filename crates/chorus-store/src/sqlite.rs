@@ -18,10 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Messages looked up or inserted per statement: 10 parameters a message to insert and
+/// Messages looked up or inserted per statement: 11 parameters a message to insert and
 /// 3 for each of its attachments (at most 10), well under the 32766 parameters SQLite
 /// allows in one trip.
 const CHUNK: usize = 500;
+
+/// Mention rows inserted per statement (3 parameters each).
+const MENTION_ROWS: usize = 10_000;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -412,6 +415,26 @@ impl Backend for SqliteStore {
         let new_chunks: Vec<&[&Message]> = new.chunks(CHUNK).collect();
         let advanced_chunks: Vec<&[(String, i64)]> = advanced.chunks(CHUNK).collect();
         let writes = new_chunks.len().max(advanced_chunks.len());
+        // Whom the new messages mention: a message may name every member of a big group,
+        // so these rows go in statements of their own, cut by rows, not by messages.
+        let mentioned: Vec<(String, String, i64)> = new
+            .iter()
+            .flat_map(|m| {
+                m.mentions
+                    .iter()
+                    .map(|u| (u.to_string(), m.conversation_id.to_string(), m.seq))
+            })
+            .collect();
+        for rows in mentioned.chunks(MENTION_ROWS) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO message_mentions (user_id, conversation_id, seq) ",
+            );
+            insert.push_values(rows, |mut row, (user, conversation, seq)| {
+                row.push_bind(user).push_bind(conversation).push_bind(*seq);
+            });
+            insert.push(" ON CONFLICT DO NOTHING");
+            insert.build().execute(tx.conn()).await?;
+        }
         if writes == 0 {
             sqlx::query("COMMIT").execute(tx.conn()).await?;
         }
@@ -429,7 +452,8 @@ impl Backend for SqliteStore {
                         .push_bind(millis(m.sent_at))
                         .push_bind(m.origin.as_str())
                         .push_bind(crate::attachments::to_column(&m.attachments))
-                        .push_bind(m.reply_to.map(|r| r.to_string()));
+                        .push_bind(m.reply_to.map(|r| r.to_string()))
+                        .push_bind(crate::mentions_to_column(&m.mentions));
                 });
                 write.push("; ");
                 let links: Vec<(&Message, &Attachment)> = chunk

@@ -126,6 +126,7 @@ fn sent_at() -> DateTime<Utc> {
 
 fn new_message(conversation: ConversationId, sender: UserId, key: &str) -> NewMessage {
     NewMessage {
+        mentions: Vec::new(),
         reply_to: None,
         attachments: Vec::new(),
         message_id: MessageId::derive(sender, conversation, key),
@@ -571,7 +572,7 @@ async fn conversations_of_lists_members_and_read_markers(db: &Fresh) {
         (g.members.as_slice(), g.last_seq, *read),
         (&[a, b, c][..], 4, 3)
     );
-    assert_eq!(g.clone().view(*read).unread, 1);
+    assert_eq!(g.clone().view(*read, 0).unread, 1);
 
     let of_c = store.conversations_of(c).await.unwrap();
     assert_eq!(of_c.len(), 1);
@@ -1553,6 +1554,7 @@ macro_rules! store_contract {
                 messages_carry_attachments_and_share_them_with_members,
                 expired_uploads_are_those_no_message_carries,
                 replies_are_kept_and_paged_like_history,
+                mentions_are_kept_and_counted_after_the_read_marker,
             }
         }
     };
@@ -1880,4 +1882,66 @@ async fn replies_are_kept_and_paged_like_history(db: &Fresh) {
             .reply_to,
         Some(other.message_id)
     );
+}
+
+async fn mentions_are_kept_and_counted_after_the_read_marker(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c] = users::<3>(&store).await;
+    let group = store.create_group(a, "g", &[b, c]).await.unwrap();
+    let direct = store.direct(a, b).await.unwrap().0;
+    let mut batch = Vec::new();
+    for (i, mentions) in [vec![b, c], vec![], vec![b], vec![c]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut m = new_message(group.id, a, &format!("g{i}"));
+        m.mentions = mentions;
+        batch.push(m);
+    }
+    let mut in_direct = new_message(direct.id, a, "d");
+    in_direct.mentions = vec![b];
+    batch.push(in_direct);
+    store.append_messages(&batch).await.unwrap();
+    let stored = store.message(batch[0].message_id).await.unwrap().unwrap();
+    assert_eq!(stored.mentions, vec![b, c], "in order");
+    assert!(
+        store
+            .message(batch[1].message_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .mentions
+            .is_empty()
+    );
+
+    let mut counts = store.mentions_unread(b).await.unwrap();
+    counts.sort();
+    let mut want = vec![(group.id, 2), (direct.id, 1)];
+    want.sort();
+    assert_eq!(counts, want);
+    store.mark_read(group.id, b, 2).await.unwrap();
+    let after: Vec<_> = store
+        .mentions_unread(b)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(id, _)| *id == group.id)
+        .collect();
+    assert_eq!(after, vec![(group.id, 1)], "only the mention after seq 2");
+    store.mark_read(group.id, c, 4).await.unwrap();
+    assert!(
+        store.mentions_unread(c).await.unwrap().is_empty(),
+        "all read"
+    );
+    assert!(
+        store.mentions_unread(a).await.unwrap().is_empty(),
+        "nobody named a"
+    );
+
+    let named = store
+        .users_named(&["user1", "nobody", "user0"])
+        .await
+        .unwrap();
+    let ids: Vec<UserId> = named.iter().map(|u| u.id).collect();
+    assert_eq!(ids, vec![b, a], "those that exist, in the order asked");
 }

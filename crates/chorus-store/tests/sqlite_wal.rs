@@ -29,6 +29,7 @@ async fn the_log_starts_over_under_continuous_writes() {
                     .map(|i| {
                         let client_msg_id = format!("{n}-{i}");
                         NewMessage {
+                            mentions: Vec::new(),
                             reply_to: None,
                             attachments: Vec::new(),
                             message_id: MessageId::derive(a.id, conversation.id, &client_msg_id),

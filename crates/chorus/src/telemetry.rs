@@ -97,6 +97,10 @@ fn describe() {
         "Sends accepted onto the log"
     );
     describe_counter!(
+        "chorus_mentions_offline_total",
+        "Mentions of members with no open session (where push notifications will start)"
+    );
+    describe_counter!(
         "chorus_attachment_uploads_total",
         "Uploads of attachments, by outcome (stored, refused)"
     );

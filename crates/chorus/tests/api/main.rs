@@ -9,6 +9,7 @@ mod guarantees;
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod mentions;
 mod oidc;
 mod protocol;
 mod replies;

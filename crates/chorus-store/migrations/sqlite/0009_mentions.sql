@@ -1,0 +1,12 @@
+-- Who a message mentions (protocol v1.1 §1, §4): the members named as @username in
+-- its body, as the message carries them (JSON array of ids; NULL: nobody) ...
+ALTER TABLE messages ADD COLUMN mentions TEXT;
+
+-- ... and by user, so that a conversation's mentions after a read marker are counted
+-- from an index (mentions_unread).
+CREATE TABLE message_mentions (
+    user_id         TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    PRIMARY KEY (user_id, conversation_id, seq)
+) WITHOUT ROWID;

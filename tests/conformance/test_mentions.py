@@ -1,0 +1,49 @@
+"""Mentions (protocol v1.1 §1, §4): the server finds the members named as @username,
+and each member's conversation counts the mentions after their read marker. Against a
+cluster, the writer and the named member are on different nodes."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+
+from chorus_helpers import Api, eventually
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def nodes(server_url):
+    urls = [u.strip() for u in server_url.split(",") if u.strip()]
+    writer, reader = Api(urls[0]), Api(urls[-1])
+    try:
+        yield writer, reader
+    finally:
+        await writer.aclose()
+        await reader.aclose()
+
+
+async def test_members_named_are_mentioned_and_counted_until_read(nodes):
+    writer, reader = nodes
+    a, b, c, x = await writer.users(4, "mn")
+    group = await writer.group(a, [b, c])
+    a_ws = await writer.connect(a)
+    b_ws = await reader.connect(b)
+    body = f"@{c.username} @{b.username}: see @{x.username}, and @{c.username} again"
+    key = await a_ws.send_msg(group["id"], body)
+    got = await b_ws.expect_message(group["id"], lambda m: m["client_msg_id"] == key)
+    assert got["mentions"] == [c.id, b.id], got
+    key2 = await a_ws.send_msg(group["id"], "no names, mail a@example.com")
+    got2 = await b_ws.expect_message(group["id"], lambda m: m["client_msg_id"] == key2)
+    assert got2["mentions"] == [], got2
+
+    mine = await reader.conversation_of(b, group["id"])
+    assert mine["mentions_unread"] == 1, mine
+    assert (await writer.conversation_of(a, group["id"]))["mentions_unread"] == 0
+    await b_ws.send({"type": "read", "conversation_id": group["id"], "seq": got2["seq"]})
+
+    async def read():
+        now = await writer.conversation_of(b, group["id"])
+        assert now["mentions_unread"] == 0, now
+
+    await eventually(read)
