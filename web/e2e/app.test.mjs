@@ -567,6 +567,105 @@ describe('chorus web app', () => {
     assert.equal(refused.body.error.code, 'not_found');
   });
 
+  it('mentions: @ offers the members, the keyboard picks one, the mentioned member sees it highlighted and a badge until he reads it', T, async () => {
+    const a = A.page;
+    const b = B.page;
+    const team = (await server.api('GET', '/conversations', users.ada.token)).body.conversations.find((c) => c.title === 'Team');
+    assert.equal(team.members.length, 3);
+    const mentionsOf = async (user) =>
+      (await server.api('GET', '/conversations', user.token)).body.conversations.find((c) => c.id === team.id).mentions_unread;
+    assert.equal(await mentionsOf(users.bob), 0);
+    // bob is in another conversation; ada opens the group.
+    await b.goto(`/#/c/${direct}`);
+    await a.goto(`/#/c/${team.id}`);
+    await a.getByRole('heading', { name: 'Team' }).waitFor();
+
+    // ada types "@bo": the list offers bob (members only, never herself); the arrows
+    // keep to it, Enter puts "@bob " in the text and sends nothing.
+    const input = a.getByLabel('Message', { exact: true });
+    await input.focus();
+    await input.pressSequentially('@bo', { delay: 20 });
+    const listbox = a.getByRole('listbox', { name: 'Members to mention' });
+    await listbox.waitFor();
+    assert.deepEqual(await listbox.getByRole('option').allTextContents(), ['@bob']);
+    const bobOption = `mention-${users.bob.user.id}`;
+    assert.equal(await input.getAttribute('aria-activedescendant'), bobOption);
+    assert.equal(await input.getAttribute('aria-controls'), 'mention-list');
+    assert.equal(await listbox.getByRole('option', { name: '@bob' }).getAttribute('aria-selected'), 'true');
+    await a.keyboard.press('ArrowDown');
+    assert.equal(await input.getAttribute('aria-activedescendant'), bobOption);
+    const sentBefore = await messageBodies(a).count();
+    await a.keyboard.press('Enter');
+    await listbox.waitFor({ state: 'detached' });
+    assert.equal(await input.inputValue(), '@bob ');
+    assert.equal(await input.getAttribute('aria-activedescendant'), null);
+    assert.equal(await messageBodies(a).count(), sentBefore);
+    await a.keyboard.type('see this');
+    await a.keyboard.press('Enter');
+    await waitForText(messageBodies(a), '@bob see this');
+    const mine = a.locator('.message-list li.msg:not(.pending) .body', { hasText: '@bob see this' });
+    await mine.locator('.mention[data-user]').waitFor();
+    assert.deepEqual(await mine.locator('.mention').allTextContents(), ['@bob']);
+    assert.equal(await mine.locator('.mention.me').count(), 0);
+
+    // bob, elsewhere: a badge of one mention on the group, and on Chats in the top bar.
+    const item = b.locator(`a.conv[data-conversation="${team.id}"]`);
+    const badge = item.locator('.badge.mention');
+    await badge.waitFor();
+    assert.equal(await badge.getAttribute('data-mentions'), '1');
+    assert.equal(await badge.getAttribute('aria-label'), '1 mention');
+    assert.equal(await badge.textContent(), '@1');
+    assert.match(await item.getAttribute('aria-label'), /, 1 mention$/);
+    assert.equal(await b.locator('.topbar .badge.mention').getAttribute('aria-label'), '1 mention');
+    assert.equal(await mentionsOf(users.bob), 1);
+    assert.equal(await mentionsOf(users.ada), 0);
+
+    // bob opens the group: his name is highlighted as his; the badges go.
+    await item.click();
+    const seen = b.locator('.message-list li.msg:not(.pending) .body', { hasText: '@bob see this' });
+    await seen.waitFor();
+    assert.deepEqual(await seen.locator('.mention.me').allTextContents(), ['@bob']);
+    assert.equal(await seen.locator('.mention.me').getAttribute('data-user'), users.bob.user.id);
+    await badge.waitFor({ state: 'detached' });
+    await b.locator('.topbar .badge.mention').waitFor({ state: 'detached' });
+
+    // The server stored who is mentioned, and counts nothing left once bob has read.
+    const page = await server.api('GET', `/conversations/${team.id}/messages?limit=5`, users.bob.token);
+    assert.equal(page.status, 200);
+    const stored = page.body.messages.find((m) => m.body === '@bob see this');
+    assert.deepEqual(stored.mentions, [users.bob.user.id]);
+    assert.ok(page.body.messages.filter((m) => m !== stored).every((m) => Array.isArray(m.mentions)));
+    for (let i = 0; i < 50 && (await mentionsOf(users.bob)) !== 0; i++) await b.waitForTimeout(100);
+    assert.equal(await mentionsOf(users.bob), 0);
+
+    // Members only, each once, a name at the end of a sentence too; an address and a
+    // stranger stay text. bob, reading, gets no badge for it.
+    const cyd = (await server.api('GET', '/users?query=cyd', users.ada.token)).body.users.find((u) => u.username === 'cyd');
+    const body = 'thanks @bob. and @cyd, cc @nobody, bob@example.com and @bob again';
+    const r = await server.api('POST', `/conversations/${team.id}/messages`, users.ada.token, { client_msg_id: 'mentions-1', body });
+    assert.equal(r.status, 202);
+    const last = b.locator('.message-list li.msg:not(.pending) .body', { hasText: 'thanks @bob.' });
+    await last.waitFor();
+    assert.deepEqual(await last.locator('.mention').allTextContents(), ['@bob', '@cyd', '@bob']);
+    assert.equal(await last.locator('.mention.me').count(), 2);
+    assert.equal(await last.textContent(), body);
+    const again = await server.api('GET', `/conversations/${team.id}/messages?limit=1`, users.bob.token);
+    assert.deepEqual(again.body.messages[0].mentions, [users.bob.user.id, cyd.id]);
+    await b.waitForTimeout(300);
+    assert.equal(await badge.count(), 0);
+
+    // ada, with the mentions highlighted on her side too, starts another: Escape closes
+    // the list and leaves the text.
+    await a.locator('.message-list .body', { hasText: 'thanks @bob.' }).locator('.mention').nth(1).waitFor();
+    await input.pressSequentially('@c', { delay: 20 });
+    assert.deepEqual(await listbox.getByRole('option').allTextContents(), ['@cyd']);
+    await screenshot(a, 'mentions');
+    await a.keyboard.press('Escape');
+    await listbox.waitFor({ state: 'detached' });
+    assert.equal(await input.inputValue(), '@c');
+    await input.fill('');
+  });
+
   it('is usable with the keyboard and labelled', T, async () => {
     const b = B.page;
     await b.goto('/#/');

@@ -1,5 +1,6 @@
 import { useEffect, useMemo, useState } from 'preact/hooks';
 import { auth } from './api';
+import { mentionsLabel } from './mentions';
 import { navigate, type Route, useRoute } from './router';
 import { AuthScreen } from './screens/Auth';
 import { Chats } from './screens/Chats';
@@ -91,6 +92,7 @@ const NAV: { route: Route; label: string; match: Route['name'][] }[] = [
 function Shell({ route, username, onSignOut }: { route: Route; username: string; onSignOut: () => void }) {
   const state = useChat();
   const unread = Object.values(state.conversations).reduce((n, c) => n + (c.unread > 0 ? 1 : 0), 0);
+  const mentions = Object.values(state.conversations).reduce((n, c) => n + c.mentions_unread, 0);
   useEffect(() => {
     document.title = unread ? `(${unread}) chorus` : 'chorus';
   }, [unread]);
@@ -109,6 +111,7 @@ function Shell({ route, username, onSignOut }: { route: Route; username: string;
                 <a href={`#/${n.route.name === 'chats' ? '' : n.route.name}`} aria-current={n.match.includes(route.name) ? 'page' : undefined}>
                   {n.label}
                   {n.label === 'Chats' && unread > 0 && <span class="badge" aria-label={`${unread} unread conversations`}>{unread}</span>}
+                  {n.label === 'Chats' && mentions > 0 && <span class="badge mention" aria-label={mentionsLabel(mentions)}>@{mentions}</span>}
                 </a>
               </li>
             ))}

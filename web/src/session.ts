@@ -6,6 +6,7 @@ import { createContext } from 'preact';
 import { useContext, useEffect, useState } from 'preact/hooks';
 import { api, ApiError } from './api';
 import { uuid } from './format';
+import { mentionNames } from './mentions';
 import {
   type Action,
   type ChatState,
@@ -15,7 +16,7 @@ import {
   sinceFor,
   unknownConversations,
 } from './store';
-import type { Attachment, Job, ServerFrame, User } from './types';
+import type { Attachment, Job, Message, ServerFrame, User } from './types';
 import { ChatClient } from './ws';
 
 /** How often `typing` goes out while the user types (§5.4: every few seconds). */
@@ -33,6 +34,10 @@ export class ChatSession {
   /** Conversation id → the older page being fetched. */
   private readonly loadingOlder = new Map<string, Promise<boolean>>();
   private typingTimer: number | undefined;
+  /** The first users, loading (names are looked up once they are in). */
+  private usersReady: Promise<unknown> = Promise.resolve();
+  /** Member ids and `@names` whose users were looked for already. */
+  private readonly asked = new Set<string>();
   private readonly onOffline = () => this.client.networkLost();
   private readonly onOnline = () => this.client.networkBack();
 
@@ -67,7 +72,7 @@ export class ChatSession {
     this.typingTimer = window.setInterval(() => this.dispatch({ type: 'expire-typing', now: Date.now() }), 1_000);
     // Names for member ids: the API has no lookup by id, so take the first users
     // (small installations: all of them) and add whoever a search turns up.
-    api.searchUsers('', 100).then((users) => this.dispatch({ type: 'users', users }), () => {});
+    this.usersReady = api.searchUsers('', 100).then((users) => this.dispatch({ type: 'users', users }), () => {});
     api.conversations().then(
       (list) => {
         this.dispatch({ type: 'conversations', list });
@@ -106,6 +111,30 @@ export class ChatSession {
     for (const id of unknownConversations(this.state, frame)) this.fetchConversation(id);
     if (frame.type === 'job') for (const fn of this.jobListeners) fn(frame.job);
     this.dispatch({ type: 'frame', frame, now: Date.now() });
+    if (frame.type === 'message' && frame.message.mentions?.length) this.learnNames(frame.message.conversation_id, [frame.message]);
+  }
+
+  /** Learn the names of a conversation's members and of the users its messages
+   * mention that are not known yet (for `@` suggestions and highlighting). The API has
+   * no lookup by id: the user list is read again for unknown members, and each name a
+   * mentioning body gives is searched for; each once. */
+  learnNames(conversation_id: string, messages: Message[] = []): void {
+    void this.usersReady.then(() => {
+      const users = this.state.users;
+      const members = this.state.conversations[conversation_id]?.members ?? [];
+      const missing = members.filter((id) => !users[id] && !this.asked.has(id));
+      missing.forEach((id) => this.asked.add(id));
+      const queries = missing.length ? [''] : [];
+      const known = new Set(Object.values(users).map((u) => `@${u.username}`));
+      for (const m of messages) {
+        if (!(m.mentions ?? []).some((id) => !users[id])) continue;
+        for (const name of mentionNames(m.body)) {
+          if (!this.asked.has(`@${name}`) && !known.has(`@${name}`)) queries.push(name);
+          this.asked.add(`@${name}`);
+        }
+      }
+      for (const q of queries) api.searchUsers(q, q ? 5 : 100).then((found) => this.rememberUsers(found), () => {});
+    });
   }
 
   fetchConversation(id: string): void {
@@ -117,6 +146,7 @@ export class ChatSession {
         this.dispatch({ type: 'conversation', conversation });
         // New members may be online already: ask for the current presence.
         this.client.resync();
+        this.learnNames(id);
       },
       () => this.fetching.delete(id),
     );
@@ -129,9 +159,10 @@ export class ChatSession {
   /** Fetch the latest page of a conversation the first time it is opened. */
   async open(id: string): Promise<void> {
     if (!this.state.conversations[id]) this.fetchConversation(id);
-    if (this.state.loaded[id]) return;
+    if (this.state.loaded[id]) return this.learnNames(id);
     const messages = await api.messages(id, { limit: PAGE });
     this.dispatch({ type: 'page', conversation_id: id, messages, latest: true });
+    this.learnNames(id, messages);
   }
 
   /** Fetch the page before the oldest message held; false when there is none. Called
@@ -147,6 +178,7 @@ export class ChatSession {
       .messages(id, { before_seq: first, limit: PAGE })
       .then((messages) => {
         this.dispatch({ type: 'page', conversation_id: id, messages, latest: false });
+        this.learnNames(id, messages);
         return messages.length > 0;
       })
       .finally(() => this.loadingOlder.delete(id));

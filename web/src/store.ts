@@ -13,6 +13,10 @@ export interface ConversationState extends Conversation {
   my_read: number;
   /** sent_at of the newest message seen, for ordering the list. */
   last_at: string;
+  /** Messages after the read marker that mention the viewer: the server's count when
+   * loaded, then kept here (the server pushes no new count): up by a live message
+   * mentioning the viewer, down as the marker moves; never more than `unread`. */
+  mentions_unread: number;
 }
 
 export interface OutgoingMessage {
@@ -107,7 +111,11 @@ function without<T>(record: Record<string, T>, key: string): Record<string, T> {
 function fromServer(c: Conversation, prev?: ConversationState): ConversationState {
   const last_seq = Math.max(c.last_seq, prev?.last_seq ?? 0);
   const my_read = Math.max(c.last_seq - c.unread, prev?.my_read ?? 0);
-  return { ...c, last_seq, my_read, unread: Math.max(0, last_seq - my_read), last_at: prev?.last_at ?? c.created_at };
+  const unread = Math.max(0, last_seq - my_read);
+  // The server's count of mentions (it knows the messages not held here); none left
+  // when everything is read.
+  const mentions_unread = Math.min(Math.max(0, c.mentions_unread ?? 0), unread);
+  return { ...c, last_seq, my_read, unread, mentions_unread, last_at: prev?.last_at ?? c.created_at };
 }
 
 function withSeq(c: ConversationState, last_seq: number, last_at?: string): ConversationState {
@@ -115,6 +123,22 @@ function withSeq(c: ConversationState, last_seq: number, last_at?: string): Conv
   const at = last_at && last_at > c.last_at ? last_at : c.last_at;
   if (seq === c.last_seq && at === c.last_at) return c;
   return { ...c, last_seq: seq, last_at: at, unread: Math.max(0, seq - c.my_read) };
+}
+
+/** Whether a message mentions the user `meId`. */
+export function mentionsMe(m: Message, meId: string | undefined): boolean {
+  return !!meId && (m.mentions ?? []).includes(meId);
+}
+
+/** Unread mentions once the read marker is at `my_read`: none when everything is
+ * read; counted from the messages held when they cover every seq after the marker;
+ * else the count so far (the server's covers messages not held), at most `unread`. */
+function mentionsAfterRead(c: ConversationState, my_read: number, held: Message[], meId: string | undefined): number {
+  const unread = Math.max(0, c.last_seq - my_read);
+  if (!unread) return 0;
+  const after = held.filter((m) => m.seq > my_read && m.seq <= c.last_seq);
+  if (after.length === unread && after[0].seq === my_read + 1) return after.filter((m) => mentionsMe(m, meId)).length;
+  return Math.min(c.mentions_unread, unread);
 }
 
 export function reducer(state: ChatState, action: Action): ChatState {
@@ -205,11 +229,12 @@ export function reducer(state: ChatState, action: Action): ChatState {
       const c = state.conversations[action.conversation_id];
       if (!c || action.seq <= c.my_read) return state;
       const my_read = Math.min(action.seq, c.last_seq);
+      const mentions_unread = mentionsAfterRead(c, my_read, state.messages[c.id] ?? [], state.me?.id);
       return {
         ...state,
         conversations: {
           ...state.conversations,
-          [c.id]: { ...c, my_read, unread: Math.max(0, c.last_seq - my_read) },
+          [c.id]: { ...c, my_read, unread: Math.max(0, c.last_seq - my_read), mentions_unread },
         },
       };
     }
@@ -236,10 +261,19 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
     case 'message': {
       const m = frame.message;
       const id = m.conversation_id;
-      const messages = { ...state.messages, [id]: mergeMessages(state.messages[id] ?? [], [m]) };
+      const held = state.messages[id] ?? [];
+      const messages = { ...state.messages, [id]: mergeMessages(held, [m]) };
       let conversations = state.conversations;
       const c = conversations[id];
-      if (c) conversations = { ...conversations, [id]: withSeq(c, m.seq, m.sent_at) };
+      if (c) {
+        let next = withSeq(c, m.seq, m.sent_at);
+        // A new unread message that mentions me (not one held already: a `sync` may
+        // replay it; older ones the server counted when the list was loaded).
+        if (m.seq > c.my_read && mentionsMe(m, state.me?.id) && !held.some((h) => h.seq === m.seq)) {
+          next = { ...next, mentions_unread: next.mentions_unread + 1 };
+        }
+        conversations = { ...conversations, [id]: next };
+      }
       let outgoing = state.outgoing;
       if (state.me && m.sender_id === state.me.id) {
         outgoing = outgoing.filter((o) => !(o.client_msg_id === m.client_msg_id && o.conversation_id === id));

@@ -29,6 +29,9 @@ export interface Conversation {
   created_at: string;
   last_seq: number;
   unread: number;
+  /** Messages after the viewer's read marker that mention the viewer. Servers before
+   * mentions leave it out: read it as `c.mentions_unread ?? 0`. */
+  mentions_unread?: number;
 }
 
 /** A file uploaded with `POST /attachments`, as messages carry it. */
@@ -55,6 +58,10 @@ export interface Message {
   /** The message_id of the earlier message of the same conversation this one answers,
    * or null. Servers before replies leave it out: read it as `m.reply_to ?? null`. */
   reply_to?: string | null;
+  /** The ids of the members named as `@username` in the body, in order, each once
+   * (computed by the server). Servers before mentions leave it out: read it as
+   * `m.mentions ?? []`. */
+  mentions?: string[];
 }
 
 export interface AutoReply {

@@ -4,8 +4,8 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { auth } from '../src/api';
 import { Chats } from '../src/screens/Chats';
 import { type ChatSession, SessionContext } from '../src/session';
-import { type Action, type ChatState, initialState, reducer } from '../src/store';
-import type { Attachment, Message } from '../src/types';
+import { type Action, type ChatState, type ConversationState, initialState, reducer } from '../src/store';
+import type { Attachment, Message, User } from '../src/types';
 import { attachment, FakeXhr } from './fakes';
 
 // happy-dom has no `ondragenter`, `ondrop`… on elements, so Preact would listen for
@@ -39,12 +39,15 @@ function msg(seq: number, body: string, attachments: Attachment[]): Message {
 /** What ConversationView needs of a session, over the real reducer; `sent` records
  * `send` calls (and `replyTos` their reply_to). `older`: the pages `loadOlder` gives,
  * newest first. `others`: more conversations, by id, with their messages. */
-function fakeSession(messages: Message[], opts: { older?: Message[][]; others?: Record<string, Message[]> } = {}) {
+function fakeSession(
+  messages: Message[],
+  opts: { older?: Message[][]; others?: Record<string, Message[]>; conv?: Partial<ConversationState>; users?: User[] } = {},
+) {
   const others = Object.entries(opts.others ?? {});
   let state: ChatState = {
     ...initialState,
     me: ME,
-    users: { [ME.id]: ME, [BOB.id]: BOB },
+    users: Object.fromEntries([ME, BOB, ...(opts.users ?? [])].map((u) => [u.id, u])),
     conversations: {
       [C]: {
         id: C,
@@ -56,7 +59,9 @@ function fakeSession(messages: Message[], opts: { older?: Message[][]; others?: 
         last_seq: messages.length,
         unread: 0,
         my_read: messages.length,
+        mentions_unread: 0,
         last_at: '2025-03-14T09:26:53Z',
+        ...opts.conv,
       },
       ...Object.fromEntries(
         others.map(([id, list]) => [
@@ -71,6 +76,7 @@ function fakeSession(messages: Message[], opts: { older?: Message[][]; others?: 
             last_seq: list.length,
             unread: 0,
             my_read: list.length,
+            mentions_unread: 0,
             last_at: '2025-03-14T09:00:00Z',
           },
         ]),
@@ -602,5 +608,150 @@ describe('replies', () => {
     expect(q6.tagName).toBe('P');
     expect(q6.textContent).toBe('Original message unavailable');
     expect(scrolled).toEqual(['2']);
+  });
+});
+
+describe('mentions', () => {
+  const CYD = { id: 'u-cyd', username: 'cyd' };
+  const BOBBY = { id: 'u-bobby', username: 'Bobby' };
+  const group = { kind: 'group' as const, title: 'Team', members: [ME.id, BOB.id, CYD.id, BOBBY.id] };
+  const input = () => $<HTMLTextAreaElement>('#composer-input')!;
+  const listbox = () => $('[role="listbox"]');
+  const options = () => [...root.querySelectorAll<HTMLElement>('[role="option"]')];
+  /** Type `text` with the caret at its end (or where `|` is). */
+  const type = async (marked: string) => {
+    const caret = marked.includes('|') ? marked.indexOf('|') : marked.length;
+    input().value = marked.replace('|', '');
+    input().setSelectionRange(caret, caret);
+    await act(() => {
+      input().dispatchEvent(new Event('input', { bubbles: true }));
+    });
+  };
+  const key = async (k: string, init: KeyboardEventInit = {}) => {
+    const ev = new KeyboardEvent('keydown', { key: k, bubbles: true, cancelable: true, ...init });
+    await act(() => {
+      input().dispatchEvent(ev);
+    });
+    return ev;
+  };
+  const mentioning = (seq: number, body: string, mentions: string[], extra: Partial<Message> = {}): Message => ({
+    ...msg(seq, body, []),
+    mentions,
+    ...extra,
+  });
+
+  it('@ and letters offer the matching members (not me) as a listbox the arrows move through; Enter inserts, not sends', async () => {
+    const { sent } = await show([], { conv: group, users: [CYD, BOBBY] });
+    expect(input().getAttribute('aria-autocomplete')).toBe('list');
+    await type('@');
+    expect(listbox()).toBeNull();
+    await type('hi @bo');
+    expect(listbox()?.getAttribute('aria-label')).toBe('Members to mention');
+    expect(options().map((o) => o.textContent)).toEqual(['@bob', '@Bobby']);
+    expect(input().getAttribute('aria-controls')).toBe('mention-list');
+    expect(input().getAttribute('aria-activedescendant')).toBe(`mention-${BOB.id}`);
+    expect(options().map((o) => o.getAttribute('aria-selected'))).toEqual(['true', 'false']);
+    expect($('[data-testid="mention-status"]')?.textContent).toContain('2 members to mention');
+
+    expect((await key('ArrowDown')).defaultPrevented).toBe(true);
+    expect(input().getAttribute('aria-activedescendant')).toBe(`mention-${BOBBY.id}`);
+    expect(options().map((o) => o.getAttribute('aria-selected'))).toEqual(['false', 'true']);
+    await key('ArrowDown'); // wraps round
+    expect(input().getAttribute('aria-activedescendant')).toBe(`mention-${BOB.id}`);
+    await key('ArrowUp');
+    expect(input().getAttribute('aria-activedescendant')).toBe(`mention-${BOBBY.id}`);
+    await key('ArrowUp');
+
+    expect((await key('Enter')).defaultPrevented).toBe(true);
+    expect(sent).toEqual([]);
+    expect(input().value).toBe('hi @bob ');
+    expect(input().selectionStart).toBe(8);
+    expect(listbox()).toBeNull();
+    expect(input().hasAttribute('aria-activedescendant')).toBe(false);
+
+    // The list closed, Enter sends again; the body carries @bob for the server.
+    await type('hi @bob see this');
+    await key('Enter');
+    expect(sent).toEqual([[C, 'hi @bob see this', []]]);
+  });
+
+  it('matches any case and inserts the exact name; Tab inserts too; only members are offered, never me', async () => {
+    await show([], { conv: group, users: [CYD, BOBBY, { id: 'u-dan', username: 'dan' }] });
+    await type('@BOBB');
+    expect(options().map((o) => o.textContent)).toEqual(['@Bobby']);
+    expect((await key('Tab')).defaultPrevented).toBe(true);
+    expect(input().value).toBe('@Bobby ');
+    await type('@ad');
+    expect(listbox()).toBeNull();
+    await type('@da'); // a user, not a member
+    expect(listbox()).toBeNull();
+    await type('mail x@cy'); // an address
+    expect(listbox()).toBeNull();
+  });
+
+  it('replaces the whole name when the caret is inside it, keeping what follows', async () => {
+    await show([], { conv: group, users: [CYD, BOBBY] });
+    await type('ask @c|x now');
+    expect(options().map((o) => o.textContent)).toEqual(['@cyd']);
+    await key('Enter');
+    expect(input().value).toBe('ask @cyd now');
+    expect(input().selectionStart).toBe(9);
+  });
+
+  it('Escape closes the list (and only the list: a reply being written stays); a click on a member inserts it', async () => {
+    await show([msg(1, 'Which day?', [])], { conv: group, users: [CYD, BOBBY] });
+    await click($('.message-list button[aria-label="Reply"]'));
+    expect($('.reply-bar-text')).not.toBeNull();
+    await type('@cy');
+    expect(options()).toHaveLength(1);
+    expect((await key('Escape')).defaultPrevented).toBe(true);
+    expect(listbox()).toBeNull();
+    expect($('.reply-bar-text')).not.toBeNull();
+    // Closed for this name while it is typed; Enter sends as usual then.
+    await type('@cyd');
+    expect(listbox()).toBeNull();
+    // A new name opens it again, and the mouse chooses.
+    await type('@cyd and @b');
+    expect(options().map((o) => o.textContent)).toEqual(['@bob', '@Bobby']);
+    const down = new MouseEvent('mousedown', { bubbles: true, cancelable: true });
+    options()[1].dispatchEvent(down);
+    expect(down.defaultPrevented).toBe(true); // the focus stays in the text
+    await click(options()[1]);
+    expect(input().value).toBe('@cyd and @Bobby ');
+    expect(document.activeElement).toBe(input());
+    expect(listbox()).toBeNull();
+  });
+
+  it('highlights the names of the members a message mentions, mine more strongly, as text', async () => {
+    await show(
+      [
+        mentioning(1, '@ada and @cyd, see <b>this</b>', [ME.id, CYD.id]),
+        mentioning(2, '@cyd was not mentioned here, nor bob@example.com', []),
+        mentioning(3, 'thanks @Bobby.', [BOBBY.id], { sender_id: ME.id }),
+      ],
+      { conv: group, users: [CYD, BOBBY] },
+    );
+    const body = (seq: number) => $(`.message-list li.msg[data-seq="${seq}"] .body`)!;
+    const marks = (seq: number) =>
+      [...body(seq).querySelectorAll('.mention')].map((el) => [el.textContent, el.getAttribute('data-user'), el.classList.contains('me')]);
+    expect(marks(1)).toEqual([
+      ['@ada', ME.id, true],
+      ['@cyd', CYD.id, false],
+    ]);
+    expect(body(1).textContent).toBe('@ada and @cyd, see <b>this</b>');
+    expect(body(1).querySelector('b')).toBeNull();
+    expect(marks(2)).toEqual([]);
+    expect(body(2).textContent).toBe('@cyd was not mentioned here, nor bob@example.com');
+    expect(marks(3)).toEqual([['@Bobby', BOBBY.id, false]]);
+    expect(body(3).textContent).toBe('thanks @Bobby.');
+  });
+
+  it('the conversation list shows a badge of unread mentions, and says it', async () => {
+    await show([], { conv: { ...group, last_seq: 3, unread: 3, my_read: 0, mentions_unread: 2 } });
+    const badge = $('a.conv .badge.mention')!;
+    expect(badge.textContent).toBe('@2');
+    expect(badge.getAttribute('aria-label')).toBe('2 mentions');
+    expect(badge.getAttribute('data-mentions')).toBe('2');
+    expect($('a.conv')?.getAttribute('aria-label')).toBe('Team, group, 0 online, 3 unread, 2 mentions');
   });
 });

@@ -27,10 +27,11 @@ import {
   userName,
   uuid,
 } from '../format';
+import { insertMention, mentionAt, mentionsLabel, type MentionToken, segments, suggestions } from '../mentions';
 import { findOriginal, quoteView, type QuoteView, type ReplyBar, replyBar, seekOlder } from '../replies';
 import { useChat, useSession } from '../session';
 import { type ChatState, type ConversationState, sortedConversations, typingIn } from '../store';
-import type { Attachment, Message } from '../types';
+import type { Attachment, Message, User } from '../types';
 
 const MAX_BODY_BYTES = 16_384;
 /** How long the original of a quote stays highlighted after a jump to it. */
@@ -103,6 +104,7 @@ function ConversationList({ activeId }: { activeId: string | null }) {
               title,
               c.kind === 'group' ? `group, ${p.count} online` : p.online ? 'online' : 'offline',
               c.unread ? `${c.unread} unread` : '',
+              c.mentions_unread ? mentionsLabel(c.mentions_unread) : '',
             ]
               .filter(Boolean)
               .join(', ');
@@ -128,11 +130,18 @@ function ConversationList({ activeId }: { activeId: string | null }) {
                   </span>
                   <span class="conv-side">
                     {last && <span class="conv-time">{formatTime(last.sent_at)}</span>}
-                    {c.unread > 0 && (
-                      <span class="badge unread" data-unread={c.unread}>
-                        {c.unread > 99 ? '99+' : c.unread}
-                      </span>
-                    )}
+                    <span class="badges">
+                      {c.mentions_unread > 0 && (
+                        <span class="badge mention" data-mentions={c.mentions_unread} aria-label={mentionsLabel(c.mentions_unread)} title={mentionsLabel(c.mentions_unread)}>
+                          @{c.mentions_unread > 99 ? '99+' : c.mentions_unread}
+                        </span>
+                      )}
+                      {c.unread > 0 && (
+                        <span class="badge unread" data-unread={c.unread}>
+                          {c.unread > 99 ? '99+' : c.unread}
+                        </span>
+                      )}
+                    </span>
                   </span>
                 </a>
               </li>
@@ -418,6 +427,8 @@ function ConversationView({ id }: { id: string }) {
                 mine={m.sender_id === state.me?.id}
                 showHead={startsGroup(messages[i - 1], m)}
                 sender={userName(state.users, m.sender_id)}
+                users={state.users}
+                meId={state.me?.id}
                 seenBy={seenAt.get(m.seq)}
                 onOpen={setViewing}
                 quote={quoteOf(m.reply_to)}
@@ -476,6 +487,9 @@ function ConversationView({ id }: { id: string }) {
       <Composer
         uploads={uploads}
         inputRef={inputRef}
+        members={c.members}
+        users={state.users}
+        meId={state.me?.id}
         reply={replyId ? replyBar(replyOriginal, state.users, state.me?.id) : null}
         onCancelReply={cancelReply}
         onSend={(body, attachments) => {
@@ -551,6 +565,8 @@ function MessageItem({
   mine,
   showHead,
   sender,
+  users,
+  meId,
   seenBy,
   onOpen,
   quote,
@@ -563,6 +579,8 @@ function MessageItem({
   mine: boolean;
   showHead: boolean;
   sender: string;
+  users: Record<string, User>;
+  meId: string | undefined;
   seenBy?: string[];
   onOpen: (a: Attachment) => void;
   quote?: QuoteView;
@@ -592,7 +610,7 @@ function MessageItem({
       <div class="msg-row">
         <div class={`bubble ${attachments.length ? 'with-attachments' : ''}`} id={`msg-${m.seq}`}>
           {quote && <Quote view={quote} seeking={seeking} onOpen={onQuote} />}
-          {(m.body || !attachments.length) && <p class="body">{m.body}</p>}
+          {(m.body || !attachments.length) && <Body m={m} users={users} meId={meId} />}
           <AttachmentList list={attachments} onOpen={onOpen} />
         </div>
         <div class="msg-actions">
@@ -607,6 +625,24 @@ function MessageItem({
         </div>
       )}
     </li>
+  );
+}
+
+/** A message's text, its mentions highlighted (the viewer's more strongly). Text
+ * nodes only: the body is never parsed as HTML. */
+function Body({ m, users, meId }: { m: Message; users: Record<string, User>; meId: string | undefined }) {
+  return (
+    <p class="body">
+      {segments(m.body, m.mentions, users).map((s) =>
+        s.user_id ? (
+          <span class={`mention${s.user_id === meId ? ' me' : ''}`} data-user={s.user_id}>
+            {s.text}
+          </span>
+        ) : (
+          s.text
+        ),
+      )}
+    </p>
   );
 }
 
@@ -707,6 +743,9 @@ function UploadChips({ uploads }: { uploads: Uploads }) {
 function Composer({
   uploads,
   inputRef: ref,
+  members,
+  users,
+  meId,
   reply,
   onCancelReply,
   onSend,
@@ -714,6 +753,10 @@ function Composer({
 }: {
   uploads: Uploads;
   inputRef: RefObject<HTMLTextAreaElement>;
+  /** The conversation's members (ids), whom `@` offers to mention. */
+  members: string[];
+  users: Record<string, User>;
+  meId: string | undefined;
   reply: ReplyBar | null;
   onCancelReply: () => void;
   onSend: (body: string, attachments: Attachment[]) => void;
@@ -724,8 +767,38 @@ function Composer({
   const fileRef = useRef<HTMLInputElement>(null);
   const busy = uploading(uploads.state);
   const ready = canSend(uploads.state, body);
+  // The `@name` at the caret, the members it may complete to, the one chosen with the
+  // arrows, and the token Escape closed the list for (until another one is typed).
+  const [token, setToken] = useState<MentionToken | null>(null);
+  const [active, setActive] = useState(0);
+  const [closed, setClosed] = useState<number | null>(null);
+  const matches = token ? suggestions(members, users, meId, token.query) : [];
+  const open = !!token && matches.length > 0 && closed !== token.start;
+  const current = Math.min(active, matches.length - 1);
 
   useEffect(() => ref.current?.focus(), []);
+
+  /** Look for an `@name` at the caret (after typing, moving the caret, clicking). */
+  const follow = () => {
+    const el = ref.current;
+    const t = el ? mentionAt(el.value, el.selectionStart ?? 0, el.selectionEnd ?? 0) : null;
+    if (t?.start !== token?.start || t?.query !== token?.query) setActive(0);
+    if (t?.start !== closed) setClosed(null);
+    setToken(t);
+  };
+
+  /** Put `@username ` in place of the token, the caret after it. */
+  const choose = (u: User) => {
+    const el = ref.current;
+    if (!el || !token) return;
+    const next = insertMention(el.value, token, u.username);
+    el.value = next.text;
+    el.focus();
+    el.setSelectionRange(next.caret, next.caret);
+    setBody(next.text);
+    setToken(null);
+    onTyping();
+  };
 
   const submit = (e?: Event) => {
     e?.preventDefault();
@@ -739,6 +812,7 @@ function Composer({
     }
     onSend(text, attachments);
     setBody('');
+    setToken(null);
     setError(null);
     uploads.clear();
   };
@@ -783,6 +857,29 @@ function Composer({
       >
         <span class="attach-icon" aria-hidden="true">+</span>
       </button>
+      {open && (
+        <ul id="mention-list" class="mention-list" role="listbox" aria-label="Members to mention">
+          {matches.map((u, i) => (
+            <li
+              key={u.id}
+              id={`mention-${u.id}`}
+              role="option"
+              aria-selected={i === current}
+              class={i === current ? 'active' : undefined}
+              // Keep the focus (and the caret) in the text.
+              onMouseDown={(e) => e.preventDefault()}
+              onClick={() => choose(u)}
+            >
+              @{u.username}
+            </li>
+          ))}
+        </ul>
+      )}
+      <p class="visually-hidden" role="status" data-testid="mention-status">
+        {open
+          ? `${matches.length} ${matches.length === 1 ? 'member' : 'members'} to mention. Up and Down choose, Enter or Tab inserts, Escape closes.`
+          : ''}
+      </p>
       <label class="visually-hidden" for="composer-input">
         Message
       </label>
@@ -794,11 +891,38 @@ function Composer({
         value={body}
         aria-describedby={reply ? 'reply-bar-text composer-help' : 'composer-help'}
         aria-invalid={error ? true : undefined}
+        aria-autocomplete="list"
+        aria-controls={open ? 'mention-list' : undefined}
+        aria-activedescendant={open ? `mention-${matches[current].id}` : undefined}
         onInput={(e) => {
           setBody(e.currentTarget.value);
           if (e.currentTarget.value) onTyping();
+          follow();
         }}
+        onKeyUp={(e) => {
+          if (['ArrowLeft', 'ArrowRight', 'Home', 'End'].includes(e.key)) follow();
+        }}
+        onClick={follow}
+        onBlur={() => setToken(null)}
         onKeyDown={(e) => {
+          if (open && token && !e.isComposing) {
+            const n = matches.length;
+            if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+              e.preventDefault();
+              setActive((current + (e.key === 'ArrowDown' ? 1 : n - 1)) % n);
+              return;
+            }
+            if ((e.key === 'Enter' || e.key === 'Tab') && !e.shiftKey) {
+              e.preventDefault();
+              choose(matches[current]);
+              return;
+            }
+            if (e.key === 'Escape') {
+              e.preventDefault();
+              setClosed(token.start);
+              return;
+            }
+          }
           if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) submit(e);
           else if (e.key === 'Escape' && reply && !e.isComposing) {
             e.preventDefault();
@@ -813,7 +937,7 @@ function Composer({
         {error ??
           (busy
             ? 'Uploading: Send waits for the uploads to finish.'
-            : `Enter sends, Shift+Enter starts a new line.${reply ? ' Escape cancels the reply.' : ''} Files can be attached, dropped or pasted.`)}
+            : `Enter sends, Shift+Enter starts a new line.${reply ? ' Escape cancels the reply.' : ''} @ and a name mentions a member. Files can be attached, dropped or pasted.`)}
       </p>
     </form>
   );
