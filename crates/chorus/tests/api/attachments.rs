@@ -2,63 +2,10 @@
 //! who may read what, every limit, and what is left behind (nothing) when an upload
 //! fails or is never sent.
 
-use crate::helpers::{Api, TestApp, TestUser, poll_until};
+use crate::helpers::{TestApp, TestUser, hex_sha256, poll_until};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
-
-impl Api {
-    /// Uploads `bytes` as `name`; the status and the answer.
-    pub(crate) async fn upload(
-        &self,
-        user: &TestUser,
-        name: &str,
-        content_type: Option<&str>,
-        bytes: Vec<u8>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(self.url("/api/v1/attachments"))
-            .query(&[("name", name)])
-            .bearer_auth(&user.token)
-            .body(bytes);
-        if let Some(t) = content_type {
-            req = req.header("content-type", t);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap())
-    }
-
-    /// Uploads; panics unless it is stored. The attachment's shape.
-    pub(crate) async fn uploaded(&self, user: &TestUser, name: &str, bytes: Vec<u8>) -> Value {
-        let (status, body) = self.upload(user, name, Some("text/plain"), bytes).await;
-        assert_eq!(status, 201, "{body}");
-        body
-    }
-
-    /// GET with extra headers; the raw answer.
-    pub(crate) async fn fetch(
-        &self,
-        user: &TestUser,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> reqwest::Response {
-        let mut req = self.http.get(self.url(path)).bearer_auth(&user.token);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        req.send().await.unwrap()
-    }
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// The objects the embedded store holds under `prefix` (`attachments`, `thumbnails`).
 fn objects(app: &TestApp, prefix: &str) -> Vec<PathBuf> {
@@ -530,18 +477,10 @@ async fn scripts_see_the_shapes_of_the_attachments_never_the_bytes() {
     let mut ws = app.ws(&a).await;
     ws.send(json!({"type": "send", "client_msg_id": "m", "conversation_id": direct, "body": "", "attachments": [file["attachment_id"]]})).await;
     ws.expect("accepted").await;
-    let reply = loop {
-        let frame = ws.expect("message").await;
-        if frame["message"]["sender_id"] == b.id.as_str() {
-            break frame;
-        }
-    };
+    let reply = ws.message_where(|m| m["sender_id"] == b.id.as_str()).await;
+    assert_eq!(reply["body"], "seen notes.txt:text/plain:12:64:false");
     assert_eq!(
-        reply["message"]["body"],
-        "seen notes.txt:text/plain:12:64:false"
-    );
-    assert_eq!(
-        reply["message"]["attachments"],
+        reply["attachments"],
         json!([]),
         "a script's message carries no files"
     );

@@ -9,12 +9,8 @@ use serde_json::{Value, json};
 /// conversation keeps them in order), so nothing else is in flight behind it.
 async fn settle(ws: &mut WsClient, conversation: &str, key: &str) -> i64 {
     ws.send_message(conversation, key, "marker").await;
-    loop {
-        let m = ws.expect("message").await["message"].clone();
-        if m["client_msg_id"] == key {
-            return m["seq"].as_i64().unwrap();
-        }
-    }
+    let m = ws.message_where(|m| m["client_msg_id"] == key).await;
+    m["seq"].as_i64().unwrap()
 }
 
 #[tokio::test]
@@ -876,13 +872,8 @@ async fn dry_runs_looping_on_kv_never_hold_up_another_users_reply() {
 
     let mut bob_ws = app.ws(&bob).await;
     bob_ws.send_message(&chat, "1", "ping").await;
-    loop {
-        let m = bob_ws.expect("message").await["message"].clone();
-        if m["body"] == "pong" {
-            assert_eq!(m["origin"], "script");
-            break;
-        }
-    }
+    let pong = bob_ws.message_where(|m| m["body"] == "pong").await;
+    assert_eq!(pong["origin"], "script");
     while let Ok((_, status, body)) = answers.try_recv() {
         assert_eq!(
             status, 429,

@@ -6,6 +6,7 @@ use chorus::node::Node;
 use chorus_config::Config;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -311,6 +312,60 @@ impl Api {
         .await;
     }
 
+    /// Uploads `bytes` as `name`; the status and the answer.
+    pub(crate) async fn upload(
+        &self,
+        user: &TestUser,
+        name: &str,
+        content_type: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(self.url("/api/v1/attachments"))
+            .query(&[("name", name)])
+            .bearer_auth(&user.token)
+            .body(bytes);
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    /// Uploads as `text/plain`; panics unless it is stored. The attachment's shape.
+    pub(crate) async fn uploaded(&self, user: &TestUser, name: &str, bytes: Vec<u8>) -> Value {
+        self.uploaded_as(user, name, "text/plain", bytes).await
+    }
+
+    /// Uploads as `content_type`; panics unless it is stored. The attachment's shape.
+    pub(crate) async fn uploaded_as(
+        &self,
+        user: &TestUser,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Value {
+        let (status, body) = self.upload(user, name, Some(content_type), bytes).await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    /// GET with extra headers; the raw answer.
+    pub(crate) async fn fetch(
+        &self,
+        user: &TestUser,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self.http.get(self.url(path)).bearer_auth(&user.token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap()
+    }
+
     /// What `/metrics` says now.
     pub(crate) async fn metrics_text(&self) -> String {
         let response = self.http.get(self.url("/metrics")).send().await.unwrap();
@@ -421,6 +476,16 @@ impl WsClient {
         out
     }
 
+    /// Skips `message` frames until one whose message `wanted` accepts; that message.
+    pub(crate) async fn message_where(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let m = self.expect("message").await["message"].clone();
+            if wanted(&m) {
+                return m;
+            }
+        }
+    }
+
     /// A ping/pong round trip: every frame the server sent before the pong has arrived.
     pub(crate) async fn barrier(&mut self) -> Vec<Value> {
         let nonce = uuid::Uuid::now_v7().to_string();
@@ -501,4 +566,12 @@ where
         assert!(tokio::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// SHA-256 of `bytes`, lowercase hex (an attachment's `sha256`).
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -17,13 +17,8 @@ async fn a_reply_names_its_original_live_in_history_and_in_the_list_of_answers()
     bws.messages(2).await;
     bws.send(json!({"type": "send", "client_msg_id": "r1", "conversation_id": group, "body": "yes", "reply_to": original})).await;
     bws.expect("accepted").await;
-    let live = loop {
-        let frame = aws.expect("message").await;
-        if frame["message"]["client_msg_id"] == "r1" {
-            break frame;
-        }
-    };
-    assert_eq!(live["message"]["reply_to"], original.as_str());
+    let live = aws.message_where(|m| m["client_msg_id"] == "r1").await;
+    assert_eq!(live["reply_to"], original.as_str());
     let (status, _) = app
         .post(
             Some(&a.token),
@@ -127,15 +122,10 @@ async fn scripts_see_what_a_message_answers() {
     ws.messages(1).await;
     ws.send(json!({"type": "send", "client_msg_id": "2", "conversation_id": direct, "body": "second", "reply_to": first})).await;
     ws.expect("accepted").await;
-    let reply = loop {
-        let frame = ws.expect("message").await;
-        if frame["message"]["sender_id"] == b.id.as_str() {
-            break frame;
-        }
-    };
-    assert_eq!(reply["message"]["body"], format!("answers {first}"));
+    let reply = ws.message_where(|m| m["sender_id"] == b.id.as_str()).await;
+    assert_eq!(reply["body"], format!("answers {first}"));
     assert_eq!(
-        reply["message"]["reply_to"],
+        reply["reply_to"],
         Value::Null,
         "a script's reply answers nothing"
     );

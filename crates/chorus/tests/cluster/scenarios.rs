@@ -3,9 +3,8 @@
 //! losing or duplicating a message.
 
 use crate::harness::{Backends, Broker, Cluster};
-use crate::helpers::{Api, PATIENCE, TestUser, WsClient};
+use crate::helpers::{Api, PATIENCE, TestUser, WsClient, hex_sha256};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -257,45 +256,6 @@ async fn a_broker_outage_loses_and_duplicates_nothing_for_retrying_clients() {
     assert_eq!(bob_ws.messages(2 * N).await, stored);
 }
 
-/// Uploads `bytes` as `name` of type `content_type`; panics unless it is stored.
-async fn upload(api: &Api, user: &TestUser, name: &str, content_type: &str, bytes: &[u8]) -> Value {
-    let r = api
-        .http
-        .post(api.url("/api/v1/attachments"))
-        .query(&[("name", name)])
-        .bearer_auth(&user.token)
-        .header("content-type", content_type)
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 201, "{body}");
-    body
-}
-
-/// GET `path` as `user` with extra headers.
-async fn fetch(
-    api: &Api,
-    user: &TestUser,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> reqwest::Response {
-    let mut req = api.http.get(api.url(path)).bearer_auth(&user.token);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.unwrap()
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[tokio::test]
 async fn an_attachment_uploaded_on_one_node_is_downloaded_from_another() {
     let Some(backends) = Backends::from_env() else {
@@ -326,9 +286,13 @@ async fn an_attachment_uploaded_on_one_node_is_downloaded_from_another() {
     .write_to(&mut picture, image::ImageFormat::Png)
     .unwrap();
     let picture = picture.into_inner();
-    let blob = upload(&api1, &ada, "data.bin", "application/octet-stream", &data).await;
+    let blob = api1
+        .uploaded_as(&ada, "data.bin", "application/octet-stream", data.clone())
+        .await;
     assert_eq!(blob["sha256"], hex_sha256(&data));
-    let photo = upload(&api1, &ada, "photo.png", "image/png", &picture).await;
+    let photo = api1
+        .uploaded_as(&ada, "photo.png", "image/png", picture.clone())
+        .await;
 
     ada_ws
         .send(json!({
@@ -346,7 +310,7 @@ async fn an_attachment_uploaded_on_one_node_is_downloaded_from_another() {
         "/api/v1/attachments/{}",
         blob["attachment_id"].as_str().unwrap()
     );
-    let whole = fetch(&api2, &bob, &path, &[]).await;
+    let whole = api2.fetch(&bob, &path, &[]).await;
     assert_eq!(whole.status(), 200);
     assert_eq!(
         whole.headers()["etag"],
@@ -359,13 +323,9 @@ async fn an_attachment_uploaded_on_one_node_is_downloaded_from_another() {
     assert!(whole.bytes().await.unwrap() == data, "the same bytes");
     // A range across the boundary of the first part.
     let (start, end) = (5 * 1024 * 1024 - 10, 5 * 1024 * 1024 + 9);
-    let part = fetch(
-        &api2,
-        &bob,
-        &path,
-        &[("range", &format!("bytes={start}-{end}"))],
-    )
-    .await;
+    let part = api2
+        .fetch(&bob, &path, &[("range", &format!("bytes={start}-{end}"))])
+        .await;
     assert_eq!(part.status(), 206);
     assert_eq!(
         part.headers()["content-range"],
@@ -379,12 +339,12 @@ async fn an_attachment_uploaded_on_one_node_is_downloaded_from_another() {
         "/api/v1/attachments/{}/thumbnail",
         photo["attachment_id"].as_str().unwrap()
     );
-    let thumb = fetch(&api2, &bob, &thumb_path, &[]).await;
+    let thumb = api2.fetch(&bob, &thumb_path, &[]).await;
     assert_eq!(thumb.status(), 200);
     let thumb = thumb.bytes().await.unwrap();
     let decoded = image::load_from_memory(&thumb).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (320, 160));
-    let from_n1 = fetch(&api1, &ada, &thumb_path, &[]).await;
+    let from_n1 = api1.fetch(&ada, &thumb_path, &[]).await;
     assert_eq!(from_n1.status(), 200);
     assert_eq!(from_n1.bytes().await.unwrap(), thumb, "the same thumbnail");
 }
