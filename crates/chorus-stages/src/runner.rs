@@ -311,15 +311,20 @@ mod tests {
         }
     }
 
-    fn message(body: &str) -> Vec<u8> {
-        let sender = UserId::new();
-        let conversation = ConversationId::new();
-        encode(&StageEvent::Message(MessageEvent {
+    /// A person's message with the idempotency key `key`, not stored yet, on `route`.
+    fn event_of(
+        sender: UserId,
+        conversation: ConversationId,
+        key: &str,
+        body: &str,
+        route: Vec<Stage>,
+    ) -> MessageEvent {
+        MessageEvent {
             mentions: Vec::new(),
             reply_to: None,
             attachments: Vec::new(),
-            message_id: MessageId::derive(sender, conversation, body),
-            client_msg_id: body.into(),
+            message_id: MessageId::derive(sender, conversation, key),
+            client_msg_id: key.into(),
             conversation_id: conversation,
             sender_id: sender,
             session_id: None,
@@ -328,10 +333,16 @@ mod tests {
             sent_at: chrono::Utc::now(),
             origin: Origin::User,
             hops: 0,
-            route: vec![Stage::Store],
+            route,
             suppress: Vec::new(),
             budget: None,
-        }))
+        }
+    }
+
+    fn message(body: &str) -> Vec<u8> {
+        let (sender, conversation) = (UserId::new(), ConversationId::new());
+        let event = event_of(sender, conversation, body, body, vec![Stage::Store]);
+        encode(&StageEvent::Message(event))
     }
 
     /// A stage's context over `log`, with a store in `dir`.
@@ -397,24 +408,13 @@ mod tests {
             .register(b.id, &node, chorus_core::SessionId::new())
             .await
             .unwrap();
-        let event = StageEvent::Message(MessageEvent {
-            mentions: Vec::new(),
-            reply_to: None,
-            attachments: Vec::new(),
-            message_id: MessageId::derive(a.id, conversation.id, "c1"),
-            client_msg_id: "c1".into(),
-            conversation_id: conversation.id,
-            sender_id: a.id,
-            session_id: None,
-            body: "hello".into(),
-            seq: None,
-            sent_at: chrono::Utc::now(),
-            origin: Origin::User,
-            hops: 0,
-            route: vec![Stage::Store, Stage::Route],
-            suppress: Vec::new(),
-            budget: None,
-        });
+        let event = StageEvent::Message(event_of(
+            a.id,
+            conversation.id,
+            "c1",
+            "hello",
+            vec![Stage::Store, Stage::Route],
+        ));
         log.publish(vec![Outgoing::new(
             store_topic,
             event.key(),
@@ -469,22 +469,15 @@ mod tests {
         assert!(store.finish_attachment(file, 1, "ab", 100).await.unwrap());
         let shape = store.attachment(file).await.unwrap().unwrap().attachment;
         let send = |body: &str, reply_to, attachments| MessageEvent {
-            mentions: Vec::new(),
             reply_to,
             attachments,
-            message_id: MessageId::derive(a.id, conversation.id, "same"),
-            client_msg_id: "same".into(),
-            conversation_id: conversation.id,
-            sender_id: a.id,
-            session_id: None,
-            body: body.into(),
-            seq: None,
-            sent_at: chrono::Utc::now(),
-            origin: Origin::User,
-            hops: 0,
-            route: vec![Stage::Store, Stage::Route],
-            suppress: Vec::new(),
-            budget: None,
+            ..event_of(
+                a.id,
+                conversation.id,
+                "same",
+                body,
+                vec![Stage::Store, Stage::Route],
+            )
         };
         let first = send("first", None, vec![shape.clone()]);
         let retry = send(
