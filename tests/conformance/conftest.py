@@ -116,3 +116,17 @@ async def api(server_url):
         yield client
     finally:
         await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def nodes(server_url):
+    """(writer, reader): clients of the first and the last node named by CHORUS_URL
+    (the same server when it names one), for tests that act through one node and
+    check through the other."""
+    urls = [u.strip() for u in server_url.split(",") if u.strip()]
+    writer, reader = Api(urls[0]), Api(urls[-1])
+    try:
+        yield writer, reader
+    finally:
+        await writer.aclose()
+        await reader.aclose()

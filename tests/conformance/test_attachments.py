@@ -19,7 +19,6 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from chorus_helpers import (
     Api,
@@ -39,19 +38,6 @@ MAX_NAME_BYTES = 255
 # The server's default limits.max_attachment_bytes.
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 THUMBNAIL_SIDE = 320
-
-
-@pytest_asyncio.fixture
-async def nodes(server_url):
-    """(writer, reader): clients of the first and the last node named by CHORUS_URL
-    (the same server when it names one)."""
-    urls = [u.strip() for u in server_url.split(",") if u.strip()]
-    writer, reader = Api(urls[0]), Api(urls[-1])
-    try:
-        yield writer, reader
-    finally:
-        await writer.aclose()
-        await reader.aclose()
 
 
 # ----------------------------------------------------------------------------- files

@@ -5,22 +5,10 @@ cluster, the writer and the named member are on different nodes."""
 from __future__ import annotations
 
 import pytest
-import pytest_asyncio
 
-from chorus_helpers import Api, eventually
+from chorus_helpers import eventually
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest_asyncio.fixture
-async def nodes(server_url):
-    urls = [u.strip() for u in server_url.split(",") if u.strip()]
-    writer, reader = Api(urls[0]), Api(urls[-1])
-    try:
-        yield writer, reader
-    finally:
-        await writer.aclose()
-        await reader.aclose()
 
 
 async def test_members_named_are_mentioned_and_counted_until_read(nodes):

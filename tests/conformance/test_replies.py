@@ -7,24 +7,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import pytest_asyncio
 
-from chorus_helpers import Api, assert_error, assert_status, cmid
+from chorus_helpers import assert_error, assert_status, cmid
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest_asyncio.fixture
-async def nodes(server_url):
-    """(writer, reader): clients of the first and the last node named by CHORUS_URL
-    (the same server when it names one)."""
-    urls = [u.strip() for u in server_url.split(",") if u.strip()]
-    writer, reader = Api(urls[0]), Api(urls[-1])
-    try:
-        yield writer, reader
-    finally:
-        await writer.aclose()
-        await reader.aclose()
 
 
 async def send_reply(ws, conv_id: str, body: str, reply_to) -> str:
