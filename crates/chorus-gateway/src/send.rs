@@ -200,7 +200,7 @@ async fn sender_uploads(
 
 /// Checks that `message` is one of `conversation`'s (`not_found` otherwise, as for a
 /// message that does not exist).
-pub async fn require_in(
+async fn require_in(
     state: &AppState,
     conversation: ConversationId,
     message: MessageId,

@@ -113,9 +113,13 @@ async fn mention(ctx: &StageContext, events: &mut [StageEvent]) -> Result<(), St
         let StageEvent::Message(m) = event else {
             continue;
         };
+        let names = named(&m.body);
+        if names.is_empty() {
+            continue;
+        }
         let mut mentions = Vec::new();
         let members = ctx.directory.members(m.conversation_id).await?;
-        for name in named(&m.body) {
+        for name in names {
             if let Some(user) = users.iter().find(|u| u.username == name)
                 && members.contains(user.id)
                 && !mentions.contains(&user.id)
