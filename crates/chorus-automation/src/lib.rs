@@ -13,7 +13,7 @@ pub use actions::{Action, parse_actions};
 pub use kv::StoreKv;
 
 use chorus_config::AutomationConfig;
-use chorus_core::model::{Attachment, Hook, Origin, Script};
+use chorus_core::model::{Attachment, Hook, MessageKind, Origin, Script};
 use chorus_core::topics::Stage;
 use chorus_core::{ConversationId, MessageId, UserId};
 use chorus_sandbox::{Call, Failure, Limits, Outcome, RunError, Sandbox};
@@ -49,6 +49,14 @@ pub struct HookInput {
     pub reply_to: Option<MessageId>,
     /// The members it mentions (known once it is stored: `onOutgoing` sees none).
     pub mentions: Vec<UserId>,
+    /// `text`, or the change it makes (`edit`, `delete`, `reaction`: `onOutgoing` only).
+    pub kind: MessageKind,
+    /// For a change: the message it changes.
+    pub target_id: Option<MessageId>,
+    /// For a reaction: the emoji.
+    pub emoji: Option<String>,
+    /// For a reaction: whether it is taken back.
+    pub remove: bool,
 }
 
 /// Runs users' hooks: the sandboxes with the configured limits and the store behind

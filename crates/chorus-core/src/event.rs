@@ -4,7 +4,7 @@
 //! meets an unknown `v` or an unreadable record sends it to the dead-letter topic
 //! rather than crashing or dropping it.
 
-use crate::model::{Attachment, Job, JobError, JobSource, JobStatus, Message, Origin};
+use crate::model::{Attachment, Job, JobError, JobSource, JobStatus, Message, MessageKind, Origin};
 use crate::topics::Stage;
 use crate::{ConversationId, ErrorCode, JobId, MessageId, ScriptId, SessionId, UserId};
 use chrono::{DateTime, Utc};
@@ -82,6 +82,18 @@ pub struct MessageEvent {
     /// Members it mentions: set by the store stage, from the body it stores.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<UserId>,
+    /// A message, or a change to the message `target_id`.
+    #[serde(default, skip_serializing_if = "MessageKind::is_text")]
+    pub kind: MessageKind,
+    /// For a change: the message it changes (checked by the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<MessageId>,
+    /// For a reaction: the emoji.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// For a reaction: whether it takes the sender's reaction back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
     /// Assigned by the store stage.
     pub seq: Option<i64>,
     /// When the gateway accepted it.
@@ -118,7 +130,32 @@ impl MessageEvent {
             attachments: self.attachments.clone(),
             reply_to: self.reply_to,
             mentions: self.mentions.clone(),
+            kind: self.kind,
+            target_id: self.target_id,
+            emoji: self.emoji.clone(),
+            remove: self.remove,
+            deleted: false,
+            edited_at: None,
         })
+    }
+
+    /// Takes on what the store holds of it (a retry's fields may differ from the
+    /// stored ones, and only those go on).
+    pub fn adopt(&mut self, stored: Message) {
+        self.seq = Some(stored.seq);
+        self.body = stored.body;
+        self.sent_at = stored.sent_at;
+        self.client_msg_id = stored.client_msg_id;
+        self.conversation_id = stored.conversation_id;
+        self.sender_id = stored.sender_id;
+        self.origin = stored.origin;
+        self.attachments = stored.attachments;
+        self.reply_to = stored.reply_to;
+        self.mentions = stored.mentions;
+        self.kind = stored.kind;
+        self.target_id = stored.target_id;
+        self.emoji = stored.emoji;
+        self.remove = stored.remove;
     }
 }
 

@@ -98,7 +98,55 @@ impl Origin {
     }
 }
 
-/// A stored message.
+/// What an entry of a conversation's stream is: a message, or a change to one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// A message (every v1 message).
+    #[default]
+    Text,
+    /// A new body for the message `target_id`.
+    Edit,
+    /// The message `target_id` taken back.
+    Delete,
+    /// A reaction to the message `target_id` (or, with `remove`, taken back).
+    Reaction,
+}
+
+impl MessageKind {
+    /// The kind's name in storage and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Edit => "edit",
+            Self::Delete => "delete",
+            Self::Reaction => "reaction",
+        }
+    }
+
+    /// Parses a stored kind name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(Self::Text),
+            "edit" => Some(Self::Edit),
+            "delete" => Some(Self::Delete),
+            "reaction" => Some(Self::Reaction),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a message rather than a change to one.
+    pub fn is_text(&self) -> bool {
+        *self == Self::Text
+    }
+
+    /// Whether entries of this kind have a body (a message, an edit).
+    pub fn has_body(self) -> bool {
+        matches!(self, Self::Text | Self::Edit)
+    }
+}
+
+/// A stored entry of a conversation: a message, or a change to one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Derived from the sender, conversation and `client_msg_id`; see [`MessageId::derive`].
@@ -128,6 +176,24 @@ pub struct Message {
     /// appearance.
     #[serde(default)]
     pub mentions: Vec<UserId>,
+    /// A message, or which change to the message `target_id`.
+    #[serde(default)]
+    pub kind: MessageKind,
+    /// For a change: the message it changes.
+    #[serde(default)]
+    pub target_id: Option<MessageId>,
+    /// For a reaction: the emoji.
+    #[serde(default)]
+    pub emoji: Option<String>,
+    /// For a reaction: `true` when it takes the sender's reaction back.
+    #[serde(default)]
+    pub remove: bool,
+    /// For a message: deleted since (its body and attachments are then empty).
+    #[serde(default)]
+    pub deleted: bool,
+    /// For a message: when it was last edited.
+    #[serde(default)]
+    pub edited_at: Option<DateTime<Utc>>,
 }
 
 /// A file a user uploaded, as messages carry it.

@@ -24,6 +24,40 @@ pub enum ClientFrame {
         #[serde(default)]
         reply_to: Option<MessageId>,
     },
+    /// Give a message of one's own a new body.
+    Edit {
+        /// The client's idempotency key for this change.
+        client_msg_id: String,
+        /// The message's conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+        /// The new body.
+        body: String,
+    },
+    /// Take a message back (one's own, or any in a group one owns).
+    Delete {
+        /// The client's idempotency key for this change.
+        client_msg_id: String,
+        /// The message's conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+    },
+    /// React to a message, or take one's reaction back.
+    React {
+        /// The client's idempotency key for this change.
+        client_msg_id: String,
+        /// The message's conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+        /// The emoji: 1 to 64 bytes, no whitespace.
+        emoji: String,
+        /// Take the reaction back.
+        #[serde(default)]
+        remove: bool,
+    },
     /// Replay what was missed, then learn every conversation's last `seq`.
     Sync {
         /// The last `seq` the client has seen, per conversation.
@@ -51,7 +85,9 @@ pub enum ClientFrame {
 }
 
 /// The `type`s a client may send.
-pub const CLIENT_FRAME_TYPES: [&str; 5] = ["send", "sync", "typing", "read", "ping"];
+pub const CLIENT_FRAME_TYPES: [&str; 8] = [
+    "send", "edit", "delete", "react", "sync", "typing", "read", "ping",
+];
 
 /// Why a text frame is not a [`ClientFrame`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,12 +142,17 @@ pub enum ServerFrame {
         /// Who is signed in.
         user: User,
     },
-    /// A `send` is on the log (not yet stored: the `message` frame says that).
+    /// A `send` (or `edit`, `delete`, `react`) is on the log (not yet stored: the
+    /// `message` frame says that).
     Accepted {
         /// The client's idempotency key.
         client_msg_id: String,
-        /// The message's id.
+        /// The new entry's id.
         message_id: MessageId,
+        /// The change changes nothing (a repeated reaction, a deleted message deleted
+        /// again): nothing is stored under `message_id` and no `message` frame follows.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unchanged: bool,
     },
     /// A stored message.
     Message {

@@ -348,6 +348,12 @@ struct TestMessage {
     reply_to: Option<MessageId>,
     #[serde(default)]
     mentions: Vec<UserId>,
+    #[serde(default)]
+    kind: chorus_core::model::MessageKind,
+    target_id: Option<MessageId>,
+    emoji: Option<String>,
+    #[serde(default)]
+    remove: bool,
     conversation_id: Option<ConversationId>,
     sender_id: Option<UserId>,
     sender: Option<String>,
@@ -401,6 +407,10 @@ async fn test_script(
         attachments: m.attachments,
         reply_to: m.reply_to,
         mentions: m.mentions,
+        kind: m.kind,
+        target_id: m.target_id,
+        emoji: m.emoji,
+        remove: m.remove,
     };
     let result = state.engine.dry_run(&script, hook, &input).await;
     let (logs, elapsed, outcome) = match result {

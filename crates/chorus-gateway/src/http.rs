@@ -3,18 +3,18 @@
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::send::{Submission, require_member, submit};
+use crate::send::{Change, Submission, require_member, submit};
 use crate::state::AppState;
 use axum::extract::{FromRequest, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use chorus_core::event::{Control, encode};
 use chorus_core::model::{Conversation, ConversationKind, Message, User};
-use chorus_core::{ConversationId, UserId};
+use chorus_core::{ConversationId, MessageId, UserId};
 use chorus_log::Outgoing;
-use chorus_store::{ConversationRecord, Page};
+use chorus_store::{AfterMarker, ConversationRecord, Page, SearchQuery, search_words};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -55,6 +55,15 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/conversations/{id}/messages",
             get(list_messages).post(post_message),
         )
+        .route(
+            "/conversations/{id}/messages/{message_id}",
+            patch(edit_message).delete(delete_message),
+        )
+        .route(
+            "/conversations/{id}/messages/{message_id}/reactions",
+            post(react),
+        )
+        .route("/search", get(search))
 }
 
 async fn me(State(state): Shared, AuthUser(user): AuthUser) -> Result<Json<User>, ApiError> {
@@ -132,13 +141,13 @@ async fn create_conversation(
             require_users(&state, &[other]).await?;
             let (record, created) = store.direct(me.id, other).await?;
             let read = store.read_seq(record.id, me.id).await?.unwrap_or(0);
-            let mentions = mentions_in(&state, record.id, me.id).await?;
+            let after = after_marker_in(&state, record.id, me.id).await?;
             let status = if created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            Ok((status, Json(record.view(read, mentions))).into_response())
+            Ok((status, Json(record.view(read, after))).into_response())
         }
         ConversationKind::Group => {
             let title = req.title.as_deref().map(str::trim).unwrap_or_default();
@@ -165,7 +174,11 @@ async fn create_conversation(
             }
             require_users(&state, &req.members).await?;
             let record = store.create_group(me.id, title, &req.members).await?;
-            Ok((StatusCode::CREATED, Json(record.view(0, 0))).into_response())
+            Ok((
+                StatusCode::CREATED,
+                Json(record.view(0, AfterMarker::default())),
+            )
+                .into_response())
         }
     }
 }
@@ -174,7 +187,7 @@ async fn list_conversations(
     State(state): Shared,
     AuthUser(me): AuthUser,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let mentions = state.directory.store().mentions_unread(me.id).await?;
+    let after = state.directory.store().after_marker(me.id).await?;
     let conversations: Vec<Conversation> = state
         .directory
         .store()
@@ -182,27 +195,21 @@ async fn list_conversations(
         .await?
         .into_iter()
         .map(|(record, read)| {
-            let mentions = mentions
-                .iter()
-                .find(|(c, _)| *c == record.id)
-                .map_or(0, |(_, n)| *n);
-            record.view(read, mentions)
+            let after = after.get(&record.id).copied().unwrap_or_default();
+            record.view(read, after)
         })
         .collect();
     Ok(Json(json!({ "conversations": conversations })))
 }
 
-/// The messages after `user`'s read marker in `conversation` that mention `user`.
-async fn mentions_in(
+/// What is after `user`'s read marker in `conversation`.
+async fn after_marker_in(
     state: &AppState,
     conversation: ConversationId,
     user: UserId,
-) -> Result<i64, ApiError> {
-    let all = state.directory.store().mentions_unread(user).await?;
-    Ok(all
-        .into_iter()
-        .find(|(c, _)| *c == conversation)
-        .map_or(0, |(_, n)| n))
+) -> Result<AfterMarker, ApiError> {
+    let all = state.directory.store().after_marker(user).await?;
+    Ok(all.get(&conversation).copied().unwrap_or_default())
 }
 
 async fn member_view(
@@ -230,8 +237,8 @@ async fn get_conversation(
     ApiPath(id): ApiPath<ConversationId>,
 ) -> Result<Json<Conversation>, ApiError> {
     let (record, read) = member_view(&state, id, me.id).await?;
-    let mentions = mentions_in(&state, id, me.id).await?;
-    Ok(Json(record.view(read, mentions)))
+    let after = after_marker_in(&state, id, me.id).await?;
+    Ok(Json(record.view(read, after)))
 }
 
 #[derive(Deserialize)]
@@ -264,8 +271,8 @@ async fn add_member(
     state.directory.store().add_member(id, req.user_id).await?;
     members_changed(&state, id).await;
     let (record, read) = member_view(&state, id, me.id).await?;
-    let mentions = mentions_in(&state, id, me.id).await?;
-    Ok(Json(record.view(read, mentions)))
+    let after = after_marker_in(&state, id, me.id).await?;
+    Ok(Json(record.view(read, after)))
 }
 
 async fn remove_member(
@@ -399,13 +406,121 @@ async fn post_message(
         body: req.body,
         attachments: req.attachments,
         reply_to: req.reply_to,
+        change: None,
     };
-    let message_id = submit(&state, message).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "message_id": message_id })),
-    )
-        .into_response())
+    accepted(submit(&state, message).await?)
+}
+
+fn accepted(a: crate::send::Accepted) -> Result<Response, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(a.json())).into_response())
+}
+
+#[derive(Deserialize)]
+struct EditMessage {
+    client_msg_id: String,
+    body: String,
+}
+
+async fn edit_message(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiPath((id, target)): ApiPath<(ConversationId, MessageId)>,
+    ApiJson(req): ApiJson<EditMessage>,
+) -> Result<Response, ApiError> {
+    let edit = Submission::change(
+        me.id,
+        None,
+        id,
+        req.client_msg_id,
+        req.body,
+        Change::Edit(target),
+    );
+    accepted(submit(&state, edit).await?)
+}
+
+#[derive(Deserialize)]
+struct DeleteMessage {
+    client_msg_id: String,
+}
+
+async fn delete_message(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiPath((id, target)): ApiPath<(ConversationId, MessageId)>,
+    ApiQuery(q): ApiQuery<DeleteMessage>,
+) -> Result<Response, ApiError> {
+    let delete = Change::Delete(target);
+    let delete = Submission::change(me.id, None, id, q.client_msg_id, String::new(), delete);
+    accepted(submit(&state, delete).await?)
+}
+
+#[derive(Deserialize)]
+struct React {
+    client_msg_id: String,
+    emoji: String,
+    #[serde(default)]
+    remove: bool,
+}
+
+async fn react(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiPath((id, target)): ApiPath<(ConversationId, MessageId)>,
+    ApiJson(req): ApiJson<React>,
+) -> Result<Response, ApiError> {
+    let reaction = Change::React {
+        target,
+        emoji: req.emoji,
+        remove: req.remove,
+    };
+    let react = Submission::change(me.id, None, id, req.client_msg_id, String::new(), reaction);
+    accepted(submit(&state, react).await?)
+}
+
+#[derive(Deserialize)]
+struct Search {
+    q: String,
+    conversation_id: Option<ConversationId>,
+    limit: Option<i64>,
+}
+
+/// Longest search text, bytes.
+const MAX_SEARCH_BYTES: usize = 256;
+/// Default and largest number of search results.
+const DEFAULT_RESULTS: i64 = 20;
+const MAX_RESULTS: i64 = 100;
+
+async fn search(
+    State(state): Shared,
+    AuthUser(me): AuthUser,
+    ApiQuery(q): ApiQuery<Search>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if q.q.trim().is_empty() || q.q.len() > MAX_SEARCH_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "q must be 1 to {MAX_SEARCH_BYTES} bytes of text"
+        )));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_RESULTS);
+    if !(1..=MAX_RESULTS).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_RESULTS}"
+        )));
+    }
+    if let Some(conversation) = q.conversation_id {
+        require_member(&state, conversation, me.id).await?;
+    }
+    let words = search_words(&q.q);
+    let results: Vec<Message> = if words.is_empty() {
+        Vec::new()
+    } else {
+        let query = SearchQuery {
+            words,
+            conversation: q.conversation_id,
+            limit,
+        };
+        state.directory.store().search(me.id, &query).await?
+    };
+    Ok(Json(json!({ "results": results })))
 }
 
 /// Unused path segments still answer in the protocol's format.

@@ -5,8 +5,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use chorus_core::body::{BodyError, check_message_body};
 use chorus_core::event::{StageEvent, encode};
-use chorus_core::model::Attachment;
-use chorus_core::model::Origin;
+use chorus_core::model::{Attachment, Message, MessageKind, Origin};
+use chorus_core::wire::ServerFrame;
 use chorus_core::{AttachmentId, ConversationId, ErrorCode, MessageId, SessionId, UserId};
 use chorus_log::Outgoing;
 use chorus_store::Members;
@@ -60,15 +60,99 @@ pub struct Submission {
     pub attachments: Vec<AttachmentId>,
     /// The earlier message of the conversation it answers.
     pub reply_to: Option<MessageId>,
+    /// `None` for a message; else the change it makes to one.
+    pub change: Option<Change>,
+}
+
+impl Submission {
+    /// A change to a message: no attachments, no `reply_to`, and a body only for an
+    /// edit (`""` otherwise).
+    pub fn change(
+        sender: UserId,
+        session: Option<SessionId>,
+        conversation: ConversationId,
+        client_msg_id: String,
+        body: String,
+        change: Change,
+    ) -> Self {
+        Self {
+            sender,
+            session,
+            conversation,
+            client_msg_id,
+            body,
+            attachments: Vec::new(),
+            reply_to: None,
+            change: Some(change),
+        }
+    }
+}
+
+/// A change to a message of the conversation.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A new body (the submission's), by the message's sender.
+    Edit(MessageId),
+    /// Taking it back, by its sender or the group's owner.
+    Delete(MessageId),
+    /// A reaction of any member, or (`remove`) taking it back.
+    React {
+        /// The message.
+        target: MessageId,
+        /// 1 to [`MAX_EMOJI`] bytes, no whitespace.
+        emoji: String,
+        /// Take it back.
+        remove: bool,
+    },
+}
+
+impl Change {
+    fn target(&self) -> MessageId {
+        match self {
+            Self::Edit(t) | Self::Delete(t) | Self::React { target: t, .. } => *t,
+        }
+    }
+}
+
+/// Longest reaction emoji, in bytes.
+pub const MAX_EMOJI: usize = 64;
+
+/// A submission the log holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The new entry's id.
+    pub message_id: MessageId,
+    /// A change that changes nothing: nothing is stored under `message_id`.
+    pub unchanged: bool,
+}
+
+impl Accepted {
+    /// The answer to the `send` (or change) whose key is `client_msg_id`.
+    pub fn frame(self, client_msg_id: String) -> ServerFrame {
+        ServerFrame::Accepted {
+            client_msg_id,
+            message_id: self.message_id,
+            unchanged: self.unchanged,
+        }
+    }
+
+    /// The body of an HTTP 202.
+    pub fn json(self) -> serde_json::Value {
+        if self.unchanged {
+            serde_json::json!({ "message_id": self.message_id, "unchanged": true })
+        } else {
+            serde_json::json!({ "message_id": self.message_id })
+        }
+    }
 }
 
 /// Validates a message and puts it on the log; returns its id once the log holds it.
-pub async fn submit(state: &AppState, message: Submission) -> Result<MessageId, ApiError> {
+pub async fn submit(state: &AppState, message: Submission) -> Result<Accepted, ApiError> {
     submit_pipelined(state, message).await?.await
 }
 
-/// A send in flight on the log; resolves to the message id once the log holds it.
-pub type PendingSend = futures::future::BoxFuture<'static, Result<MessageId, ApiError>>;
+/// A send in flight on the log; resolves once the log holds it.
+pub type PendingSend = futures::future::BoxFuture<'static, Result<Accepted, ApiError>>;
 
 /// Validates a message and hands it to the log at once, without waiting for the log
 /// to hold it: a session can then read its next `send` while this one is acknowledged,
@@ -77,7 +161,10 @@ pub async fn submit_pipelined(
     state: &AppState,
     message: Submission,
 ) -> Result<PendingSend, ApiError> {
-    let (message_id, record) = prepare(state, message).await?;
+    let (message_id, record) = match prepare(state, message).await? {
+        Prepared::Record(message_id, record) => (message_id, record),
+        Prepared::Done(accepted) => return Ok(Box::pin(std::future::ready(Ok(accepted)))),
+    };
     let pending = match state.log.enqueue(vec![record.clone()]) {
         Ok(pending) => pending,
         // A topic this node has not seen yet: the slower path looks it up.
@@ -90,12 +177,24 @@ pub async fn submit_pipelined(
     Ok(Box::pin(async move {
         pending.await?;
         metrics::counter!("chorus_messages_accepted_total").increment(1);
-        Ok(message_id)
+        Ok(Accepted {
+            message_id,
+            unchanged: false,
+        })
     }))
 }
 
-/// Checks a message (size, content, membership, rate) and builds its log record.
-async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Outgoing), ApiError> {
+/// What a submission comes to before the log.
+enum Prepared {
+    /// Its record, to put on the log.
+    Record(MessageId, Outgoing),
+    /// Answered already: a change that changes nothing, or one stored before.
+    Done(Accepted),
+}
+
+/// Checks a message (size, content, membership, target, rate) and builds its log
+/// record.
+async fn prepare(state: &AppState, message: Submission) -> Result<Prepared, ApiError> {
     let Submission {
         sender,
         session,
@@ -104,6 +203,7 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
         body,
         attachments,
         reply_to,
+        change,
     } = message;
     if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
         return Err(ApiError::bad_request(format!(
@@ -121,29 +221,62 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
             "a message carries at most {MAX_PER_MESSAGE} attachments"
         )));
     }
-    check_message_body(&body, attachments.len(), state.limits.max_body_bytes).map_err(
-        |e| match e {
+    // A delete or a reaction has no body (the frames have none to give).
+    let has_body = matches!(change, None | Some(Change::Edit(_)));
+    if change.is_some() && !(attachments.is_empty() && reply_to.is_none()) {
+        return Err(ApiError::bad_request(
+            "only a new message carries attachments or reply_to",
+        ));
+    }
+    check_message_body(&body, attachments.len(), state.limits.max_body_bytes)
+        .or_else(|e| if has_body { Err(e) } else { Ok(()) })
+        .map_err(|e| match e {
             BodyError::Empty => ApiError::bad_request(e.to_string()),
             BodyError::Nul => {
                 ApiError::bad_request("body and client_msg_id must not contain NUL characters")
             }
             BodyError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
-        },
-    )?;
+        })?;
+    if let Some(Change::React { emoji, .. }) = &change
+        && (emoji.is_empty() || emoji.len() > MAX_EMOJI || emoji.chars().any(char::is_whitespace))
+    {
+        return Err(ApiError::bad_request(format!(
+            "emoji must be 1 to {MAX_EMOJI} bytes without whitespace"
+        )));
+    }
     let members = require_member(state, conversation, sender).await?;
+    let message_id = MessageId::derive(sender, conversation, &client_msg_id);
     // Before the rate limit, which a refused send must not use up.
     let attachments = sender_uploads(state, sender, attachments).await?;
     if let Some(target) = reply_to {
-        require_in(state, conversation, target).await?;
+        text_in(state, conversation, target).await?;
+    }
+    if let Some(change) = &change
+        && let Some(done) = check_change(state, sender, conversation, message_id, change).await?
+    {
+        return Ok(Prepared::Done(done));
     }
     state
         .limiter
         .check(sender)
         .map_err(ApiError::rate_limited)?;
-    let message_id = MessageId::derive(sender, conversation, &client_msg_id);
     let route = state.engine.route_for(sender, &members);
+    let (kind, target_id, emoji, remove) = match change {
+        None => (MessageKind::Text, None, None, false),
+        Some(Change::Edit(t)) => (MessageKind::Edit, Some(t), None, false),
+        Some(Change::Delete(t)) => (MessageKind::Delete, Some(t), None, false),
+        Some(Change::React {
+            target,
+            emoji,
+            remove,
+        }) => (MessageKind::Reaction, Some(target), Some(emoji), remove),
+    };
     let event = StageEvent::Message(chorus_core::event::MessageEvent {
         mentions: Vec::new(),
+        kind,
+        target_id,
+        emoji,
+        remove,
         reply_to,
         message_id,
         client_msg_id,
@@ -166,7 +299,62 @@ async fn prepare(state: &AppState, message: Submission) -> Result<(MessageId, Ou
         conversation.0.as_bytes().to_vec(),
         encode(&event),
     );
-    Ok((message_id, record))
+    Ok(Prepared::Record(message_id, record))
+}
+
+/// Checks a change against the message it changes (protocol v1.1 §2), in this order:
+/// the message must be a message of the conversation (`not_found`), the sender may
+/// change it (`forbidden`), it is not deleted (`not_found`, but deleting it again
+/// changes nothing). A change stored before (a retry) and one that changes nothing are
+/// answered at once.
+async fn check_change(
+    state: &AppState,
+    sender: UserId,
+    conversation: ConversationId,
+    message_id: MessageId,
+    change: &Change,
+) -> Result<Option<Accepted>, ApiError> {
+    let store = state.directory.store();
+    let done = |unchanged| {
+        Ok(Some(Accepted {
+            message_id,
+            unchanged,
+        }))
+    };
+    if store.message(message_id).await?.is_some() {
+        return done(false);
+    }
+    let target = text_in(state, conversation, change.target()).await?;
+    match change {
+        Change::Edit(_) if target.sender_id != sender => {
+            return Err(ApiError::forbidden("only its sender edits a message"));
+        }
+        Change::Delete(_) if target.sender_id != sender => {
+            let owner = store
+                .conversation(conversation)
+                .await?
+                .and_then(|c| c.owner_id);
+            if owner != Some(sender) {
+                return Err(ApiError::forbidden(
+                    "only its sender, or the group's owner, deletes a message",
+                ));
+            }
+        }
+        _ => {}
+    }
+    match change {
+        Change::Delete(_) if target.deleted => done(true),
+        _ if target.deleted => Err(ApiError::not_found(format!(
+            "message {} was deleted",
+            target.message_id
+        ))),
+        Change::React {
+            target,
+            emoji,
+            remove,
+        } if store.reacted(*target, sender, emoji).await? != *remove => done(true),
+        _ => Ok(None),
+    }
 }
 
 /// The shapes of the uploads a message is to carry: each must be a complete upload of
@@ -198,15 +386,15 @@ async fn sender_uploads(
     Ok(found)
 }
 
-/// Checks that `message` is one of `conversation`'s (`not_found` otherwise, as for a
-/// message that does not exist).
-async fn require_in(
+/// The message `message` of `conversation`, a message rather than a change to one
+/// (`not_found` otherwise, as for a message that does not exist).
+async fn text_in(
     state: &AppState,
     conversation: ConversationId,
     message: MessageId,
-) -> Result<(), ApiError> {
+) -> Result<Message, ApiError> {
     match state.directory.store().message(message).await? {
-        Some(m) if m.conversation_id == conversation => Ok(()),
+        Some(m) if m.conversation_id == conversation && m.kind.is_text() => Ok(m),
         _ => Err(ApiError::not_found(format!(
             "message {message} does not exist in conversation {conversation}"
         ))),

@@ -15,7 +15,7 @@ use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::http::ApiQuery;
 use crate::queue::{QueueReceiver, queue};
-use crate::send::{Submission, notify_route, require_member, submit_pipelined};
+use crate::send::{Change, Submission, notify_route, require_member, submit_pipelined};
 use crate::sessions::{Out, Outbound, SessionHandle};
 use crate::state::AppState;
 use axum::extract::State;
@@ -388,28 +388,66 @@ impl Session {
                     sender: self.user.id,
                     session: Some(self.id),
                     conversation: conversation_id,
-                    client_msg_id: client_msg_id.clone(),
+                    client_msg_id,
                     body,
                     attachments,
                     reply_to,
+                    change: None,
                 };
-                let submitted = submit_pipelined(&self.state, message).await;
-                // Answers go out in send order, refusals included.
-                let answer: BoxFuture<'static, ServerFrame> = match submitted {
-                    Ok(pending) => Box::pin(async move {
-                        match pending.await {
-                            Ok(message_id) => ServerFrame::Accepted {
-                                client_msg_id,
-                                message_id,
-                            },
-                            Err(e) => e.to_frame(Some(client_msg_id)),
-                        }
-                    }),
-                    Err(e) => Box::pin(std::future::ready(e.to_frame(Some(client_msg_id)))),
+                self.submit(message).await;
+            }
+            ClientFrame::Edit {
+                client_msg_id,
+                conversation_id,
+                message_id,
+                body,
+            } => {
+                let edit = Submission::change(
+                    self.user.id,
+                    Some(self.id),
+                    conversation_id,
+                    client_msg_id,
+                    body,
+                    Change::Edit(message_id),
+                );
+                self.submit(edit).await;
+            }
+            ClientFrame::Delete {
+                client_msg_id,
+                conversation_id,
+                message_id,
+            } => {
+                let delete = Submission::change(
+                    self.user.id,
+                    Some(self.id),
+                    conversation_id,
+                    client_msg_id,
+                    String::new(),
+                    Change::Delete(message_id),
+                );
+                self.submit(delete).await;
+            }
+            ClientFrame::React {
+                client_msg_id,
+                conversation_id,
+                message_id,
+                emoji,
+                remove,
+            } => {
+                let reaction = Change::React {
+                    target: message_id,
+                    emoji,
+                    remove,
                 };
-                self.acks
-                    .get_or_insert_with(FuturesOrdered::new)
-                    .push_back(answer);
+                let react = Submission::change(
+                    self.user.id,
+                    Some(self.id),
+                    conversation_id,
+                    client_msg_id,
+                    String::new(),
+                    reaction,
+                );
+                self.submit(react).await;
             }
             ClientFrame::Sync { since } => self.sync(since).await?,
             ClientFrame::Typing { .. } | ClientFrame::Read { .. }
@@ -566,6 +604,25 @@ impl Session {
         self.socket
             .send(WsMessage::Text(frame.to_json().into()))
             .await
+    }
+
+    /// Submits a message or a change; its answer goes out in submission order,
+    /// refusals included.
+    async fn submit(&mut self, message: Submission) {
+        let client_msg_id = message.client_msg_id.clone();
+        let answer: BoxFuture<'static, ServerFrame> =
+            match submit_pipelined(&self.state, message).await {
+                Ok(pending) => Box::pin(async move {
+                    match pending.await {
+                        Ok(accepted) => accepted.frame(client_msg_id),
+                        Err(e) => e.to_frame(Some(client_msg_id)),
+                    }
+                }),
+                Err(e) => Box::pin(std::future::ready(e.to_frame(Some(client_msg_id)))),
+            };
+        self.acks
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(answer);
     }
 
     async fn error(&mut self, e: ApiError) -> Result<(), axum::Error> {

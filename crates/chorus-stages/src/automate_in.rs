@@ -45,7 +45,8 @@ impl StageWorker for AutomateIn {
             let StageEvent::Message(m) = event else {
                 continue;
             };
-            if m.route.first() != Some(&Stage::AutomateIn) || m.seq.is_none() {
+            // Incoming scripts and auto-replies answer messages, not changes to them.
+            if m.route.first() != Some(&Stage::AutomateIn) || m.seq.is_none() || !m.kind.is_text() {
                 continue;
             }
             let members = ctx.directory.members(m.conversation_id).await?;

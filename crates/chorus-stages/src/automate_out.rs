@@ -1,5 +1,5 @@
-//! `automate-out`: runs the sender's enabled outgoing scripts on each message, in the
-//! order they were created. A script may rewrite the body (the next script sees the
+//! `automate-out`: runs the sender's enabled outgoing scripts on each message and each
+//! change to one (edit, delete, reaction), in the order they were created. A script may rewrite the body (the next script sees the
 //! new one), drop the message (the sending session gets `blocked`), reply, or forward.
 //! A failing script leaves the message as it was, unless its owner made it
 //! fail-closed, which blocks the message.
@@ -147,7 +147,9 @@ impl InFlight {
         };
         for action in actions {
             match action {
-                Action::Rewrite(body) => self.m.body = body,
+                // A delete or a reaction has no body to rewrite.
+                Action::Rewrite(body) if self.m.kind.has_body() => self.m.body = body,
+                Action::Rewrite(_) => {}
                 Action::Drop(reason) => {
                     self.blocked = Some(reason);
                     return;
@@ -181,7 +183,9 @@ async fn settle(
         metrics::counter!("chorus_messages_blocked_total").increment(1);
         return reject(ctx, &f.m, reason).await;
     }
-    if check_message_body(&f.m.body, f.m.attachments.len(), ctx.max_body_bytes).is_err() {
+    if f.m.kind.has_body()
+        && check_message_body(&f.m.body, f.m.attachments.len(), ctx.max_body_bytes).is_err()
+    {
         let reason = format!(
             "a script rewrote the message to something that cannot be stored (1 to {} bytes without NUL)",
             ctx.max_body_bytes

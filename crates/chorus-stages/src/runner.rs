@@ -63,6 +63,11 @@ pub enum StageError {
 
 /// What a stage's work on a batch produced.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "most outputs are messages for the next stage: boxing them would cost an \
+              allocation each for the records' sake"
+)]
 pub enum Output {
     /// An event for the next stage on its message's routing slip (a notice: for the
     /// route stage). Published to that stage's topic, or handed to the stage in this
@@ -323,6 +328,10 @@ mod tests {
             mentions: Vec::new(),
             reply_to: None,
             attachments: Vec::new(),
+            kind: chorus_core::model::MessageKind::Text,
+            target_id: None,
+            emoji: None,
+            remove: false,
             message_id: MessageId::derive(sender, conversation, key),
             client_msg_id: key.into(),
             conversation_id: conversation,

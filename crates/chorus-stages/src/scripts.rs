@@ -5,7 +5,7 @@ use crate::runner::{StageContext, StageError};
 use chorus_automation::{Action, HookInput, RunResult, is_script_failure, outcome_code};
 use chorus_core::body::check_body;
 use chorus_core::event::{Control, Delivery, MessageEvent, StageEvent, encode};
-use chorus_core::model::{Hook, Origin, Script, ScriptError};
+use chorus_core::model::{Hook, MessageKind, Origin, Script, ScriptError};
 use chorus_core::{ConversationId, MessageId, ScriptId, UserId};
 use chorus_log::Outgoing;
 use chorus_store::{Members, ScriptRuns};
@@ -55,6 +55,10 @@ impl Names {
             attachments: m.attachments.clone(),
             reply_to: m.reply_to,
             mentions: m.mentions.clone(),
+            kind: m.kind,
+            target_id: m.target_id,
+            emoji: m.emoji.clone(),
+            remove: m.remove,
         })
     }
 }
@@ -476,6 +480,10 @@ impl<'a> Sends<'a> {
             reply_to: None,
             // Set by the store stage, from the body it stores.
             mentions: Vec::new(),
+            kind: MessageKind::Text,
+            target_id: None,
+            emoji: None,
+            remove: false,
             seq: None,
             sent_at: now_millis(),
             origin: w.origin,

@@ -48,16 +48,13 @@ impl StageWorker for StoreStage {
                 Some(Appended::Existing(stored)) => {
                     // Forward exactly what is stored: a retry's text may differ.
                     metrics::counter!("chorus_messages_duplicate_total").increment(1);
-                    m.seq = Some(stored.seq);
-                    m.body = stored.body;
-                    m.sent_at = stored.sent_at;
-                    m.client_msg_id = stored.client_msg_id;
-                    m.conversation_id = stored.conversation_id;
-                    m.sender_id = stored.sender_id;
-                    m.origin = stored.origin;
-                    m.attachments = stored.attachments;
-                    m.reply_to = stored.reply_to;
-                    m.mentions = stored.mentions;
+                    m.adopt(stored);
+                }
+                Some(Appended::Unchanged) => {
+                    // A change the stored state already had, or whose message was
+                    // deleted meanwhile: nothing stored, nothing to deliver.
+                    metrics::counter!("chorus_changes_unchanged_total").increment(1);
+                    continue;
                 }
                 Some(Appended::NoConversation) | None => {
                     tracing::warn!(
@@ -86,6 +83,10 @@ fn new_message(m: &MessageEvent) -> NewMessage {
         attachments: m.attachments.clone(),
         reply_to: m.reply_to,
         mentions: m.mentions.clone(),
+        kind: m.kind,
+        target_id: m.target_id,
+        emoji: m.emoji.clone(),
+        remove: m.remove,
     }
 }
 

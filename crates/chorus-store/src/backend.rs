@@ -56,6 +56,18 @@ pub(crate) trait Backend: Send + Sync {
     /// What ends a `SELECT` of rows that the transaction is about to update, so that
     /// it holds them until it ends.
     const FOR_UPDATE: &'static str;
+    /// Sets the searchable text of the message `$2` to `$1` (its latest edit).
+    const SEARCH_EDIT: &'static str;
+    /// Takes the message `$1` out of search (it is deleted).
+    const SEARCH_ERASE: &'static str;
+    /// What a search reads (the messages as `m`) and the condition that they match
+    /// `$1`, a [`Backend::search_match`].
+    const SEARCH_FROM: &'static str;
+    /// Newest first, among what [`Backend::SEARCH_FROM`] reads.
+    const SEARCH_ORDER: &'static str;
+
+    /// The text a search binds for `words`: each a prefix of a word, all of them.
+    fn search_match(words: &[String]) -> String;
 
     /// An id to bind.
     fn id(id: Uuid) -> Self::Id;
@@ -105,9 +117,13 @@ pub(crate) fn new_direct(
     })
 }
 
-/// The columns of a message, in the order they are inserted.
+/// The columns of a new entry, in the order they are inserted.
+pub(crate) const NEW_MESSAGE_COLUMNS: &str = "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin, \
+     attachments, reply_to, mentions, kind, target_id, emoji, remove";
+
+/// The columns of a stored entry.
 pub(crate) const MESSAGE_COLUMNS: &str = "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin, \
-     attachments, reply_to, mentions";
+     attachments, reply_to, mentions, kind, target_id, emoji, remove, deleted, edited_at";
 
 /// Emits `impl Store for $store` and the row mapping and helpers it shares with the
 /// backend's own code (`user_row`, `message_row`, `conversation_row`, `insert_user`,
@@ -117,10 +133,10 @@ macro_rules! impl_store {
         const _: () = {
             use $crate::backend::{Backend, MESSAGE_COLUMNS, Row, Tx};
             use $crate::{
-                Account, Appended, ConversationRecord, NewMessage, Page, QueryTimer, Result,
-                Store, StoreError, from_millis, millis,
+                Account, AfterMarker, Appended, ConversationRecord, NewMessage, Page, QueryTimer,
+                Result, SearchQuery, Store, StoreError, from_millis, millis,
             };
-            use ::chorus_core::model::{ConversationKind, Message, Origin, User};
+            use ::chorus_core::model::{ConversationKind, Message, MessageKind, Origin, User};
             use ::chorus_core::{ConversationId, MessageId, UserId};
             use ::chrono::Utc;
             use ::sqlx::Row as _;
@@ -135,6 +151,7 @@ macro_rules! impl_store {
 
                 fn message_row(row: &Row<Self>) -> Result<Message> {
                     let origin: &str = row.try_get("origin")?;
+                    let kind: &str = row.try_get("kind")?;
                     Ok(Message {
                         message_id: MessageId(Self::get_id(row, "message_id")?),
                         client_msg_id: row.try_get("client_msg_id")?,
@@ -150,7 +167,114 @@ macro_rules! impl_store {
                         )?,
                         reply_to: Self::get_opt_id(row, "reply_to")?.map(MessageId),
                         mentions: $crate::mentions_from_column(row.try_get("mentions")?)?,
+                        kind: MessageKind::parse(kind)
+                            .ok_or_else(|| StoreError::Corrupt(kind.into()))?,
+                        target_id: Self::get_opt_id(row, "target_id")?.map(MessageId),
+                        emoji: row.try_get("emoji")?,
+                        remove: row.try_get("remove")?,
+                        deleted: row.try_get("deleted")?,
+                        edited_at: row
+                            .try_get::<Option<i64>, _>("edited_at")?
+                            .map(from_millis)
+                            .transpose()?,
                     })
+                }
+
+                /// Writes what the changes of an appended batch do to the messages they
+                /// target, after its entries are inserted; see the crate docs.
+                async fn write_changes(
+                    conn: &mut <<Self as Backend>::Db as ::sqlx::Database>::Connection,
+                    plan: &$crate::append::AppendPlan,
+                ) -> Result<()> {
+                    for edit in &plan.edits {
+                        ::sqlx::query("UPDATE messages SET edited_at = $1 WHERE message_id = $2")
+                            .bind(millis(edit.at))
+                            .bind(Self::id(edit.target.0))
+                            .execute(&mut *conn)
+                            .await?;
+                        ::sqlx::query(Self::SEARCH_EDIT)
+                            .bind(&edit.body)
+                            .bind(Self::id(edit.target.0))
+                            .execute(&mut *conn)
+                            .await?;
+                        ::sqlx::query(
+                            "DELETE FROM message_mentions WHERE conversation_id = $1 AND seq = $2",
+                        )
+                        .bind(Self::id(edit.conversation_id.0))
+                        .bind(edit.seq)
+                        .execute(&mut *conn)
+                        .await?;
+                        for user in &edit.mentions {
+                            ::sqlx::query(
+                                "INSERT INTO message_mentions (user_id, conversation_id, seq) \
+                                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                            )
+                            .bind(Self::id(user.0))
+                            .bind(Self::id(edit.conversation_id.0))
+                            .bind(edit.seq)
+                            .execute(&mut *conn)
+                            .await?;
+                        }
+                    }
+                    for deleted in &plan.deletes {
+                        let target = Self::id(deleted.target.0);
+                        ::sqlx::query(Self::SEARCH_ERASE)
+                            .bind(Self::id(deleted.target.0))
+                            .execute(&mut *conn)
+                            .await?;
+                        // Gone from the message, from its edits, from the files it
+                        // carried (which the sweep then frees if nothing else carries
+                        // them) and from the mentions counted.
+                        ::sqlx::query(
+                            "UPDATE messages SET body = '', attachments = NULL, mentions = NULL, \
+                             deleted = $1 WHERE message_id = $2",
+                        )
+                        .bind(true)
+                        .bind(target)
+                        .execute(&mut *conn)
+                        .await?;
+                        ::sqlx::query(
+                            "UPDATE messages SET body = '', mentions = NULL \
+                             WHERE target_id = $1 AND kind = 'edit'",
+                        )
+                        .bind(Self::id(deleted.target.0))
+                        .execute(&mut *conn)
+                        .await?;
+                        ::sqlx::query("DELETE FROM message_attachments WHERE message_id = $1")
+                            .bind(Self::id(deleted.target.0))
+                            .execute(&mut *conn)
+                            .await?;
+                        ::sqlx::query(
+                            "DELETE FROM message_mentions WHERE conversation_id = $1 AND seq = $2",
+                        )
+                        .bind(Self::id(deleted.conversation_id.0))
+                        .bind(deleted.seq)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    for (target, user, emoji) in &plan.reactions_added {
+                        ::sqlx::query(
+                            "INSERT INTO reactions (target_id, user_id, emoji) VALUES ($1, $2, $3) \
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .bind(Self::id(target.0))
+                        .bind(Self::id(user.0))
+                        .bind(emoji)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    for (target, user, emoji) in &plan.reactions_removed {
+                        ::sqlx::query(
+                            "DELETE FROM reactions WHERE target_id = $1 AND user_id = $2 \
+                             AND emoji = $3",
+                        )
+                        .bind(Self::id(target.0))
+                        .bind(Self::id(user.0))
+                        .bind(emoji)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
                 }
 
                 /// A page of a conversation's messages, of those answering `reply_to`
@@ -658,12 +782,30 @@ macro_rules! impl_store {
                     Ok(users)
                 }
 
-                async fn mentions_unread(
+                async fn after_marker(
                     &self,
                     user: UserId,
-                ) -> Result<Vec<(ConversationId, i64)>> {
-                    let _timer = QueryTimer::start("mentions_unread");
-                    ::sqlx::query(
+                ) -> Result<::std::collections::HashMap<ConversationId, AfterMarker>> {
+                    let _timer = QueryTimer::start("after_marker");
+                    let mut after: ::std::collections::HashMap<ConversationId, AfterMarker> =
+                        ::std::collections::HashMap::new();
+                    // Both from partial indexes that hold only the few entries counted.
+                    let not_messages = ::sqlx::query(
+                        "SELECT e.conversation_id, COUNT(*) AS n FROM members m \
+                         JOIN messages e ON e.conversation_id = m.conversation_id \
+                         AND e.seq > m.read_seq AND (e.kind <> 'text' OR e.deleted) \
+                         WHERE m.user_id = $1 GROUP BY e.conversation_id",
+                    )
+                    .bind(Self::id(user.0))
+                    .fetch_all(self.reader())
+                    .await?;
+                    for r in &not_messages {
+                        after
+                            .entry(ConversationId(Self::get_id(r, "conversation_id")?))
+                            .or_default()
+                            .not_messages = r.try_get("n")?;
+                    }
+                    let mentions = ::sqlx::query(
                         "SELECT mm.conversation_id, COUNT(*) AS n FROM message_mentions mm \
                          JOIN members m ON m.conversation_id = mm.conversation_id \
                          AND m.user_id = mm.user_id \
@@ -672,15 +814,76 @@ macro_rules! impl_store {
                     )
                     .bind(Self::id(user.0))
                     .fetch_all(self.reader())
+                    .await?;
+                    for r in &mentions {
+                        after
+                            .entry(ConversationId(Self::get_id(r, "conversation_id")?))
+                            .or_default()
+                            .mentions = r.try_get("n")?;
+                    }
+                    Ok(after)
+                }
+
+                async fn reacted(
+                    &self,
+                    target: MessageId,
+                    user: UserId,
+                    emoji: &str,
+                ) -> Result<bool> {
+                    let _timer = QueryTimer::start("reacted");
+                    Ok(::sqlx::query(
+                        "SELECT 1 FROM reactions WHERE target_id = $1 AND user_id = $2 \
+                         AND emoji = $3",
+                    )
+                    .bind(Self::id(target.0))
+                    .bind(Self::id(user.0))
+                    .bind(emoji)
+                    .fetch_optional(self.reader())
                     .await?
-                    .iter()
-                    .map(|r| {
-                        Ok((
-                            ConversationId(Self::get_id(r, "conversation_id")?),
-                            r.try_get("n")?,
-                        ))
-                    })
-                    .collect()
+                    .is_some())
+                }
+
+                async fn search(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>> {
+                    let _timer = QueryTimer::start("search");
+                    let columns: Vec<String> =
+                        MESSAGE_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect();
+                    let one = if query.conversation.is_some() {
+                        " AND m.conversation_id = $3"
+                    } else {
+                        ""
+                    };
+                    let sql = format!(
+                        "SELECT {} FROM {} AND m.conversation_id IN \
+                         (SELECT conversation_id FROM members WHERE user_id = $2){one} \
+                         ORDER BY {} LIMIT $4",
+                        columns.join(", "),
+                        Self::SEARCH_FROM,
+                        Self::SEARCH_ORDER
+                    );
+                    let mut found = ::sqlx::query(&sql)
+                        .bind(Self::search_match(&query.words))
+                        .bind(Self::id(user.0))
+                        .bind(query.conversation.map(|c| Self::id(c.0)))
+                        .bind(query.limit)
+                        .fetch_all(self.reader())
+                        .await?
+                        .iter()
+                        .map(Self::message_row)
+                        .collect::<Result<Vec<Message>>>()?;
+                    // An edited message shows its latest edit's body, as it matched.
+                    for m in found.iter_mut().filter(|m| m.edited_at.is_some()) {
+                        let latest: Option<String> = ::sqlx::query_scalar(
+                            "SELECT body FROM messages WHERE target_id = $1 AND kind = 'edit' \
+                             ORDER BY seq DESC LIMIT 1",
+                        )
+                        .bind(Self::id(m.message_id.0))
+                        .fetch_optional(self.reader())
+                        .await?;
+                        if let Some(body) = latest {
+                            m.body = body;
+                        }
+                    }
+                    Ok(found)
                 }
             }
         };

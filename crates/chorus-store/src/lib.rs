@@ -19,6 +19,14 @@
 //!   (1, 2, 3, … with no gaps) and stores it in the same transaction. A message whose
 //!   `message_id` is already stored is not stored again: the stored copy is returned.
 //!   The whole batch is one transaction.
+//! - A change (an edit, delete or reaction: `kind` other than `text`) is an entry of
+//!   its own, numbered like a message, and in the same transaction changes what it
+//!   targets: an edit sets the message's `edited_at`, its searchable text and whom it
+//!   mentions; a delete erases the body and attachments of the message and of its
+//!   edits; a reaction adds to or takes from the message's reactions. A change that
+//!   would change nothing (its message is not a stored message of the conversation,
+//!   or is deleted; a reaction already there, or not there to take back) is not stored:
+//!   [`Appended::Unchanged`].
 //! - Read markers only move forward and never past the conversation's `last_seq`.
 
 mod append;
@@ -38,9 +46,12 @@ pub use invites::InviteStore;
 pub use jobs::{FinishedJob, JobStore, StoredJob};
 
 use async_trait::async_trait;
-use chorus_core::model::{Attachment, Conversation, ConversationKind, Message, Origin, User};
+use chorus_core::model::{
+    Attachment, Conversation, ConversationKind, Message, MessageKind, Origin, User,
+};
 use chorus_core::{ConversationId, MessageId, UserId};
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -113,12 +124,12 @@ pub struct ConversationRecord {
 }
 
 impl ConversationRecord {
-    /// The conversation as `viewer` sees it, given their read marker and how many
-    /// messages after it mention them.
-    pub fn view(self, read_seq: i64, mentions_unread: i64) -> Conversation {
+    /// The conversation as `viewer` sees it, given their read marker and what is
+    /// after it.
+    pub fn view(self, read_seq: i64, after: AfterMarker) -> Conversation {
         Conversation {
-            unread: (self.last_seq - read_seq).max(0),
-            mentions_unread,
+            unread: (self.last_seq - read_seq - after.not_messages).max(0),
+            mentions_unread: after.mentions,
             id: self.id,
             kind: self.kind,
             title: self.title,
@@ -128,6 +139,36 @@ impl ConversationRecord {
             last_seq: self.last_seq,
         }
     }
+}
+
+/// What is after a member's read marker in a conversation, besides its count of
+/// entries (`last_seq - read_seq`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AfterMarker {
+    /// Entries that are not unread messages: changes, and deleted messages.
+    pub not_messages: i64,
+    /// Messages that mention the member (as their latest edit names them).
+    pub mentions: i64,
+}
+
+/// A search of messages' current bodies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchQuery {
+    /// The words, each matched as a prefix of a word (case and accents aside); at least
+    /// one.
+    pub words: Vec<String>,
+    /// Only in this conversation.
+    pub conversation: Option<ConversationId>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// The words of a search text: its runs of letters and digits.
+pub fn search_words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A message to store (no `seq` yet).
@@ -153,6 +194,43 @@ pub struct NewMessage {
     pub reply_to: Option<MessageId>,
     /// Members it mentions.
     pub mentions: Vec<UserId>,
+    /// A message, or which change.
+    pub kind: MessageKind,
+    /// For a change: the message it changes.
+    pub target_id: Option<MessageId>,
+    /// For a reaction: the emoji.
+    pub emoji: Option<String>,
+    /// For a reaction: whether it is taken back.
+    pub remove: bool,
+}
+
+impl NewMessage {
+    /// A message a person sends, with nothing attached, answered or mentioned; its id
+    /// derived from sender, conversation and key.
+    pub fn text(
+        sender: UserId,
+        conversation: ConversationId,
+        client_msg_id: &str,
+        body: &str,
+        sent_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            message_id: MessageId::derive(sender, conversation, client_msg_id),
+            client_msg_id: client_msg_id.to_owned(),
+            conversation_id: conversation,
+            sender_id: sender,
+            body: body.to_owned(),
+            sent_at,
+            origin: Origin::User,
+            attachments: Vec::new(),
+            reply_to: None,
+            mentions: Vec::new(),
+            kind: MessageKind::Text,
+            target_id: None,
+            emoji: None,
+            remove: false,
+        }
+    }
 }
 
 /// What [`Store::append_messages`] did with one message.
@@ -164,6 +242,8 @@ pub enum Appended {
     Existing(Message),
     /// The conversation does not exist; nothing stored.
     NoConversation,
+    /// A change that changes nothing (see the crate docs); nothing stored.
+    Unchanged,
 }
 
 impl Appended {
@@ -270,9 +350,13 @@ pub trait Store:
     async fn last_seqs(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>>;
     /// The users with these exact names (those that exist).
     async fn users_named(&self, names: &[&str]) -> Result<Vec<User>>;
-    /// Per conversation of `user` with any: the messages after `user`'s read marker
-    /// that mention `user`.
-    async fn mentions_unread(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>>;
+    /// Per conversation of `user` with any: what is after `user`'s read marker.
+    async fn after_marker(&self, user: UserId) -> Result<HashMap<ConversationId, AfterMarker>>;
+    /// Whether `user` has reacted to `target` with `emoji` (and not taken it back).
+    async fn reacted(&self, target: MessageId, user: UserId, emoji: &str) -> Result<bool>;
+    /// The messages of `user`'s conversations whose current body matches, newest
+    /// first, with their current body (after edits); deleted ones never match.
+    async fn search(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>>;
 }
 
 /// Measures one database call into `chorus_db_query_seconds{op}` when dropped (so an

@@ -5,6 +5,7 @@
 //! Sequence numbers stay contiguous because every batch locks the rows of its
 //! conversations before it reads `last_seq` or looks for already stored messages.
 
+use crate::append::Stored;
 use crate::backend::{Backend, MESSAGE_COLUMNS, new_direct};
 use crate::{Appended, ConversationRecord, NewMessage, Result, direct_key, millis};
 use chorus_core::model::{Attachment, Message};
@@ -12,7 +13,7 @@ use chorus_core::{ConversationId, MessageId, UserId};
 use chrono::Utc;
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -78,6 +79,24 @@ impl Backend for PostgresStore {
     const LEAST: &'static str = "LEAST";
     /// Several processes write at once: the rows are locked until the transaction ends.
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    /// The message's `search` column (a tsvector, GIN-indexed with its conversation)
+    /// holds its current body's words.
+    const SEARCH_EDIT: &'static str =
+        "UPDATE messages SET search = chorus_search_text($1) WHERE message_id = $2";
+    const SEARCH_ERASE: &'static str = "UPDATE messages SET search = NULL WHERE message_id = $1";
+    const SEARCH_FROM: &'static str =
+        "messages m WHERE m.search IS NOT NULL AND m.search @@ chorus_search_query($1)";
+    const SEARCH_ORDER: &'static str = "m.sent_at DESC, m.seq DESC";
+
+    /// `to_tsquery`'s syntax: `'word':*` for a prefix, `&` between words (a word has
+    /// only letters and digits, and quoted, whatever `unaccent` makes of it is a word).
+    fn search_match(words: &[String]) -> String {
+        words
+            .iter()
+            .map(|w| format!("'{w}':*"))
+            .collect::<Vec<_>>()
+            .join(" & ")
+    }
 
     fn id(id: Uuid) -> Uuid {
         id
@@ -122,7 +141,11 @@ impl Backend for PostgresStore {
             .iter()
             .map(|c| c.0)
             .collect();
-        let message_ids: Vec<Uuid> = batch.iter().map(|m| m.message_id.0).collect();
+        let message_ids: Vec<Uuid> = crate::append::lookups(batch).iter().map(|m| m.0).collect();
+        let reacted: Vec<Uuid> = crate::append::reaction_targets(batch)
+            .iter()
+            .map(|m| m.0)
+            .collect();
 
         let mut tx = self.pool.begin().await?;
         // Locked in id order, so that two batches sharing conversations cannot deadlock.
@@ -138,7 +161,9 @@ impl Backend for PostgresStore {
         .iter()
         .map(|r| Ok((ConversationId(r.try_get("id")?), r.try_get("last_seq")?)))
         .collect::<Result<_>>()?;
-        let stored: HashMap<MessageId, Message> = sqlx::query(&format!(
+        // The messages the changes target are read after the conversations are locked:
+        // no other writer changes them until this one commits.
+        let messages: HashMap<MessageId, Message> = sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ANY($1)"
         ))
         .bind(&message_ids)
@@ -147,17 +172,43 @@ impl Backend for PostgresStore {
         .iter()
         .map(|r| Self::message_row(r).map(|m| (m.message_id, m)))
         .collect::<Result<_>>()?;
+        let mut reactions = HashSet::new();
+        if !reacted.is_empty() {
+            for r in sqlx::query(
+                "SELECT target_id, user_id, emoji FROM reactions WHERE target_id = ANY($1)",
+            )
+            .bind(&reacted)
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                reactions.insert((
+                    MessageId(r.try_get("target_id")?),
+                    UserId(r.try_get("user_id")?),
+                    r.try_get("emoji")?,
+                ));
+            }
+        }
 
-        let plan = crate::append::plan(batch, stored, last_seq)?;
+        let plan = crate::append::plan(
+            batch,
+            Stored {
+                messages,
+                last_seq,
+                reactions,
+            },
+        )?;
         let new = plan.new_messages();
         if !new.is_empty() {
             // One statement for the whole batch: arrays of columns, zipped by UNNEST.
             sqlx::query(
                 "INSERT INTO messages (message_id, client_msg_id, conversation_id, seq, \
-                 sender_id, body, sent_at, origin, attachments, reply_to, mentions) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], \
+                 sender_id, body, sent_at, origin, attachments, reply_to, mentions, kind, \
+                 target_id, emoji, remove, search) \
+                 SELECT *, CASE WHEN k = 'text' THEN chorus_search_text(b) END \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], \
                  $5::uuid[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::uuid[], \
-                 $11::text[])",
+                 $11::text[], $12::text[], $13::uuid[], $14::text[], $15::boolean[]) \
+                 AS v (i, c, conv, s, u, b, t, o, a, r, mn, k, tg, e, rm)",
             )
             .bind(new.iter().map(|m| m.message_id.0).collect::<Vec<_>>())
             .bind(
@@ -186,6 +237,14 @@ impl Backend for PostgresStore {
                     .map(|m| crate::mentions_to_column(&m.mentions))
                     .collect::<Vec<_>>(),
             )
+            .bind(new.iter().map(|m| m.kind.as_str()).collect::<Vec<_>>())
+            .bind(
+                new.iter()
+                    .map(|m| m.target_id.map(|t| t.0))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(new.iter().map(|m| m.emoji.as_deref()).collect::<Vec<_>>())
+            .bind(new.iter().map(|m| m.remove).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
             let links: Vec<(&Message, &Attachment)> = new
@@ -221,6 +280,7 @@ impl Backend for PostgresStore {
             }
             let mentioned: Vec<(&Message, &UserId)> = new
                 .iter()
+                .filter(|m| m.kind.is_text())
                 .flat_map(|m| m.mentions.iter().map(move |u| (*m, u)))
                 .collect();
             if !mentioned.is_empty() {
@@ -253,6 +313,9 @@ impl Backend for PostgresStore {
             )
             .execute(&mut *tx)
             .await?;
+        }
+        if plan.has_changes() {
+            Self::write_changes(&mut tx, &plan).await?;
         }
         tx.commit().await?;
         Ok(plan.appended)

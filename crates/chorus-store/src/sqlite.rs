@@ -4,7 +4,8 @@
 //! queues them in the pool instead of failing with `SQLITE_BUSY`, while readers in WAL
 //! mode never wait for the writer.
 
-use crate::backend::{Backend, MESSAGE_COLUMNS, new_direct};
+use crate::append::Stored;
+use crate::backend::{Backend, MESSAGE_COLUMNS, NEW_MESSAGE_COLUMNS, new_direct};
 use crate::{Appended, ConversationRecord, NewMessage, Result, direct_key, millis, parse_id};
 use chorus_core::model::{Attachment, Message};
 use chorus_core::{ConversationId, MessageId, UserId};
@@ -322,6 +323,28 @@ impl Backend for SqliteStore {
     const LEAST: &'static str = "MIN";
     /// Nothing: a write transaction holds the database's only write lock (see [`BEGIN`]).
     const FOR_UPDATE: &'static str = "";
+    /// The message's row of the full-text index (`message_search`) holds its current
+    /// body.
+    const SEARCH_EDIT: &'static str = "UPDATE message_search SET body = $1 \
+         WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $2)";
+    const SEARCH_ERASE: &'static str = "DELETE FROM message_search \
+         WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $1)";
+    /// The index, read newest first, each match joined to its message.
+    const SEARCH_FROM: &'static str = "message_search s JOIN messages m \
+         ON m.conversation_id = s.conversation_id AND m.seq = s.seq \
+         WHERE message_search MATCH $1";
+    const SEARCH_ORDER: &'static str = "s.rowid DESC";
+
+    /// FTS5's query syntax: each word quoted (a word has only letters and digits, but
+    /// quoting keeps FTS5's operators such as `AND` or `NEAR` words), `*` for a prefix;
+    /// words side by side must all match.
+    fn search_match(words: &[String]) -> String {
+        words
+            .iter()
+            .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 
     fn id(id: Uuid) -> String {
         id.to_string()
@@ -366,21 +389,35 @@ impl Backend for SqliteStore {
         // about it: `WriteTx` closes the connection (SQLite rolls back) if this stops
         // before the commit, on an error or when the caller drops the future.
         let mut tx = WriteTx::acquire(&self.writer).await?;
-        let ids: Vec<String> = batch.iter().map(|m| m.message_id.to_string()).collect();
+        let ids: Vec<String> = crate::append::lookups(batch)
+            .iter()
+            .map(MessageId::to_string)
+            .collect();
         let conversations: Vec<String> = crate::append::conversations(batch)
             .iter()
             .map(ConversationId::to_string)
             .collect();
-        // Messages already stored and the counters of the batch's conversations, both
-        // in one trip per chunk: the rows of the two statements differ in width.
-        let mut stored: HashMap<MessageId, Message> = HashMap::new();
-        let mut last_seq: HashMap<ConversationId, i64> = HashMap::new();
+        let reacted: Vec<String> = crate::append::reaction_targets(batch)
+            .iter()
+            .map(MessageId::to_string)
+            .collect();
+        // Messages already stored (and those the changes target), the counters of the
+        // batch's conversations, the reactions it touches and the last search row, in
+        // one trip per chunk: the rows of the statements differ in width.
+        let mut stored = Stored::default();
+        let mut last_search: i64 = 0;
         let id_chunks: Vec<&[String]> = ids.chunks(CHUNK).collect();
         let conversation_chunks: Vec<&[String]> = conversations.chunks(CHUNK).collect();
-        for i in 0..id_chunks.len().max(conversation_chunks.len()) {
+        let reacted_chunks: Vec<&[String]> = reacted.chunks(CHUNK).collect();
+        let reads = id_chunks
+            .len()
+            .max(conversation_chunks.len())
+            .max(reacted_chunks.len());
+        for i in 0..reads {
             let mut read = sqlx::QueryBuilder::new("");
             if i == 0 {
-                read.push(BEGIN).push("; ");
+                read.push(BEGIN)
+                    .push("; SELECT rowid FROM message_search ORDER BY rowid DESC LIMIT 1; ");
             }
             if let Some(chunk) = id_chunks.get(i) {
                 read.push(format!(
@@ -392,25 +429,49 @@ impl Backend for SqliteStore {
             if let Some(chunk) = conversation_chunks.get(i) {
                 read.push("SELECT id, last_seq FROM conversations WHERE id IN (");
                 push_list(&mut read, chunk);
+                read.push("); ");
+            }
+            if let Some(chunk) = reacted_chunks.get(i) {
+                read.push("SELECT target_id, user_id, emoji FROM reactions WHERE target_id IN (");
+                push_list(&mut read, chunk);
                 read.push(");");
             }
             for row in read.build().fetch_all(tx.conn()).await? {
-                if row.len() == 2 {
-                    let id = parse_id(row.try_get::<&str, _>("id")?)?;
-                    last_seq.insert(id, row.try_get("last_seq")?);
-                } else {
-                    let message = Self::message_row(&row)?;
-                    stored.insert(message.message_id, message);
+                match row.len() {
+                    1 => last_search = row.try_get("rowid")?,
+                    2 => {
+                        let id = parse_id(row.try_get::<&str, _>("id")?)?;
+                        stored.last_seq.insert(id, row.try_get("last_seq")?);
+                    }
+                    3 => {
+                        stored.reactions.insert((
+                            parse_id(row.try_get::<&str, _>("target_id")?)?,
+                            parse_id(row.try_get::<&str, _>("user_id")?)?,
+                            row.try_get("emoji")?,
+                        ));
+                    }
+                    _ => {
+                        let message = Self::message_row(&row)?;
+                        stored.messages.insert(message.message_id, message);
+                    }
                 }
             }
         }
-        let plan = crate::append::plan(batch, stored, last_seq)?;
+        let plan = crate::append::plan(batch, stored)?;
         // The new messages and the conversations' counters, in one trip per chunk.
         let new = plan.new_messages();
         let advanced: Vec<(String, i64)> = plan
             .last_seqs
             .iter()
             .map(|(id, last)| (id.to_string(), *last))
+            .collect();
+        // Each new message gets the next row of the search index, so that its rows are
+        // in the order messages were stored: newest first is descending rowid.
+        let search_ids: HashMap<MessageId, i64> = new
+            .iter()
+            .filter(|m| m.kind.is_text())
+            .zip(last_search + 1..)
+            .map(|(m, id)| (m.message_id, id))
             .collect();
         let new_chunks: Vec<&[&Message]> = new.chunks(CHUNK).collect();
         let advanced_chunks: Vec<&[(String, i64)]> = advanced.chunks(CHUNK).collect();
@@ -419,6 +480,7 @@ impl Backend for SqliteStore {
         // so these rows go in statements of their own, cut by rows, not by messages.
         let mentioned: Vec<(String, String, i64)> = new
             .iter()
+            .filter(|m| m.kind.is_text())
             .flat_map(|m| {
                 m.mentions
                     .iter()
@@ -435,13 +497,12 @@ impl Backend for SqliteStore {
             insert.push(" ON CONFLICT DO NOTHING");
             insert.build().execute(tx.conn()).await?;
         }
-        if writes == 0 {
-            sqlx::query("COMMIT").execute(tx.conn()).await?;
-        }
         for i in 0..writes {
             let mut write = sqlx::QueryBuilder::new("");
             if let Some(chunk) = new_chunks.get(i) {
-                write.push(format!("INSERT INTO messages ({MESSAGE_COLUMNS}) "));
+                write.push(format!(
+                    "INSERT INTO messages ({NEW_MESSAGE_COLUMNS}, search_id) "
+                ));
                 write.push_values(chunk.iter(), |mut row, m| {
                     row.push_bind(m.message_id.to_string())
                         .push_bind(&m.client_msg_id)
@@ -453,9 +514,28 @@ impl Backend for SqliteStore {
                         .push_bind(m.origin.as_str())
                         .push_bind(crate::attachments::to_column(&m.attachments))
                         .push_bind(m.reply_to.map(|r| r.to_string()))
-                        .push_bind(crate::mentions_to_column(&m.mentions));
+                        .push_bind(crate::mentions_to_column(&m.mentions))
+                        .push_bind(m.kind.as_str())
+                        .push_bind(m.target_id.map(|t| t.to_string()))
+                        .push_bind(m.emoji.as_deref())
+                        .push_bind(m.remove)
+                        .push_bind(search_ids.get(&m.message_id).copied());
                 });
                 write.push("; ");
+                let texts: Vec<&&Message> = chunk
+                    .iter()
+                    .filter(|m| search_ids.contains_key(&m.message_id))
+                    .collect();
+                if !texts.is_empty() {
+                    write.push("INSERT INTO message_search (rowid, body, conversation_id, seq) ");
+                    write.push_values(texts, |mut row, m| {
+                        row.push_bind(search_ids[&m.message_id])
+                            .push_bind(&m.body)
+                            .push_bind(m.conversation_id.to_string())
+                            .push_bind(m.seq);
+                    });
+                    write.push("; ");
+                }
                 let links: Vec<(&Message, &Attachment)> = chunk
                     .iter()
                     .flat_map(|m| m.attachments.iter().map(move |a| (*m, a)))
@@ -483,10 +563,18 @@ impl Backend for SqliteStore {
                      WHERE conversations.id = v.id AND conversations.last_seq < v.last;",
                 );
             }
-            if i + 1 == writes {
+            if i + 1 == writes && !plan.has_changes() {
                 write.push(" COMMIT;");
             }
             write.build().execute(tx.conn()).await?;
+        }
+        // Changes are few: a statement or a few each, after the rows they change.
+        let changes = plan.has_changes();
+        if changes {
+            Self::write_changes(tx.conn(), &plan).await?;
+        }
+        if changes || writes == 0 {
+            sqlx::query("COMMIT").execute(tx.conn()).await?;
         }
         tx.committed();
         Ok(plan.appended)

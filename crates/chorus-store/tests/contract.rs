@@ -6,14 +6,14 @@
 
 use chorus_core::model::{
     Attachment, AutoReply, ConversationKind, GitSource, Hook, Job, JobError, JobSource, JobStatus,
-    Message, Origin, Script, ScriptError, User,
+    Message, MessageKind, Origin, Script, ScriptError, User,
 };
 use chorus_core::{AttachmentId, ConversationId, JobId, MessageId, ScriptId, UserId};
 use chorus_store::postgres::PostgresStore;
 use chorus_store::sqlite::SqliteStore;
 use chorus_store::{
-    Appended, Directory, FinishedJob, NewMessage, PRESENCE_MAX_GROUP, Page, ScriptRuns, Store,
-    StoreError,
+    AfterMarker, Appended, Directory, FinishedJob, NewMessage, PRESENCE_MAX_GROUP, Page,
+    ScriptRuns, SearchQuery, Store, StoreError, search_words,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{Connection, Executor, PgConnection};
@@ -125,18 +125,13 @@ fn sent_at() -> DateTime<Utc> {
 }
 
 fn new_message(conversation: ConversationId, sender: UserId, key: &str) -> NewMessage {
-    NewMessage {
-        mentions: Vec::new(),
-        reply_to: None,
-        attachments: Vec::new(),
-        message_id: MessageId::derive(sender, conversation, key),
-        client_msg_id: key.to_owned(),
-        conversation_id: conversation,
-        sender_id: sender,
-        body: format!("body of {key}"),
-        sent_at: sent_at(),
-        origin: Origin::User,
-    }
+    NewMessage::text(
+        sender,
+        conversation,
+        key,
+        &format!("body of {key}"),
+        sent_at(),
+    )
 }
 
 #[track_caller]
@@ -572,7 +567,7 @@ async fn conversations_of_lists_members_and_read_markers(db: &Fresh) {
         (g.members.as_slice(), g.last_seq, *read),
         (&[a, b, c][..], 4, 3)
     );
-    assert_eq!(g.clone().view(*read, 0).unread, 1);
+    assert_eq!(g.clone().view(*read, AfterMarker::default()).unread, 1);
 
     let of_c = store.conversations_of(c).await.unwrap();
     assert_eq!(of_c.len(), 1);
@@ -884,7 +879,7 @@ async fn concurrent_appenders_keep_seq_contiguous(db: &Fresh) {
                 m
             }
             Appended::Existing(m) => m,
-            Appended::NoConversation => panic!("conversations exist"),
+            Appended::NoConversation | Appended::Unchanged => panic!("messages to conversations"),
         };
         assert_eq!(
             Some(m),
@@ -1555,6 +1550,11 @@ macro_rules! store_contract {
                 expired_uploads_are_those_no_message_carries,
                 replies_are_kept_and_paged_like_history,
                 mentions_are_kept_and_counted_after_the_read_marker,
+                edits_are_entries_and_change_the_current_body,
+                deletes_erase_the_message_and_its_edits,
+                reactions_are_one_per_user_and_emoji,
+                changes_are_not_unread_messages,
+                search_finds_word_prefixes_in_the_callers_conversations,
             }
         }
     };
@@ -1914,27 +1914,32 @@ async fn mentions_are_kept_and_counted_after_the_read_marker(db: &Fresh) {
             .is_empty()
     );
 
-    let mut counts = store.mentions_unread(b).await.unwrap();
-    counts.sort();
-    let mut want = vec![(group.id, 2), (direct.id, 1)];
-    want.sort();
-    assert_eq!(counts, want);
+    let mentions = |after: HashMap<ConversationId, AfterMarker>| -> Vec<(ConversationId, i64)> {
+        sorted(
+            after
+                .into_iter()
+                .filter(|(_, a)| a.mentions > 0)
+                .map(|(c, a)| (c, a.mentions))
+                .collect(),
+        )
+    };
+    assert_eq!(
+        mentions(store.after_marker(b).await.unwrap()),
+        sorted(vec![(group.id, 2), (direct.id, 1)])
+    );
     store.mark_read(group.id, b, 2).await.unwrap();
-    let after: Vec<_> = store
-        .mentions_unread(b)
-        .await
-        .unwrap()
+    let after: Vec<_> = mentions(store.after_marker(b).await.unwrap())
         .into_iter()
         .filter(|(id, _)| *id == group.id)
         .collect();
     assert_eq!(after, vec![(group.id, 1)], "only the mention after seq 2");
     store.mark_read(group.id, c, 4).await.unwrap();
     assert!(
-        store.mentions_unread(c).await.unwrap().is_empty(),
+        mentions(store.after_marker(c).await.unwrap()).is_empty(),
         "all read"
     );
     assert!(
-        store.mentions_unread(a).await.unwrap().is_empty(),
+        mentions(store.after_marker(a).await.unwrap()).is_empty(),
         "nobody named a"
     );
 
@@ -1944,4 +1949,355 @@ async fn mentions_are_kept_and_counted_after_the_read_marker(db: &Fresh) {
         .unwrap();
     let ids: Vec<UserId> = named.iter().map(|u| u.id).collect();
     assert_eq!(ids, vec![b, a], "those that exist, in the order asked");
+}
+
+/// A change by `sender` to `target`, keyed `key`.
+fn change(
+    conversation: ConversationId,
+    sender: UserId,
+    key: &str,
+    kind: MessageKind,
+    target: MessageId,
+) -> NewMessage {
+    NewMessage {
+        kind,
+        target_id: Some(target),
+        ..NewMessage::text(sender, conversation, key, "", sent_at())
+    }
+}
+
+fn edit(c: ConversationId, sender: UserId, key: &str, target: MessageId, body: &str) -> NewMessage {
+    NewMessage {
+        body: body.into(),
+        ..change(c, sender, key, MessageKind::Edit, target)
+    }
+}
+
+fn reaction(
+    c: ConversationId,
+    sender: UserId,
+    key: &str,
+    target: MessageId,
+    emoji: &str,
+    remove: bool,
+) -> NewMessage {
+    NewMessage {
+        emoji: Some(emoji.into()),
+        remove,
+        ..change(c, sender, key, MessageKind::Reaction, target)
+    }
+}
+
+async fn found(store: &Arc<dyn Store>, user: UserId, q: &str) -> Vec<String> {
+    let query = SearchQuery {
+        words: search_words(q),
+        conversation: None,
+        limit: 20,
+    };
+    store
+        .search(user, &query)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect()
+}
+
+async fn edits_are_entries_and_change_the_current_body(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users::<2>(&store).await;
+    let group = store.create_group(a, "g", &[b]).await.unwrap();
+    let m = NewMessage::text(a, group.id, "m", "hello @user1 wrold", sent_at());
+    let mut mentioning = m.clone();
+    mentioning.mentions = vec![b];
+    let later = sent_at() + chrono::Duration::seconds(5);
+    let mut fix = edit(group.id, a, "e", m.message_id, "hello world");
+    fix.sent_at = later;
+    let out = store
+        .append_messages(&[mentioning, fix.clone()])
+        .await
+        .unwrap();
+    let entry = new(&out[1]);
+    assert_eq!(
+        (entry.seq, entry.kind, entry.target_id, entry.body.as_str()),
+        (2, MessageKind::Edit, Some(m.message_id), "hello world")
+    );
+    let original = store.message(m.message_id).await.unwrap().unwrap();
+    assert_eq!(original.body, "hello @user1 wrold", "entries are immutable");
+    assert_eq!(original.edited_at, Some(entry.sent_at), "the edit's time");
+    assert!(!original.deleted);
+    assert_eq!(found(&store, b, "wor").await, vec!["hello world"]);
+    assert!(found(&store, b, "wrold").await.is_empty(), "the old body");
+    assert_eq!(
+        store.after_marker(b).await.unwrap()[&group.id].mentions,
+        0,
+        "the edit names nobody"
+    );
+    let retry = store.append_messages(&[fix]).await.unwrap();
+    assert_eq!(existing(&retry[0]).seq, 2, "a retried edit is stored once");
+
+    let by_b = NewMessage::text(b, group.id, "b", "b's", sent_at());
+    let store_b = store.append_messages(&[by_b]).await.unwrap();
+    assert_eq!(new(&store_b[0]).seq, 3);
+    let elsewhere = store.direct(a, b).await.unwrap().0;
+    let out = store
+        .append_messages(&[
+            edit(elsewhere.id, a, "x", m.message_id, "wrong conversation"),
+            edit(
+                group.id,
+                a,
+                "y",
+                MessageId(uuid::Uuid::from_u128(1)),
+                "no message",
+            ),
+            edit(
+                group.id,
+                a,
+                "z",
+                entry.message_id,
+                "an edit is not a message",
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.iter().all(|a| matches!(a, Appended::Unchanged)),
+        "{out:?}"
+    );
+    assert_eq!(
+        store
+            .conversation(group.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        3
+    );
+}
+
+async fn deletes_erase_the_message_and_its_edits(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users::<2>(&store).await;
+    let group = store.create_group(a, "g", &[b]).await.unwrap();
+    let photo = uploaded(&store, a, "photo.png", 10, sent_at()).await;
+    let mut m = NewMessage::text(a, group.id, "m", "secret plan", sent_at());
+    m.attachments = vec![photo.clone()];
+    m.mentions = vec![b];
+    let e = edit(group.id, a, "e", m.message_id, "secret plan v2");
+    let d = change(group.id, a, "d", MessageKind::Delete, m.message_id);
+    store
+        .append_messages(&[m.clone(), e.clone()])
+        .await
+        .unwrap();
+    assert_eq!(found(&store, b, "secret").await.len(), 1);
+    let out = store
+        .append_messages(std::slice::from_ref(&d))
+        .await
+        .unwrap();
+    assert_eq!(
+        (new(&out[0]).seq, new(&out[0]).kind),
+        (3, MessageKind::Delete)
+    );
+
+    let gone = store.message(m.message_id).await.unwrap().unwrap();
+    assert!(gone.deleted);
+    assert_eq!((gone.body.as_str(), gone.attachments.len()), ("", 0));
+    assert!(gone.mentions.is_empty());
+    let edit_row = store.message(e.message_id).await.unwrap().unwrap();
+    assert_eq!(edit_row.body, "", "the edit's body is erased too");
+    let history = store
+        .messages(
+            group.id,
+            Page {
+                after_seq: None,
+                before_seq: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        history.iter().all(|h| !h.body.contains("secret")),
+        "{history:?}"
+    );
+    assert!(found(&store, b, "secret").await.is_empty());
+    assert_eq!(
+        store
+            .after_marker(b)
+            .await
+            .unwrap()
+            .get(&group.id)
+            .map_or(0, |a| a.mentions),
+        0,
+        "a deleted message mentions nobody"
+    );
+    let cutoff = sent_at() + chrono::Duration::hours(24);
+    assert_eq!(
+        store.expired_attachments(cutoff, 10).await.unwrap(),
+        vec![photo.attachment_id],
+        "no message carries the photo now: the sweep frees it"
+    );
+
+    let out = store
+        .append_messages(&[
+            change(group.id, b, "again", MessageKind::Delete, m.message_id),
+            edit(group.id, a, "late", m.message_id, "back"),
+            reaction(group.id, b, "r", m.message_id, "👍", false),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.iter().all(|a| matches!(a, Appended::Unchanged)),
+        "a deleted message takes no more changes: {out:?}"
+    );
+    let retry = store.append_messages(&[d]).await.unwrap();
+    assert_eq!(
+        existing(&retry[0]).seq,
+        3,
+        "a retried delete is stored once"
+    );
+}
+
+async fn reactions_are_one_per_user_and_emoji(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users::<2>(&store).await;
+    let direct = store.direct(a, b).await.unwrap().0;
+    let m = NewMessage::text(a, direct.id, "m", "lunch?", sent_at());
+    let t = m.message_id;
+    let out = store
+        .append_messages(&[
+            m,
+            reaction(direct.id, b, "1", t, "👍", false),
+            reaction(direct.id, b, "2", t, "👍", false),
+            reaction(direct.id, a, "3", t, "👍", false),
+            reaction(direct.id, b, "4", t, "🎉", true),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(out[2], Appended::Unchanged), "{:?}", out[2]);
+    assert!(matches!(out[4], Appended::Unchanged), "{:?}", out[4]);
+    let r = new(&out[1]);
+    assert_eq!(
+        (
+            r.kind,
+            r.target_id,
+            r.emoji.as_deref(),
+            r.remove,
+            r.body.as_str()
+        ),
+        (MessageKind::Reaction, Some(t), Some("👍"), false, "")
+    );
+    assert!(store.reacted(t, b, "👍").await.unwrap());
+    assert!(store.reacted(t, a, "👍").await.unwrap());
+    assert!(!store.reacted(t, b, "🎉").await.unwrap());
+    let out = store
+        .append_messages(&[reaction(direct.id, b, "5", t, "👍", true)])
+        .await
+        .unwrap();
+    assert_eq!(new(&out[0]).seq, 4);
+    assert!(!store.reacted(t, b, "👍").await.unwrap());
+    assert!(store.reacted(t, a, "👍").await.unwrap(), "a's stays");
+}
+
+async fn changes_are_not_unread_messages(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b] = users::<2>(&store).await;
+    let direct = store.direct(a, b).await.unwrap().0;
+    let one = NewMessage::text(a, direct.id, "1", "one", sent_at());
+    let two = NewMessage::text(a, direct.id, "2", "two", sent_at());
+    let three = NewMessage::text(a, direct.id, "3", "three", sent_at());
+    store
+        .append_messages(&[
+            one.clone(),
+            two.clone(),
+            three.clone(),
+            edit(direct.id, a, "e", one.message_id, "one!"),
+            reaction(direct.id, b, "r", two.message_id, "👍", false),
+            change(direct.id, a, "d", MessageKind::Delete, three.message_id),
+        ])
+        .await
+        .unwrap();
+    let unread = |store: Arc<dyn Store>| async move {
+        let after = store.after_marker(b).await.unwrap();
+        let (record, read) = store
+            .conversations_of(b)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(c, _)| c.id == direct.id)
+            .unwrap();
+        let after = after.get(&record.id).copied().unwrap_or_default();
+        (record.last_seq, record.view(read, after).unread)
+    };
+    assert_eq!(
+        unread(store.clone()).await,
+        (6, 2),
+        "six entries; of the messages, one was deleted"
+    );
+    store.mark_read(direct.id, b, 2).await.unwrap();
+    assert_eq!(unread(store.clone()).await, (6, 0), "the third was deleted");
+}
+
+async fn search_finds_word_prefixes_in_the_callers_conversations(db: &Fresh) {
+    let store = db.open().await;
+    let [a, b, c] = users::<3>(&store).await;
+    let ab = store.direct(a, b).await.unwrap().0;
+    let group = store.create_group(a, "g", &[b, c]).await.unwrap();
+    let elsewhere = store.direct(a, c).await.unwrap().0;
+    let at = |s: i64| sent_at() + chrono::Duration::seconds(s);
+    let mut batch = vec![
+        NewMessage::text(a, ab.id, "1", "Le Café de la Gare", at(1)),
+        NewMessage::text(b, group.id, "2", "café au lait, s'il vous plaît", at(2)),
+        NewMessage::text(a, elsewhere.id, "3", "cafe for c only", at(3)),
+        NewMessage::text(c, group.id, "4", "CAFÉTÉRIA closed", at(4)),
+        NewMessage::text(a, ab.id, "5", "nothing to see", at(5)),
+    ];
+    batch.push(reaction(ab.id, b, "r", batch[0].message_id, "☕", false));
+    store.append_messages(&batch).await.unwrap();
+
+    assert_eq!(
+        found(&store, b, "cafe").await,
+        vec![
+            "CAFÉTÉRIA closed",
+            "café au lait, s'il vous plaît",
+            "Le Café de la Gare"
+        ],
+        "accents and case aside, word prefixes, newest first, b's conversations only"
+    );
+    assert_eq!(
+        found(&store, b, "caf gare").await,
+        vec!["Le Café de la Gare"]
+    );
+    assert!(found(&store, b, "caf zebra").await.is_empty(), "every word");
+    assert_eq!(found(&store, c, "CAFE").await.len(), 3);
+    assert_eq!(
+        found(&store, b, "plait").await,
+        vec!["café au lait, s'il vous plaît"]
+    );
+    assert!(
+        found(&store, b, "fe").await.is_empty(),
+        "prefixes, not infixes"
+    );
+    assert!(
+        found(&store, b, "NEAR AND OR").await.is_empty(),
+        "operators are words"
+    );
+
+    let one = SearchQuery {
+        words: search_words("cafe"),
+        conversation: Some(ab.id),
+        limit: 20,
+    };
+    let in_ab = store.search(b, &one).await.unwrap();
+    assert_eq!(in_ab.len(), 1);
+    assert_eq!(
+        (in_ab[0].kind, in_ab[0].conversation_id, in_ab[0].seq),
+        (MessageKind::Text, ab.id, 1)
+    );
+    let first = SearchQuery {
+        words: search_words("cafe"),
+        conversation: None,
+        limit: 1,
+    };
+    assert_eq!(store.search(b, &first).await.unwrap().len(), 1, "limit");
 }

@@ -1,7 +1,5 @@
 //! The SQLite write-ahead log stays bounded while the writer never stops.
 
-use chorus_core::MessageId;
-use chorus_core::model::Origin;
 use chorus_store::sqlite::{RESTART_AFTER_FRAMES, SqliteStore};
 use chorus_store::{NewMessage, Store};
 use chrono::Utc;
@@ -28,18 +26,13 @@ async fn the_log_starts_over_under_continuous_writes() {
                 let batch: Vec<NewMessage> = (0..50)
                     .map(|i| {
                         let client_msg_id = format!("{n}-{i}");
-                        NewMessage {
-                            mentions: Vec::new(),
-                            reply_to: None,
-                            attachments: Vec::new(),
-                            message_id: MessageId::derive(a.id, conversation.id, &client_msg_id),
-                            client_msg_id,
-                            conversation_id: conversation.id,
-                            sender_id: a.id,
-                            body: "x".repeat(1000),
-                            sent_at: Utc::now(),
-                            origin: Origin::User,
-                        }
+                        NewMessage::text(
+                            a.id,
+                            conversation.id,
+                            &client_msg_id,
+                            &"x".repeat(1000),
+                            Utc::now(),
+                        )
                     })
                     .collect();
                 store.append_messages(&batch).await.unwrap();

@@ -1,0 +1,49 @@
+-- Edits, deletes and reactions (protocol v1.1 §1, §2): entries of the conversation's
+-- stream like messages, each naming the message it changes.
+ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
+ALTER TABLE messages ADD COLUMN target_id TEXT;
+ALTER TABLE messages ADD COLUMN emoji TEXT;
+ALTER TABLE messages ADD COLUMN remove INTEGER NOT NULL DEFAULT 0;
+-- What changes did to a message: deleted (its body and attachments erased), edited.
+ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+-- Its row in `message_search` (messages only).
+ALTER TABLE messages ADD COLUMN search_id INTEGER;
+
+-- The changes of a message (its latest edit; the edits a delete erases).
+CREATE INDEX messages_changes ON messages (target_id, seq) WHERE target_id IS NOT NULL;
+-- The entries that are not unread messages (changes, deleted messages), counted after
+-- a read marker.
+CREATE INDEX messages_not_unread ON messages (conversation_id, seq)
+    WHERE kind <> 'text' OR deleted;
+
+-- The reactions there now: one per (user, message, emoji).
+CREATE TABLE reactions (
+    target_id TEXT NOT NULL,
+    user_id   TEXT NOT NULL,
+    emoji     TEXT NOT NULL,
+    PRIMARY KEY (target_id, user_id, emoji)
+) WITHOUT ROWID;
+
+-- Whom a message mentions changes with its edits: its rows are found by message.
+CREATE INDEX message_mentions_by_message ON message_mentions (conversation_id, seq);
+
+-- Full-text search of messages' current bodies, case- and accent-insensitive. A rowid
+-- per message, in the order they were stored: newest first is descending rowid.
+CREATE VIRTUAL TABLE message_search USING fts5 (
+    body,
+    conversation_id UNINDEXED,
+    seq UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+
+WITH numbered AS (
+    SELECT conversation_id, seq,
+           row_number() OVER (ORDER BY sent_at, conversation_id, seq) AS n
+    FROM messages
+)
+UPDATE messages SET search_id = numbered.n FROM numbered
+WHERE messages.conversation_id = numbered.conversation_id AND messages.seq = numbered.seq;
+
+INSERT INTO message_search (rowid, body, conversation_id, seq)
+SELECT search_id, body, conversation_id, seq FROM messages;
