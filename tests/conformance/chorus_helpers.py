@@ -169,6 +169,12 @@ MESSAGE_FIELDS = (
     "attachments",
     "reply_to",
     "mentions",
+    "kind",
+    "target_id",
+    "emoji",
+    "remove",
+    "deleted",
+    "edited_at",
 )
 
 
@@ -188,6 +194,25 @@ def assert_message_shape(m: Any) -> None:
     assert isinstance(m["attachments"], list) and len(m["attachments"]) <= 10, m
     assert m["reply_to"] is None or is_uuid(m["reply_to"]), m
     assert isinstance(m["mentions"], list) and all(is_uuid(u) for u in m["mentions"]), m
+    # Protocol v1.1 §1: every entry is a message or a change to one.
+    assert m["kind"] in ("text", "edit", "delete", "reaction"), m
+    if m["kind"] == "text":
+        assert m["target_id"] is None and m["emoji"] is None and m["remove"] is False, m
+        if m["edited_at"] is not None:
+            parse_time(m["edited_at"])
+        if m["deleted"]:
+            assert m["body"] == "" and m["attachments"] == [], m
+    else:
+        assert is_uuid(m["target_id"]), m
+        assert m["reply_to"] is None and m["attachments"] == [] and m["deleted"] is False, m
+        assert m["edited_at"] is None, m
+    if m["kind"] in ("delete", "reaction"):
+        assert m["body"] == "", m
+    if m["kind"] == "reaction":
+        assert isinstance(m["emoji"], str) and 1 <= len(m["emoji"].encode()) <= 64, m
+        assert isinstance(m["remove"], bool), m
+    else:
+        assert m["emoji"] is None and m["remove"] is False, m
 
 
 def assert_same_message(a: dict, b: dict) -> None:
@@ -314,6 +339,9 @@ class Api:
 
     async def delete(self, path: str, token: str | None = None, **kw) -> httpx.Response:
         return await self.request("DELETE", path, token=token, **kw)
+
+    async def patch(self, path: str, token: str | None = None, **kw) -> httpx.Response:
+        return await self.request("PATCH", path, token=token, **kw)
 
     # --- users
 
@@ -567,6 +595,10 @@ class Client:
         assert frame.get("code") == code, f"{self.name}: expected error {code}, got {frame!r}"
         assert isinstance(frame.get("message"), str), frame
         return frame
+
+    async def expect_answer(self, client_msg_id: str, timeout: float = TIMEOUT) -> dict:
+        """The `accepted` or `error` frame answering `client_msg_id`."""
+        return await self.expect(("accepted", "error"), lambda f: f.get("client_msg_id") == client_msg_id, timeout)
 
     async def expect_accepted(self, client_msg_id: str, timeout: float = TIMEOUT) -> str:
         """Waits for the answer to a `send`; it must be `accepted`. Returns the message_id."""

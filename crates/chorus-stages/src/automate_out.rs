@@ -5,12 +5,12 @@
 //! fail-closed, which blocks the message.
 
 use crate::runner::{Output, StageContext, StageError, StageWorker, forward};
-use crate::scripts::{Asked, Names, RunBook, Sends, to_nodes};
+use crate::scripts::{Asked, Names, RunBook, Sends, tell_sender};
 use async_trait::async_trait;
 use chorus_automation::{Action, RunResult, parse_actions};
 use chorus_core::ErrorCode;
 use chorus_core::body::check_message_body;
-use chorus_core::event::{Delivery, MessageEvent, StageEvent};
+use chorus_core::event::{MessageEvent, StageEvent};
 use chorus_core::model::{Hook, Script};
 use chorus_core::topics::Stage;
 use std::sync::Arc;
@@ -210,23 +210,5 @@ async fn reject(
     m: &MessageEvent,
     reason: String,
 ) -> Result<Vec<Output>, StageError> {
-    let Some(session_id) = m.session_id else {
-        return Ok(Vec::new());
-    };
-    let delivery = Delivery::Rejected {
-        user_id: m.sender_id,
-        session_id,
-        client_msg_id: m.client_msg_id.clone(),
-        code: ErrorCode::Blocked,
-        message: reason,
-    };
-    Ok(
-        to_nodes(ctx, &[m.sender_id], m.conversation_id.0.as_bytes(), |_| {
-            delivery.clone()
-        })
-        .await?
-        .into_iter()
-        .map(Output::Record)
-        .collect(),
-    )
+    tell_sender(ctx, m, ErrorCode::Blocked, reason).await
 }

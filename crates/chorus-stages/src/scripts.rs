@@ -230,6 +230,36 @@ impl RunBook {
     }
 }
 
+/// The `error` that answers, after its `accepted`, a message or change of `m`'s
+/// sending session that is not stored after all (nothing to tell for one sent over
+/// HTTP, which has no session).
+pub async fn tell_sender(
+    ctx: &StageContext,
+    m: &MessageEvent,
+    code: chorus_core::ErrorCode,
+    message: String,
+) -> Result<Vec<crate::runner::Output>, StageError> {
+    let Some(session_id) = m.session_id else {
+        return Ok(Vec::new());
+    };
+    let delivery = Delivery::Rejected {
+        user_id: m.sender_id,
+        session_id,
+        client_msg_id: m.client_msg_id.clone(),
+        code,
+        message,
+    };
+    Ok(
+        to_nodes(ctx, &[m.sender_id], m.conversation_id.0.as_bytes(), |_| {
+            delivery.clone()
+        })
+        .await?
+        .into_iter()
+        .map(crate::runner::Output::Record)
+        .collect(),
+    )
+}
+
 /// One delivery record per node holding sessions of `users`.
 pub async fn to_nodes(
     ctx: &StageContext,

@@ -4,7 +4,9 @@
 //! original `seq`, goes on, so that delivery after a crash still happens.
 
 use crate::runner::{Output, StageContext, StageError, StageWorker, forward};
+use crate::scripts::tell_sender;
 use async_trait::async_trait;
+use chorus_core::ErrorCode;
 use chorus_core::event::{MessageEvent, StageEvent};
 use chorus_core::mentions::named;
 use chorus_core::topics::Stage;
@@ -51,9 +53,20 @@ impl StageWorker for StoreStage {
                     m.adopt(stored);
                 }
                 Some(Appended::Unchanged) => {
-                    // A change the stored state already had, or whose message was
-                    // deleted meanwhile: nothing stored, nothing to deliver.
+                    // A reaction there already (or gone already) by the time it is
+                    // stored: as accepted, it adds nothing.
                     metrics::counter!("chorus_changes_unchanged_total").increment(1);
+                    continue;
+                }
+                Some(Appended::TargetGone) => {
+                    // Its message was deleted after the gateway checked it: the sending
+                    // session learns it as it would have then.
+                    metrics::counter!("chorus_changes_unchanged_total").increment(1);
+                    let gone = format!(
+                        "message {} was deleted",
+                        m.target_id.map(|t| t.to_string()).unwrap_or_default()
+                    );
+                    out.extend(tell_sender(ctx, &m, ErrorCode::NotFound, gone).await?);
                     continue;
                 }
                 Some(Appended::NoConversation) | None => {

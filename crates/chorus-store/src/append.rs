@@ -147,7 +147,7 @@ pub(crate) fn plan(batch: &[NewMessage], stored: Stored) -> Result<AppendPlan> {
                 t.kind == MessageKind::Text && !t.deleted && t.conversation_id == m.conversation_id
             });
             let Some(target) = target else {
-                appended.push(Appended::Unchanged);
+                appended.push(Appended::TargetGone);
                 continue;
             };
             match m.kind {
@@ -565,7 +565,7 @@ mod tests {
         assert!(
             plan.appended
                 .iter()
-                .all(|a| matches!(a, Appended::Unchanged)),
+                .all(|a| matches!(a, Appended::TargetGone)),
             "{:?}",
             plan.appended
         );

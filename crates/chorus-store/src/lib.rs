@@ -23,10 +23,10 @@
 //!   its own, numbered like a message, and in the same transaction changes what it
 //!   targets: an edit sets the message's `edited_at`, its searchable text and whom it
 //!   mentions; a delete erases the body and attachments of the message and of its
-//!   edits; a reaction adds to or takes from the message's reactions. A change that
-//!   would change nothing (its message is not a stored message of the conversation,
-//!   or is deleted; a reaction already there, or not there to take back) is not stored:
-//!   [`Appended::Unchanged`].
+//!   edits; a reaction adds to or takes from the message's reactions. A change whose
+//!   message is not a stored message of the conversation, or is deleted, is not stored
+//!   ([`Appended::TargetGone`]), nor is a reaction already there, or not there to take
+//!   back ([`Appended::Unchanged`]).
 //! - Read markers only move forward and never past the conversation's `last_seq`.
 
 mod append;
@@ -242,8 +242,11 @@ pub enum Appended {
     Existing(Message),
     /// The conversation does not exist; nothing stored.
     NoConversation,
-    /// A change that changes nothing (see the crate docs); nothing stored.
+    /// A reaction there already, or not there to take back; nothing stored.
     Unchanged,
+    /// A change whose message is not a stored, undeleted message of its conversation
+    /// (deleted since the change was accepted); nothing stored.
+    TargetGone,
 }
 
 impl Appended {

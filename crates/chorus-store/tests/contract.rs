@@ -879,7 +879,9 @@ async fn concurrent_appenders_keep_seq_contiguous(db: &Fresh) {
                 m
             }
             Appended::Existing(m) => m,
-            Appended::NoConversation | Appended::Unchanged => panic!("messages to conversations"),
+            Appended::NoConversation | Appended::Unchanged | Appended::TargetGone => {
+                panic!("messages to conversations")
+            }
         };
         assert_eq!(
             Some(m),
@@ -2061,7 +2063,7 @@ async fn edits_are_entries_and_change_the_current_body(db: &Fresh) {
         .await
         .unwrap();
     assert!(
-        out.iter().all(|a| matches!(a, Appended::Unchanged)),
+        out.iter().all(|a| matches!(a, Appended::TargetGone)),
         "{out:?}"
     );
     assert_eq!(
@@ -2147,7 +2149,7 @@ async fn deletes_erase_the_message_and_its_edits(db: &Fresh) {
         .await
         .unwrap();
     assert!(
-        out.iter().all(|a| matches!(a, Appended::Unchanged)),
+        out.iter().all(|a| matches!(a, Appended::TargetGone)),
         "a deleted message takes no more changes: {out:?}"
     );
     let retry = store.append_messages(&[d]).await.unwrap();

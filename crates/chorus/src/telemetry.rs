@@ -151,6 +151,11 @@ fn describe() {
         "Messages found stored already (retries, redeliveries)"
     );
     describe_counter!(
+        "chorus_changes_unchanged_total",
+        "Edits, deletes and reactions not stored because they changed nothing by the time \
+         they were stored (their message deleted meanwhile, a reaction there already)"
+    );
+    describe_counter!(
         "chorus_route_deliveries_total",
         "Delivery records sent to gateway nodes"
     );
