@@ -24,8 +24,8 @@
 //! type it binds or reads and the executors it runs on; each expansion of a macro is
 //! plain code, type-checked against one backend.
 
-use crate::{Appended, ConversationRecord, NewMessage, Result, from_millis};
-use chorus_core::model::ConversationKind;
+use crate::{Appended, ConversationRecord, NewMessage, Result, SearchQuery, from_millis};
+use chorus_core::model::{ConversationKind, Message};
 use chorus_core::{ConversationId, UserId};
 use sqlx::{Database, Pool, Transaction};
 use uuid::Uuid;
@@ -60,14 +60,6 @@ pub(crate) trait Backend: Send + Sync {
     const SEARCH_EDIT: &'static str;
     /// Takes the message `$1` out of search (it is deleted).
     const SEARCH_ERASE: &'static str;
-    /// What a search reads (the messages as `m`) and the condition that they match
-    /// `$1`, a [`Backend::search_match`].
-    const SEARCH_FROM: &'static str;
-    /// Newest first, among what [`Backend::SEARCH_FROM`] reads.
-    const SEARCH_ORDER: &'static str;
-
-    /// The text a search binds for `words`: each a prefix of a word, all of them.
-    fn search_match(words: &[String]) -> String;
 
     /// An id to bind.
     fn id(id: Uuid) -> Self::Id;
@@ -97,6 +89,8 @@ pub(crate) trait Backend: Send + Sync {
         &self,
         user: UserId,
     ) -> Result<Vec<(ConversationRecord, i64)>>;
+    /// The messages [`crate::Store::search`] finds, as stored (their first body).
+    async fn search_stored(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>>;
 }
 
 /// The direct conversation of `a` and `b` just created at `now` (milliseconds).
@@ -120,6 +114,15 @@ pub(crate) fn new_direct(
 /// The columns of a new entry, in the order they are inserted.
 pub(crate) const NEW_MESSAGE_COLUMNS: &str = "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin, \
      attachments, reply_to, mentions, kind, target_id, emoji, remove";
+
+/// The columns of a stored entry, of the messages table named `m`.
+pub(crate) fn message_columns_of_m() -> String {
+    MESSAGE_COLUMNS
+        .split(", ")
+        .map(|c| format!("m.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// The columns of a stored entry.
 pub(crate) const MESSAGE_COLUMNS: &str = "message_id, client_msg_id, conversation_id, seq, sender_id, body, sent_at, origin, \
@@ -845,31 +848,7 @@ macro_rules! impl_store {
 
                 async fn search(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>> {
                     let _timer = QueryTimer::start("search");
-                    let columns: Vec<String> =
-                        MESSAGE_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect();
-                    let one = if query.conversation.is_some() {
-                        " AND m.conversation_id = $3"
-                    } else {
-                        ""
-                    };
-                    let sql = format!(
-                        "SELECT {} FROM {} AND m.conversation_id IN \
-                         (SELECT conversation_id FROM members WHERE user_id = $2){one} \
-                         ORDER BY {} LIMIT $4",
-                        columns.join(", "),
-                        Self::SEARCH_FROM,
-                        Self::SEARCH_ORDER
-                    );
-                    let mut found = ::sqlx::query(&sql)
-                        .bind(Self::search_match(&query.words))
-                        .bind(Self::id(user.0))
-                        .bind(query.conversation.map(|c| Self::id(c.0)))
-                        .bind(query.limit)
-                        .fetch_all(self.reader())
-                        .await?
-                        .iter()
-                        .map(Self::message_row)
-                        .collect::<Result<Vec<Message>>>()?;
+                    let mut found = self.search_stored(user, query).await?;
                     // An edited message shows its latest edit's body, as it matched.
                     for m in found.iter_mut().filter(|m| m.edited_at.is_some()) {
                         let latest: Option<String> = ::sqlx::query_scalar(

@@ -7,7 +7,7 @@
 
 use crate::append::Stored;
 use crate::backend::{Backend, MESSAGE_COLUMNS, new_direct};
-use crate::{Appended, ConversationRecord, NewMessage, Result, direct_key, millis};
+use crate::{Appended, ConversationRecord, NewMessage, Result, SearchQuery, direct_key, millis};
 use chorus_core::model::{Attachment, Message};
 use chorus_core::{ConversationId, MessageId, UserId};
 use chrono::Utc;
@@ -84,19 +84,6 @@ impl Backend for PostgresStore {
     const SEARCH_EDIT: &'static str =
         "UPDATE messages SET search = chorus_search_text($1) WHERE message_id = $2";
     const SEARCH_ERASE: &'static str = "UPDATE messages SET search = NULL WHERE message_id = $1";
-    const SEARCH_FROM: &'static str =
-        "messages m WHERE m.search IS NOT NULL AND m.search @@ chorus_search_query($1)";
-    const SEARCH_ORDER: &'static str = "m.sent_at DESC, m.seq DESC";
-
-    /// `to_tsquery`'s syntax: `'word':*` for a prefix, `&` between words (a word has
-    /// only letters and digits, and quoted, whatever `unaccent` makes of it is a word).
-    fn search_match(words: &[String]) -> String {
-        words
-            .iter()
-            .map(|w| format!("'{w}':*"))
-            .collect::<Vec<_>>()
-            .join(" & ")
-    }
 
     fn id(id: Uuid) -> Uuid {
         id
@@ -372,6 +359,43 @@ impl Backend for PostgresStore {
         .as_ref()
         .map(Self::conversation_with_members)
         .transpose()
+    }
+
+    /// Each of the caller's conversations on its own, newest first, through the GIN
+    /// index of (conversation, words), then the newest of all: the index finds the
+    /// matches of one conversation without reading those of the others.
+    async fn search_stored(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>> {
+        let matching = query
+            .words
+            .iter()
+            .map(|w| format!("'{w}':*"))
+            .collect::<Vec<_>>()
+            .join(" & ");
+        let one = if query.conversation.is_some() {
+            " AND conversation_id = $3"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {columns} FROM \
+               (SELECT conversation_id FROM members WHERE user_id = $2{one}) mine \
+             CROSS JOIN LATERAL \
+               (SELECT * FROM messages e WHERE e.conversation_id = mine.conversation_id \
+                AND e.search IS NOT NULL AND e.search @@ chorus_search_query($1) \
+                ORDER BY e.seq DESC LIMIT $4) m \
+             ORDER BY m.sent_at DESC, m.seq DESC LIMIT $4",
+            columns = crate::backend::message_columns_of_m()
+        );
+        sqlx::query(&sql)
+            .bind(matching)
+            .bind(user.0)
+            .bind(query.conversation.map(|c| c.0))
+            .bind(query.limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(Self::message_row)
+            .collect()
     }
 
     async fn conversations_with_markers(

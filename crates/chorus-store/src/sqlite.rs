@@ -6,7 +6,9 @@
 
 use crate::append::Stored;
 use crate::backend::{Backend, MESSAGE_COLUMNS, NEW_MESSAGE_COLUMNS, new_direct};
-use crate::{Appended, ConversationRecord, NewMessage, Result, direct_key, millis, parse_id};
+use crate::{
+    Appended, ConversationRecord, NewMessage, Result, SearchQuery, direct_key, millis, parse_id,
+};
 use chorus_core::model::{Attachment, Message};
 use chorus_core::{ConversationId, MessageId, UserId};
 use chrono::Utc;
@@ -303,6 +305,15 @@ impl Drop for WriteTx {
     }
 }
 
+/// Most conversations a search names in its full-text match.
+const MATCHED_CONVERSATIONS: usize = 1000;
+
+/// A conversation as a word of the full-text index (a letter, then its id's 32 hex
+/// digits: one token, unlike the hyphenated form).
+fn conversation_token(id: ConversationId) -> String {
+    format!("c{}", id.0.simple())
+}
+
 /// `?, ?, …` with `values` bound.
 fn push_list<'a>(query: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>, values: &'a [String]) {
     let mut list = query.separated(", ");
@@ -329,22 +340,6 @@ impl Backend for SqliteStore {
          WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $2)";
     const SEARCH_ERASE: &'static str = "DELETE FROM message_search \
          WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $1)";
-    /// The index, read newest first, each match joined to its message.
-    const SEARCH_FROM: &'static str = "message_search s JOIN messages m \
-         ON m.conversation_id = s.conversation_id AND m.seq = s.seq \
-         WHERE message_search MATCH $1";
-    const SEARCH_ORDER: &'static str = "s.rowid DESC";
-
-    /// FTS5's query syntax: each word quoted (a word has only letters and digits, but
-    /// quoting keeps FTS5's operators such as `AND` or `NEAR` words), `*` for a prefix;
-    /// words side by side must all match.
-    fn search_match(words: &[String]) -> String {
-        words
-            .iter()
-            .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
 
     fn id(id: Uuid) -> String {
         id.to_string()
@@ -527,10 +522,12 @@ impl Backend for SqliteStore {
                     .filter(|m| search_ids.contains_key(&m.message_id))
                     .collect();
                 if !texts.is_empty() {
-                    write.push("INSERT INTO message_search (rowid, body, conversation_id, seq) ");
+                    write
+                        .push("INSERT INTO message_search (rowid, body, c, conversation_id, seq) ");
                     write.push_values(texts, |mut row, m| {
                         row.push_bind(search_ids[&m.message_id])
                             .push_bind(&m.body)
+                            .push_bind(conversation_token(m.conversation_id))
                             .push_bind(m.conversation_id.to_string())
                             .push_bind(m.seq);
                     });
@@ -625,6 +622,58 @@ impl Backend for SqliteStore {
                 Ok(Some(Self::conversation_row(&row, members)?))
             }
         }
+    }
+
+    /// The full-text index read newest first (descending rowid), each match joined to
+    /// its message. The caller's conversations are part of the match (each row has its
+    /// conversation as a word of column `c`), so FTS5 reads only the rows of those
+    /// conversations that have the words, rather than every row with the words and
+    /// then skipping the many of other conversations.
+    async fn search_stored(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>> {
+        let conversations: Vec<String> = match query.conversation {
+            Some(c) => vec![c.to_string()],
+            None => {
+                sqlx::query_scalar("SELECT conversation_id FROM members WHERE user_id = $1")
+                    .bind(user.to_string())
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+        };
+        if conversations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let words: Vec<String> = query
+            .words
+            .iter()
+            .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+            .collect();
+        let mut matching = format!("body : ({})", words.join(" "));
+        // A very long OR costs FTS5 more than it saves: past that, the conversations
+        // are only filtered in SQL.
+        if conversations.len() <= MATCHED_CONVERSATIONS {
+            let ids: Vec<String> = conversations
+                .iter()
+                .map(|c| Ok(conversation_token(parse_id(c)?)))
+                .collect::<Result<_>>()?;
+            matching.push_str(&format!(" AND c : ({})", ids.join(" OR ")));
+        }
+        let sql = format!(
+            "SELECT {} FROM message_search s JOIN messages m \
+             ON m.conversation_id = s.conversation_id AND m.seq = s.seq \
+             WHERE message_search MATCH $1 AND m.conversation_id IN \
+             (SELECT conversation_id FROM members WHERE user_id = $2) \
+             ORDER BY s.rowid DESC LIMIT $3",
+            crate::backend::message_columns_of_m()
+        );
+        sqlx::query(&sql)
+            .bind(matching)
+            .bind(user.to_string())
+            .bind(query.limit)
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(Self::message_row)
+            .collect()
     }
 
     async fn conversations_with_markers(
