@@ -27,6 +27,24 @@ async function waitForText(locator, text, timeout = 10_000) {
   await locator.filter({ hasText: text }).first().waitFor({ timeout });
 }
 
+/** The message (not pending) whose body has `text`. */
+const msgIn = (page, text) => page.locator('.message-list li.msg:not(.pending)').filter({ has: page.locator('p.body', { hasText: text }) });
+const write = async (page, text) => {
+  await page.getByLabel('Message', { exact: true }).fill(text);
+  await page.keyboard.press('Enter');
+  await waitForText(messageBodies(page), text);
+};
+/** Whether the message `selector` finds is highlighted, focused and on screen
+ * (inside the message list and inside the window). Runs in the page. */
+const shownAndHighlighted = ({ selector }) => {
+  const el = document.querySelector(selector);
+  if (!el) return false;
+  const r = el.getBoundingClientRect();
+  const list = el.closest('.messages').getBoundingClientRect();
+  const inView = r.height > 0 && r.top >= list.top && r.bottom <= list.bottom && r.top >= 0 && r.bottom <= window.innerHeight;
+  return inView && el.classList.contains('highlight') && el.dataset.highlighted === 'true' && document.activeElement === el;
+};
+
 /** A valid RGB PNG of a colour gradient, made here (no image files in the repo). */
 function makePng(width, height) {
   const crc32 = (buf) => {
@@ -426,23 +444,6 @@ describe('chorus web app', () => {
     const b = B.page;
     await a.goto(`/#/c/${direct}`);
     await b.goto(`/#/c/${direct}`);
-    /** The message (not pending) whose body has `text`. */
-    const msgIn = (page, text) => page.locator('.message-list li.msg:not(.pending)').filter({ has: page.locator('p.body', { hasText: text }) });
-    const write = async (page, text) => {
-      await page.getByLabel('Message', { exact: true }).fill(text);
-      await page.keyboard.press('Enter');
-      await waitForText(messageBodies(page), text);
-    };
-    /** Whether the message `selector` finds is highlighted, focused and on screen
-     * (inside the message list and inside the window). Runs in the page. */
-    const shownAndHighlighted = ({ selector }) => {
-      const el = document.querySelector(selector);
-      if (!el) return false;
-      const r = el.getBoundingClientRect();
-      const list = el.closest('.messages').getBoundingClientRect();
-      const inView = r.height > 0 && r.top >= list.top && r.bottom <= list.bottom && r.top >= 0 && r.bottom <= window.innerHeight;
-      return inView && el.classList.contains('highlight') && el.dataset.highlighted === 'true' && document.activeElement === el;
-    };
 
     // ada asks, then 20 more messages push the question off screen, then two more.
     await write(a, 'Which day works for the review?');
@@ -664,6 +665,242 @@ describe('chorus web app', () => {
     await listbox.waitFor({ state: 'detached' });
     assert.equal(await input.inputValue(), '@c');
     await input.fill('');
+  });
+
+  it('edits in place: only the sender may, by keyboard, and both users see the new body marked "edited"', T, async () => {
+    const a = A.page;
+    const b = B.page;
+    await a.goto(`/#/c/${direct}`);
+    await b.goto(`/#/c/${direct}`);
+    await write(a, 'See you at 10 in room 4');
+    const original = msgIn(b, 'See you at 10 in room 4');
+    await original.waitFor();
+    const id = await original.getAttribute('data-message-id');
+    // bob may reply and react to ada's message, not edit or delete it.
+    assert.deepEqual(await original.locator('.msg-actions button').evaluateAll((els) => els.map((el) => el.getAttribute('aria-label'))), ['Reply', 'React']);
+
+    // ada, by keyboard: Edit opens the body in a text box with the focus in it; Enter
+    // saves; the focus goes back to Edit.
+    const mine = a.locator(`.message-list li.msg[data-message-id="${id}"]`);
+    const editButton = mine.getByRole('button', { name: 'Edit' });
+    await editButton.focus();
+    await a.keyboard.press('Enter');
+    const box = mine.getByRole('textbox', { name: 'Edit message' });
+    assert.equal(await box.inputValue(), 'See you at 10 in room 4');
+    assert.equal(await box.evaluate((el) => document.activeElement === el), true);
+    await box.fill('See you at 11 in room 4');
+    await screenshot(a, 'message-edit');
+    await a.keyboard.press('Enter');
+    await box.waitFor({ state: 'detached' });
+    assert.equal(await editButton.evaluate((el) => document.activeElement === el), true);
+
+    for (const page of [a, b]) {
+      const shown = page.locator(`.message-list li.msg[data-message-id="${id}"]`);
+      await waitForText(shown.locator('.body'), 'See you at 11 in room 4');
+      assert.equal(await shown.locator('.edited').textContent(), 'edited');
+      // The edit changed the message; it is no message of its own.
+      assert.equal(await messageBodies(page).filter({ hasText: 'in room 4' }).count(), 1);
+    }
+
+    // What the server stored: an entry of kind edit naming the message, the message
+    // itself marked edited.
+    const page = await server.api('GET', `/conversations/${direct}/messages?limit=5`, users.bob.token);
+    assert.equal(page.status, 200);
+    const entry = page.body.messages.find((m) => m.kind === 'edit' && m.target_id === id);
+    assert.ok(entry, `an edit entry in ${JSON.stringify(page.body.messages.map((m) => [m.seq, m.kind, m.target_id]))}`);
+    assert.equal(entry.body, 'See you at 11 in room 4');
+    assert.equal(entry.sender_id, users.ada.user.id);
+    const text = page.body.messages.find((m) => m.message_id === id);
+    assert.equal(text.kind, 'text');
+    assert.ok(text.edited_at, 'edited_at is set on the message');
+  });
+
+  it('deletes with a confirmation: Cancel keeps it, Delete shows "Message deleted" for both users; a group owner may delete anyone’s message', T, async () => {
+    const a = A.page;
+    const b = B.page;
+    await write(a, 'oops, this was for someone else');
+    const mine = msgIn(a, 'oops, this was for someone else');
+    const id = await mine.getAttribute('data-message-id');
+    await msgIn(b, 'oops, this was for someone else').waitFor();
+
+    await mine.hover();
+    await mine.getByRole('button', { name: 'Delete' }).click();
+    const confirm = mine.getByRole('group', { name: 'Delete this message for everyone?' });
+    await confirm.waitFor();
+    assert.equal(await confirm.getByRole('button', { name: 'Cancel' }).evaluate((el) => document.activeElement === el), true);
+    await screenshot(a, 'message-delete');
+    await a.keyboard.press('Enter'); // Cancel has the focus: nothing is deleted
+    await confirm.waitFor({ state: 'detached' });
+    await mine.getByRole('button', { name: 'Delete' }).click();
+    await confirm.getByRole('button', { name: 'Delete' }).click();
+
+    for (const page of [a, b]) {
+      const gone = page.locator(`.message-list li.msg[data-message-id="${id}"]`);
+      await waitForText(gone.locator('.body.deleted'), 'Message deleted');
+      assert.equal(await gone.locator('.msg-actions button').count(), 0);
+      assert.equal(await messageBodies(page).filter({ hasText: 'oops, this was for someone else' }).count(), 0);
+    }
+    const stored = (await server.api('GET', `/conversations/${direct}/messages?limit=5`, users.bob.token)).body.messages;
+    assert.ok(stored.some((m) => m.kind === 'delete' && m.target_id === id), 'a delete entry names the message');
+    const text = stored.find((m) => m.message_id === id);
+    assert.equal(text.deleted, true);
+    assert.equal(text.body, '');
+
+    // In the group ada owns she may delete bob's message (not edit it); bob may not
+    // delete hers.
+    const team = (await server.api('GET', '/conversations', users.ada.token)).body.conversations.find((c) => c.title === 'Team');
+    const r = await server.api('POST', `/conversations/${team.id}/messages`, users.bob.token, { client_msg_id: 'team-bob-1', body: 'bob in the team' });
+    assert.equal(r.status, 202);
+    await a.goto(`/#/c/${team.id}`);
+    await b.goto(`/#/c/${team.id}`);
+    const bobs = msgIn(a, 'bob in the team');
+    await bobs.waitFor();
+    assert.deepEqual(await bobs.locator('.msg-actions button').evaluateAll((els) => els.map((el) => el.getAttribute('aria-label'))), ['Reply', 'React', 'Delete']);
+    const adas = msgIn(b, 'welcome to the team');
+    await adas.waitFor();
+    assert.deepEqual(await adas.locator('.msg-actions button').evaluateAll((els) => els.map((el) => el.getAttribute('aria-label'))), ['Reply', 'React']);
+    await bobs.hover();
+    await bobs.getByRole('button', { name: 'Delete' }).click();
+    await bobs.getByRole('group', { name: 'Delete this message for everyone?' }).getByRole('button', { name: 'Delete' }).click();
+    await waitForText(b.locator('.message-list .body.deleted'), 'Message deleted');
+  });
+
+  it('reactions: a picker by mouse and keyboard, counts and names, and choosing your own takes it back', T, async () => {
+    const a = A.page;
+    const b = B.page;
+    await a.goto(`/#/c/${direct}`);
+    await b.goto(`/#/c/${direct}`);
+    await write(a, 'We shipped the release!');
+    const id = await msgIn(a, 'We shipped the release!').getAttribute('data-message-id');
+    const entries = (page) => page.locator('.message-list li.msg').count();
+    const before = [await entries(a), await entries(b)];
+    const msgOf = (page) => page.locator(`.message-list li.msg[data-message-id="${id}"]`);
+    const chip = (page, emoji) => msgOf(page).locator(`.reactions button[data-emoji="${emoji}"]`);
+    /** Wait until the chip of `emoji` says `count` (0: gone), then its title. */
+    const chipSays = async (page, emoji, count) => {
+      await page.waitForFunction(
+        ({ id, emoji, count }) => {
+          const el = document.querySelector(`li.msg[data-message-id="${id}"] .reactions button[data-emoji="${emoji}"]`);
+          return count === 0 ? !el : el?.dataset.count === String(count);
+        },
+        { id, emoji, count },
+      );
+      return count ? chip(page, emoji).getAttribute('title') : null;
+    };
+
+    // bob, by mouse: React, then 👍.
+    await msgOf(b).hover();
+    await msgOf(b).getByRole('button', { name: 'React', exact: true }).click();
+    await msgOf(b).getByRole('group', { name: 'Pick a reaction' }).getByRole('button', { name: 'React with thumbs up' }).click();
+    assert.equal(await chipSays(b, '👍', 1), 'You reacted with 👍');
+    assert.equal(await chipSays(a, '👍', 1), 'bob reacted with 👍');
+    assert.equal(await chip(b, '👍').getAttribute('aria-pressed'), 'true');
+    assert.equal(await chip(a, '👍').getAttribute('aria-pressed'), 'false');
+
+    // ada adds hers with the chip, then 🎉 by keyboard: Enter on React, the arrows, Enter.
+    await chip(a, '👍').click();
+    assert.equal(await chipSays(a, '👍', 2), 'You and bob reacted with 👍');
+    assert.equal(await chipSays(b, '👍', 2), 'You and ada reacted with 👍');
+    const reactButton = msgOf(a).getByRole('button', { name: 'React', exact: true });
+    await reactButton.focus();
+    await a.keyboard.press('Enter');
+    const picker = msgOf(a).getByRole('group', { name: 'Pick a reaction' });
+    await picker.waitFor();
+    assert.equal(await picker.getByRole('button', { name: 'React with thumbs up' }).getAttribute('aria-pressed'), 'true');
+    await screenshot(a, 'reactions');
+    await a.keyboard.press('ArrowRight');
+    await a.keyboard.press('ArrowRight');
+    await a.keyboard.press('ArrowRight');
+    assert.equal(await a.evaluate(() => document.activeElement?.getAttribute('aria-label')), 'React with party');
+    await a.keyboard.press('Enter');
+    await picker.waitFor({ state: 'detached' });
+    assert.equal(await reactButton.evaluate((el) => document.activeElement === el), true);
+    assert.equal(await chipSays(b, '🎉', 1), 'ada reacted with 🎉');
+    await chipSays(a, '🎉', 1);
+    // Escape closes the picker without reacting.
+    await a.keyboard.press('Enter');
+    await picker.waitFor();
+    await a.keyboard.press('Escape');
+    await picker.waitFor({ state: 'detached' });
+
+    // bob takes his 👍 back with his chip.
+    await chip(b, '👍').click();
+    assert.equal(await chipSays(a, '👍', 1), 'You reacted with 👍');
+    assert.equal(await chipSays(b, '👍', 1), 'ada reacted with 👍');
+    assert.equal(await chip(b, '👍').getAttribute('aria-pressed'), 'false');
+    // ada takes hers back too: the chip goes.
+    await chip(a, '👍').click();
+    await chipSays(a, '👍', 0);
+    await chipSays(b, '👍', 0);
+    // Reactions are no messages of their own.
+    assert.deepEqual([await entries(a), await entries(b)], before);
+
+    // The server kept the set: one 🎉 from ada.
+    const stored = (await server.api('GET', `/conversations/${direct}/messages?limit=10`, users.bob.token)).body.messages;
+    const reactions = stored.filter((m) => m.kind === 'reaction' && m.target_id === id);
+    assert.deepEqual(
+      reactions.map((m) => [m.sender_id === users.ada.user.id ? 'ada' : 'bob', m.emoji, m.remove]),
+      [
+        ['bob', '👍', false],
+        ['ada', '👍', false],
+        ['ada', '🎉', false],
+        ['bob', '👍', true],
+        ['ada', '👍', true],
+      ],
+    );
+  });
+
+  it('search finds a message by its current words; a result opens the conversation scrolled to it and highlighted, loading older pages', T, async () => {
+    const b = B.page;
+    // Only the lists are held after a reload: the message found is pages back.
+    await b.goto('/#/');
+    await b.reload();
+    await b.waitForSelector('.pill[data-status="online"]');
+    const box = b.getByRole('searchbox', { name: 'Search messages' });
+    const status = b.getByTestId('search-status');
+    const results = b.getByRole('list', { name: 'Search results' }).getByRole('link');
+
+    // The edited body is found by its new words only.
+    await box.fill('see you 11');
+    await waitForText(status, /^1 message$/);
+    assert.equal(await results.locator('.result-text').textContent(), 'See you at 11 in room 4');
+    await box.fill('see you 10 room');
+    await waitForText(status, 'No messages found');
+    // Any case, word prefixes.
+    await box.fill('BULK mess 42');
+    await waitForText(status, /^1 message$/);
+    const result = results.first();
+    // Named as the list names it: the direct conversation after ada.
+    assert.equal(await result.locator('.result-where').textContent(), 'ada');
+    assert.equal(await result.locator('.result-text').textContent(), 'bulk message 42');
+    await screenshot(b, 'search');
+    const id = await result.getAttribute('data-message-id');
+    const seq = (await server.api('GET', `/search?q=${encodeURIComponent('bulk message 42')}`, users.bob.token)).body.results[0].seq;
+
+    // By keyboard: Down from the box to the result, Enter.
+    await box.focus();
+    await b.keyboard.press('ArrowDown');
+    await b.keyboard.press('Enter');
+    await b.waitForFunction(shownAndHighlighted, { selector: `.message-list li.msg[data-message-id="${id}"]` }, { timeout: 30_000 });
+    assert.equal(await b.locator(`.message-list li.msg[data-message-id="${id}"]`).getAttribute('data-seq'), String(seq));
+    // The address is the conversation's again (so the same result can be chosen again),
+    // and the results stay beside it.
+    await b.waitForURL(new RegExp(`#/c/${direct}$`));
+    assert.equal(await results.count(), 1);
+    await b.waitForFunction(() => !document.querySelector('.message-list li.msg.highlight'), null, { timeout: 5_000 });
+    await result.click();
+    await b.waitForFunction(shownAndHighlighted, { selector: `.message-list li.msg[data-message-id="${id}"]` });
+
+    // Escape in the box clears the search: the conversations are back.
+    await box.focus();
+    await b.keyboard.press('Escape');
+    await b.locator('a.conv').first().waitFor();
+    assert.equal(await status.count(), 0);
+
+    // The server refuses an empty query.
+    const empty = await server.api('GET', '/search?q=', users.bob.token);
+    assert.equal(empty.status, 400);
+    assert.equal(empty.body.error.code, 'bad_request');
   });
 
   it('is usable with the keyboard and labelled', T, async () => {

@@ -135,7 +135,7 @@ function Screen({ route }: { route: Route }) {
     case 'chats':
       return <Chats conversationId={null} />;
     case 'conversation':
-      return <Chats conversationId={route.id} />;
+      return <Chats conversationId={route.id} messageId={route.message_id ?? null} />;
     case 'new':
       return <NewConversation />;
     case 'settings':

@@ -195,6 +195,10 @@ export const api = {
     if (reply_to) msg.reply_to = reply_to;
     return request<{ message_id: string }>('POST', `/conversations/${seg(id)}/messages`, msg);
   },
+  /** Text messages of the caller's conversations (or of one) whose current body has
+   * every word of `text` (word prefixes, any case or accents), newest first. */
+  search: (text: string, conversation_id?: string, limit?: number) =>
+    request<{ results: Message[] }>('GET', `/search${q({ q: text, conversation_id, limit })}`).then((r) => r.results),
 
   /** An attachment's bytes (`GET /attachments/{id}`). */
   attachment: (id: string) => requestBlob(`/attachments/${seg(id)}`),

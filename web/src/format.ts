@@ -161,6 +161,21 @@ export function sendErrorMessage(code: string, message: string, reply = false): 
   }
 }
 
+/** What to tell a person about a refused edit, delete or reaction, from the code. */
+export function changeErrorMessage(kind: 'edit' | 'delete' | 'reaction', code: string, message: string): string {
+  const what = { edit: 'Not edited', delete: 'Not deleted', reaction: 'Reaction not saved' }[kind];
+  switch (code) {
+    case 'too_large':
+      return `${what}: messages are at most 16 KiB.`;
+    case 'not_found':
+      return `${what}: the message no longer exists.`;
+    case 'forbidden':
+      return `${what}: you may not change this message.`;
+    default:
+      return `${what} (${code}): ${message}`;
+  }
+}
+
 /** A file size for people, in the binary units the rest of the app and the protocol
  * use: 0 → "0 B", 1536 → "1.5 KiB", 26_214_400 → "25 MiB". One decimal below 10. */
 export function formatSize(bytes: number): string {

@@ -4,6 +4,7 @@
 // older pages until it is held. Pure functions, so the tests need no browser; the
 // reply being written is kept per conversation in the chat store (store.ts).
 
+import { DELETED } from './changes';
 import { attachmentSummary, userName } from './format';
 import type { Message, User } from './types';
 
@@ -17,8 +18,9 @@ export const UNAVAILABLE = 'Original message unavailable';
 /** One line of a message for a quote: its text with runs of white space (newlines
  * too) made one space, cut at about `max` characters (whole characters, at a word
  * boundary when there is one near the end) with "…"; "Attachment: name" or "N
- * attachments" when it has only attachments. */
-export function snippet(m: Pick<Message, 'body' | 'attachments'>, max = SNIPPET_CHARS): string {
+ * attachments" when it has only attachments; "Message deleted" when it is. */
+export function snippet(m: Pick<Message, 'body' | 'attachments' | 'deleted'>, max = SNIPPET_CHARS): string {
+  if (m.deleted) return DELETED;
   const text = m.body.replace(/\s+/g, ' ').trim();
   if (!text) return attachmentSummary(m.attachments) || 'Empty message';
   const chars = [...text]; // code points: never half of a surrogate pair

@@ -7,7 +7,8 @@ export type Route =
   | { name: 'login' }
   | { name: 'signup' }
   | { name: 'chats' }
-  | { name: 'conversation'; id: string }
+  /** `message_id`: open it at that message (scrolled to and highlighted). */
+  | { name: 'conversation'; id: string; message_id?: string }
   | { name: 'new' }
   | { name: 'settings' }
   | { name: 'scripts' }
@@ -64,6 +65,7 @@ export function parseRoute(hash: string): Route {
     if (a === 'scripts') return { name: 'script', id: b };
     if (a === 'jobs') return { name: 'job', id: b };
   }
+  if (parts.length === 3 && a === 'c' && isId(b) && isId(parts[2])) return { name: 'conversation', id: b, message_id: parts[2] };
   return { name: 'not-found', path };
 }
 
@@ -72,7 +74,7 @@ export function href(route: Route): string {
     case 'chats':
       return '#/';
     case 'conversation':
-      return `#/c/${encodeURIComponent(route.id)}`;
+      return `#/c/${encodeURIComponent(route.id)}${route.message_id ? `/${encodeURIComponent(route.message_id)}` : ''}`;
     case 'script':
       return `#/scripts/${encodeURIComponent(route.id)}`;
     case 'job':

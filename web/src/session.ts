@@ -5,19 +5,22 @@
 import { createContext } from 'preact';
 import { useContext, useEffect, useState } from 'preact/hooks';
 import { api, ApiError } from './api';
+import { isChange } from './changes';
 import { uuid } from './format';
 import { mentionNames } from './mentions';
+import { seekOlder } from './replies';
 import {
   type Action,
   type ChatState,
   initialState,
+  type OutgoingChange,
   type OutgoingMessage,
   reducer,
   sinceFor,
   unknownConversations,
 } from './store';
 import type { Attachment, Job, Message, ServerFrame, User } from './types';
-import { ChatClient } from './ws';
+import { type ChangeRequest, ChatClient } from './ws';
 
 /** How often `typing` goes out while the user types (§5.4: every few seconds). */
 const TYPING_EVERY_MS = 3_000;
@@ -156,13 +159,15 @@ export class ChatSession {
     this.dispatch({ type: 'users', users });
   }
 
-  /** Fetch the latest page of a conversation the first time it is opened. */
+  /** Fetch the latest page of a conversation the first time it is opened, and older
+   * ones while what is held has no message to show (only edits, deletes, reactions). */
   async open(id: string): Promise<void> {
     if (!this.state.conversations[id]) this.fetchConversation(id);
     if (this.state.loaded[id]) return this.learnNames(id);
     const messages = await api.messages(id, { limit: PAGE });
     this.dispatch({ type: 'page', conversation_id: id, messages, latest: true });
     this.learnNames(id, messages);
+    await seekOlder(() => (this.state.messages[id] ?? []).some((m) => !isChange(m)), () => this.loadOlder(id));
   }
 
   /** Fetch the page before the oldest message held; false when there is none. Called
@@ -196,6 +201,26 @@ export class ChatSession {
     if (reply_to) message.reply_to = reply_to;
     this.dispatch({ type: 'outgoing', message });
     this.lastTyping.delete(conversation_id);
+  }
+
+  /** Edit one of the user's messages: `body` replaces its body. */
+  edit(conversation_id: string, message_id: string, body: string): void {
+    this.change({ type: 'edit', conversation_id, message_id, body }, 'edit');
+  }
+
+  /** Delete a message (the user's own, or any in a group the user owns). */
+  deleteMessage(conversation_id: string, message_id: string): void {
+    this.change({ type: 'delete', conversation_id, message_id }, 'delete');
+  }
+
+  /** React to a message with `emoji`, or take the reaction back (`remove`). */
+  react(conversation_id: string, message_id: string, emoji: string, remove: boolean): void {
+    this.change({ type: 'react', conversation_id, message_id, emoji, remove }, 'reaction');
+  }
+
+  private change(request: ChangeRequest, kind: OutgoingChange['kind']): void {
+    const client_msg_id = this.client.change(request);
+    this.dispatch({ type: 'change', change: { client_msg_id, conversation_id: request.conversation_id, target_id: request.message_id, kind } });
   }
 
   /** Start replying to a message of the conversation, or stop (null). */

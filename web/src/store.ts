@@ -1,7 +1,9 @@
 // The chat state and its reducer: pure functions from (state, action) to state, so the
 // tests can replay frames without a browser. Messages are kept per conversation by
-// seq, never by arrival order (§5.4: a `sync` may replay older messages after live ones).
+// seq, never by arrival order (§5.4: a `sync` may replay older messages after live ones),
+// edits, deletes and reactions among them (changes.ts folds them when showing).
 
+import { isChange } from './changes';
 import type { Attachment, Conversation, Message, ServerFrame, User } from './types';
 import type { Status } from './ws';
 
@@ -31,6 +33,17 @@ export interface OutgoingMessage {
   error?: { code: string; message: string };
 }
 
+/** An edit, delete or reaction sent and not stored yet (its entry has not come). */
+export interface OutgoingChange {
+  client_msg_id: string;
+  conversation_id: string;
+  /** The message it changes. */
+  target_id: string;
+  kind: 'edit' | 'delete' | 'reaction';
+  /** Set when the server refused it for good. */
+  error?: { code: string; message: string };
+}
+
 export interface ChatState {
   me: User | null;
   conversations: Record<string, ConversationState>;
@@ -45,6 +58,7 @@ export interface ChatState {
   typing: Record<string, Record<string, number>>;
   users: Record<string, User>;
   outgoing: OutgoingMessage[];
+  changes: OutgoingChange[];
   /** Conversation id → the message_id the composer is replying to there (one reply
    * being written per conversation; another conversation's is not carried over). */
   replying: Record<string, string>;
@@ -62,6 +76,7 @@ export const initialState: ChatState = {
   typing: {},
   users: {},
   outgoing: [],
+  changes: [],
   replying: {},
   status: 'stopped',
 };
@@ -76,8 +91,10 @@ export type Action =
   | { type: 'frame'; frame: ServerFrame; now: number }
   | { type: 'status'; status: Status; retryInMs?: number }
   | { type: 'outgoing'; message: OutgoingMessage }
+  | { type: 'change'; change: OutgoingChange }
   /** Start replying to a held message of the conversation, or stop (`message_id` null). */
   | { type: 'reply'; conversation_id: string; message_id: string | null }
+  /** A send or a change refused for good; `dismiss` forgets it. */
   | { type: 'send-failed'; client_msg_id: string; code: string; message: string }
   | { type: 'dismiss'; client_msg_id: string }
   | { type: 'read-local'; conversation_id: string; seq: number }
@@ -111,18 +128,27 @@ function without<T>(record: Record<string, T>, key: string): Record<string, T> {
 function fromServer(c: Conversation, prev?: ConversationState): ConversationState {
   const last_seq = Math.max(c.last_seq, prev?.last_seq ?? 0);
   const my_read = Math.max(c.last_seq - c.unread, prev?.my_read ?? 0);
-  const unread = Math.max(0, last_seq - my_read);
+  // The server's count (messages, not changes), and whatever came after its answer.
+  const unread = Math.max(0, Math.min(c.unread + last_seq - c.last_seq, last_seq - my_read));
   // The server's count of mentions (it knows the messages not held here); none left
   // when everything is read.
   const mentions_unread = Math.min(Math.max(0, c.mentions_unread ?? 0), unread);
   return { ...c, last_seq, my_read, unread, mentions_unread, last_at: prev?.last_at ?? c.created_at };
 }
 
-function withSeq(c: ConversationState, last_seq: number, last_at?: string): ConversationState {
-  const seq = Math.max(c.last_seq, last_seq);
-  const at = last_at && last_at > c.last_at ? last_at : c.last_at;
-  if (seq === c.last_seq && at === c.last_at) return c;
-  return { ...c, last_seq: seq, last_at: at, unread: Math.max(0, seq - c.my_read) };
+/** `c` once `entries` of it came (live or in a page): the newest seq, the time of the
+ * newest message, and the messages newer than it knew counted unread. Changes are no
+ * messages: they count for neither, so a reaction does not move a conversation up. */
+function withEntries(c: ConversationState, entries: Message[]): ConversationState {
+  let { last_seq, last_at, unread } = c;
+  for (const m of entries) {
+    last_seq = Math.max(last_seq, m.seq);
+    if (isChange(m)) continue;
+    if (m.seq > c.last_seq) unread++;
+    if (m.sent_at > last_at) last_at = m.sent_at;
+  }
+  if (last_seq === c.last_seq && last_at === c.last_at) return c;
+  return { ...c, last_seq, last_at, unread };
 }
 
 /** Whether a message mentions the user `meId`. */
@@ -130,15 +156,25 @@ export function mentionsMe(m: Message, meId: string | undefined): boolean {
   return !!meId && (m.mentions ?? []).includes(meId);
 }
 
-/** Unread mentions once the read marker is at `my_read`: none when everything is
- * read; counted from the messages held when they cover every seq after the marker;
- * else the count so far (the server's covers messages not held), at most `unread`. */
-function mentionsAfterRead(c: ConversationState, my_read: number, held: Message[], meId: string | undefined): number {
-  const unread = Math.max(0, c.last_seq - my_read);
-  if (!unread) return 0;
+/** `c` with the read marker moved to `my_read`: the messages after it, and those of
+ * them that mention the viewer, counted from the entries held when they cover every seq
+ * after the marker; else the counts so far (the server's cover entries not held), at
+ * most the seqs after the marker less the changes held among them. */
+function afterRead(c: ConversationState, my_read: number, held: Message[], meId: string | undefined): ConversationState {
   const after = held.filter((m) => m.seq > my_read && m.seq <= c.last_seq);
-  if (after.length === unread && after[0].seq === my_read + 1) return after.filter((m) => mentionsMe(m, meId)).length;
-  return Math.min(c.mentions_unread, unread);
+  const messages = after.filter((m) => !isChange(m));
+  if (after.length === c.last_seq - my_read) {
+    return { ...c, my_read, unread: messages.length, mentions_unread: messages.filter((m) => mentionsMe(m, meId)).length };
+  }
+  const unread = Math.max(0, Math.min(c.unread, c.last_seq - my_read - (after.length - messages.length)));
+  return { ...c, my_read, unread, mentions_unread: Math.min(c.mentions_unread, unread) };
+}
+
+/** `changes` without the one sent as `client_msg_id` in conversation `id` (the same
+ * list when it has none). */
+function withoutChange(changes: OutgoingChange[], client_msg_id: string, id?: string): OutgoingChange[] {
+  const rest = changes.filter((o) => !(o.client_msg_id === client_msg_id && (id === undefined || o.conversation_id === id)));
+  return rest.length === changes.length ? changes : rest;
 }
 
 export function reducer(state: ChatState, action: Action): ChatState {
@@ -180,8 +216,7 @@ export function reducer(state: ChatState, action: Action): ChatState {
       }
       let conversations = state.conversations;
       const c = conversations[id];
-      const last = messages[messages.length - 1];
-      if (c && last) conversations = { ...conversations, [id]: withSeq(c, last.seq, last.sent_at) };
+      if (c) conversations = { ...conversations, [id]: withEntries(c, action.messages) };
       return {
         ...state,
         conversations,
@@ -205,6 +240,8 @@ export function reducer(state: ChatState, action: Action): ChatState {
       const cid = action.message.conversation_id;
       return { ...state, outgoing: [...state.outgoing, action.message], replying: without(state.replying, cid) };
     }
+    case 'change':
+      return { ...state, changes: [...state.changes, action.change] };
     case 'reply': {
       const cid = action.conversation_id;
       if (action.message_id === null) {
@@ -216,27 +253,22 @@ export function reducer(state: ChatState, action: Action): ChatState {
       if (state.replying[cid] === action.message_id) return state;
       return { ...state, replying: { ...state.replying, [cid]: action.message_id } };
     }
-    case 'send-failed':
+    case 'send-failed': {
+      const error = { code: action.code, message: action.message };
+      const mark = <T extends { client_msg_id: string }>(o: T): T => (o.client_msg_id === action.client_msg_id ? { ...o, error } : o);
+      return { ...state, outgoing: state.outgoing.map(mark), changes: state.changes.map(mark) };
+    }
+    case 'dismiss':
       return {
         ...state,
-        outgoing: state.outgoing.map((o) =>
-          o.client_msg_id === action.client_msg_id ? { ...o, error: { code: action.code, message: action.message } } : o,
-        ),
+        outgoing: state.outgoing.filter((o) => o.client_msg_id !== action.client_msg_id),
+        changes: withoutChange(state.changes, action.client_msg_id),
       };
-    case 'dismiss':
-      return { ...state, outgoing: state.outgoing.filter((o) => o.client_msg_id !== action.client_msg_id) };
     case 'read-local': {
       const c = state.conversations[action.conversation_id];
       if (!c || action.seq <= c.my_read) return state;
-      const my_read = Math.min(action.seq, c.last_seq);
-      const mentions_unread = mentionsAfterRead(c, my_read, state.messages[c.id] ?? [], state.me?.id);
-      return {
-        ...state,
-        conversations: {
-          ...state.conversations,
-          [c.id]: { ...c, my_read, unread: Math.max(0, c.last_seq - my_read), mentions_unread },
-        },
-      };
+      const next = afterRead(c, Math.min(action.seq, c.last_seq), state.messages[c.id] ?? [], state.me?.id);
+      return { ...state, conversations: { ...state.conversations, [c.id]: next } };
     }
     case 'expire-typing': {
       let changed = false;
@@ -258,6 +290,11 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
   switch (frame.type) {
     case 'ready':
       return { ...state, me: frame.user, users: { ...state.users, [frame.user.id]: frame.user } };
+    case 'accepted': {
+      // A change that changed nothing: no entry will come.
+      const changes = frame.unchanged ? withoutChange(state.changes, frame.client_msg_id) : state.changes;
+      return changes === state.changes ? state : { ...state, changes };
+    }
     case 'message': {
       const m = frame.message;
       const id = m.conversation_id;
@@ -266,17 +303,19 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
       let conversations = state.conversations;
       const c = conversations[id];
       if (c) {
-        let next = withSeq(c, m.seq, m.sent_at);
+        let next = withEntries(c, [m]);
         // A new unread message that mentions me (not one held already: a `sync` may
         // replay it; older ones the server counted when the list was loaded).
-        if (m.seq > c.my_read && mentionsMe(m, state.me?.id) && !held.some((h) => h.seq === m.seq)) {
+        if (m.seq > c.my_read && !isChange(m) && mentionsMe(m, state.me?.id) && !held.some((h) => h.seq === m.seq)) {
           next = { ...next, mentions_unread: next.mentions_unread + 1 };
         }
         conversations = { ...conversations, [id]: next };
       }
       let outgoing = state.outgoing;
+      let changes = state.changes;
       if (state.me && m.sender_id === state.me.id) {
         outgoing = outgoing.filter((o) => !(o.client_msg_id === m.client_msg_id && o.conversation_id === id));
+        changes = withoutChange(changes, m.client_msg_id, id);
       }
       let typing = state.typing;
       if (typing[id]?.[m.sender_id]) {
@@ -284,13 +323,14 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
         delete rest[m.sender_id];
         typing = { ...typing, [id]: rest };
       }
-      return { ...state, messages, conversations, outgoing, typing };
+      return { ...state, messages, conversations, outgoing, changes, typing };
     }
     case 'synced': {
       const conversations = { ...state.conversations };
+      // Entries the session did not get: taken for messages until they come.
       for (const [id, seq] of Object.entries(frame.last_seq)) {
         const c = conversations[id];
-        if (c) conversations[id] = withSeq(c, seq);
+        if (c && seq > c.last_seq) conversations[id] = { ...c, last_seq: seq, unread: c.unread + seq - c.last_seq };
       }
       const online: Record<string, boolean> = {};
       for (const u of frame.online ?? []) online[u] = true;

@@ -62,6 +62,21 @@ export interface Message {
    * (computed by the server). Servers before mentions leave it out: read it as
    * `m.mentions ?? []`. */
   mentions?: string[];
+  /** What the entry is (protocol v1.1 message changes): a message (`text`), or an
+   * `edit`, `delete` or `reaction` of the text message `target_id`, which is never
+   * shown on its own but changes how that one shows (changes.ts). Servers before
+   * changes leave it out: read it as `m.kind ?? 'text'`. */
+  kind?: 'text' | 'edit' | 'delete' | 'reaction';
+  /** The message_id of the text message an edit, delete or reaction changes. */
+  target_id?: string | null;
+  /** A reaction's emoji. */
+  emoji?: string | null;
+  /** A reaction that takes the sender's reaction with `emoji` back. */
+  remove?: boolean;
+  /** A text message that was deleted (its body is then "" and it has no attachments). */
+  deleted?: boolean;
+  /** When a text message was last edited, or null. */
+  edited_at?: string | null;
 }
 
 export interface AutoReply {
@@ -127,7 +142,9 @@ export interface ObserverConfig {
 /** Frames the server sends (§5.3) that the app handles; it ignores the others. */
 export type ServerFrame =
   | { type: 'ready'; session_id: string; user: User }
-  | { type: 'accepted'; client_msg_id: string; message_id: string }
+  /** `unchanged`: an edit, delete or reaction that changed nothing (a repeated
+   * reaction…): no `message` follows. */
+  | { type: 'accepted'; client_msg_id: string; message_id: string; unchanged?: boolean }
   | { type: 'message'; message: Message }
   | { type: 'synced'; last_seq: Record<string, number>; online?: string[] }
   | { type: 'presence'; user_id: string; online: boolean }
@@ -143,4 +160,13 @@ export type ClientFrame =
   | { type: 'sync'; since: Record<string, number> }
   | { type: 'typing'; conversation_id: string }
   | { type: 'read'; conversation_id: string; seq: number }
-  | { type: 'ping'; nonce?: unknown };
+  | { type: 'ping'; nonce?: unknown }
+  | ChangeFrame;
+
+/** An edit, delete or reaction of the text message `message_id` (§5.2, v1.1): answered
+ * like a `send`, and stored as an entry of the conversation that comes as a `message`.
+ * `remove`: take the sender's reaction with `emoji` back. */
+export type ChangeFrame =
+  | { type: 'edit'; client_msg_id: string; conversation_id: string; message_id: string; body: string }
+  | { type: 'delete'; client_msg_id: string; conversation_id: string; message_id: string }
+  | { type: 'react'; client_msg_id: string; conversation_id: string; message_id: string; emoji: string; remove?: boolean };

@@ -8,12 +8,14 @@
 //
 // A send stays unconfirmed until its own `message` echo arrives (an `accepted` is not
 // a storage promise, §5.4), so a reconnect resends it; the server answers a retry of a
-// stored message with the same message_id and does not deliver it twice.
+// stored message with the same message_id and does not deliver it twice. Edits,
+// deletes and reactions (v1.1) go the same way, and are also done when an `accepted`
+// says they changed nothing (then no echo comes).
 //
 // Everything that touches the outside (the socket, timers, randomness, the auth check)
 // is injected, so the tests drive it with a fake socket and fake timers.
 
-import type { ClientFrame, ServerFrame } from './types';
+import type { ChangeFrame, ClientFrame, ServerFrame } from './types';
 
 export type Status = 'connecting' | 'online' | 'reconnecting' | 'stopped';
 
@@ -67,6 +69,10 @@ export interface PendingSend {
   accepted: boolean;
 }
 
+type Unsent<F> = F extends unknown ? Omit<F, 'client_msg_id'> : never;
+/** A change as asked for: its frame without the client_msg_id the client gives it. */
+export type ChangeRequest = Unsent<ChangeFrame>;
+
 export interface ChatClientOptions {
   /** WebSocket URL, token included (`…/api/v1/ws?token=…`). */
   url: string;
@@ -74,8 +80,9 @@ export interface ChatClientOptions {
   since: () => Record<string, number>;
   onFrame: (frame: ServerFrame) => void;
   onStatus: (status: Status, retryInMs?: number) => void;
-  /** A send refused for good (bad_request, too_large, forbidden, not_found, blocked…). */
-  onSendFailed?: (send: PendingSend, code: string, message: string) => void;
+  /** A send, or a change, refused for good (bad_request, too_large, forbidden,
+   * not_found, blocked…). */
+  onSendFailed?: (send: PendingSend | ChangeFrame, code: string, message: string) => void;
   /** Called when a connection fails before `ready` (the browser hides the upgrade's
    * 401): resolve false when the token is no longer valid. */
   checkAuth?: () => Promise<boolean>;
@@ -108,6 +115,8 @@ export class ChatClient {
   private pingSent = false;
   private me: string | null = null;
   private readonly pending = new Map<string, PendingSend>();
+  /** Changes not confirmed yet, by client_msg_id, oldest first. */
+  private readonly changes = new Map<string, ChangeFrame>();
   private readonly reads = new Map<string, number>();
 
   constructor(options: ChatClientOptions) {
@@ -162,9 +171,25 @@ export class ChatClient {
     return client_msg_id;
   }
 
-  /** Forget an unconfirmed send (the user gave up on it). */
+  /** Queue an edit, delete or reaction like a send: out now if the session is synced,
+   * else after the next `synced`, and again after each reconnect until it is done.
+   * Returns its client_msg_id. */
+  change(request: ChangeRequest): string {
+    const frame = { ...request, client_msg_id: this.o.newId() } as ChangeFrame;
+    this.changes.set(frame.client_msg_id, frame);
+    if (this.synced) this.write(frame);
+    return frame.client_msg_id;
+  }
+
+  /** Changes not done yet, oldest first. */
+  unconfirmedChanges(): ChangeFrame[] {
+    return [...this.changes.values()];
+  }
+
+  /** Forget an unconfirmed send or change (the user gave up on it). */
   discard(client_msg_id: string): void {
     this.pending.delete(client_msg_id);
+    this.changes.delete(client_msg_id);
   }
 
   /** Send `sync` again (when synced): its `synced` brings the presence of everyone
@@ -271,32 +296,35 @@ export class ChatClient {
           for (const [conversation_id, seq] of this.reads) this.write({ type: 'read', conversation_id, seq });
           this.reads.clear();
           for (const p of this.pending.values()) this.resend(p);
+          for (const c of this.changes.values()) this.write(c);
         }
         break;
       }
       case 'accepted': {
         const p = this.pending.get(frame.client_msg_id);
         if (p) p.accepted = true;
+        if (frame.unchanged) this.changes.delete(frame.client_msg_id);
         break;
       }
       case 'message': {
         const m = frame.message;
-        const p = this.pending.get(m.client_msg_id);
+        const p = this.pending.get(m.client_msg_id) ?? this.changes.get(m.client_msg_id);
         if (p && m.sender_id === this.me && m.conversation_id === p.conversation_id) {
           this.pending.delete(m.client_msg_id);
+          this.changes.delete(m.client_msg_id);
         }
         break;
       }
       case 'error': {
-        const p = frame.client_msg_id ? this.pending.get(frame.client_msg_id) : undefined;
+        const id = frame.client_msg_id ?? '';
+        const p = this.pending.get(id) ?? this.changes.get(id);
         if (p) {
           if (RETRYABLE.has(frame.code)) {
             const wait = frame.retry_after_ms ?? 2_000;
-            this.o.timers.setTimeout(() => {
-              if (this.synced && this.pending.has(p.client_msg_id)) this.resend(p);
-            }, wait);
+            this.o.timers.setTimeout(() => this.again(id), wait);
           } else {
-            this.pending.delete(p.client_msg_id);
+            this.pending.delete(id);
+            this.changes.delete(id);
             this.o.onSendFailed?.(p, frame.code, frame.message);
           }
         }
@@ -314,6 +342,16 @@ export class ChatClient {
     if (p.attachments.length) frame.attachments = p.attachments;
     if (p.reply_to) frame.reply_to = p.reply_to;
     this.write(frame);
+  }
+
+  /** Send an unconfirmed send or change again (when synced; else the next `synced`
+   * does). */
+  private again(client_msg_id: string): void {
+    if (!this.synced) return;
+    const send = this.pending.get(client_msg_id);
+    const change = this.changes.get(client_msg_id);
+    if (send) this.resend(send);
+    else if (change) this.write(change);
   }
 
   private write(frame: ClientFrame): void {

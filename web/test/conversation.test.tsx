@@ -5,7 +5,7 @@ import { auth } from '../src/api';
 import { Chats } from '../src/screens/Chats';
 import { type ChatSession, SessionContext } from '../src/session';
 import { type Action, type ChatState, type ConversationState, initialState, reducer } from '../src/store';
-import type { Attachment, Message, User } from '../src/types';
+import type { Attachment, Message, ServerFrame, User } from '../src/types';
 import { attachment, FakeXhr } from './fakes';
 
 // happy-dom has no `ondragenter`, `ondrop`… on elements, so Preact would listen for
@@ -91,6 +91,7 @@ function fakeSession(
   const sent: [string, string, Attachment[]][] = [];
   const replyTos: (string | null)[] = [];
   const loads: string[] = [];
+  const changed: unknown[][] = [];
   const dispatch = (a: Action) => {
     state = reducer(state, a);
     for (const fn of listeners) fn();
@@ -113,7 +114,10 @@ function fakeSession(
       dispatch({ type: 'page', conversation_id: id, messages: page, latest: false });
       return page.length > 0;
     },
-    dismiss: () => {},
+    dismiss: (client_msg_id: string) => dispatch({ type: 'dismiss', client_msg_id }),
+    edit: (...args: unknown[]) => changed.push(['edit', ...args]),
+    deleteMessage: (...args: unknown[]) => changed.push(['delete', ...args]),
+    react: (...args: unknown[]) => changed.push(['react', ...args]),
     replyTo: (conversation_id: string, message_id: string | null) => dispatch({ type: 'reply', conversation_id, message_id }),
     send: (id: string, body: string, attachments: Attachment[] = [], reply_to: string | null = null) => {
       sent.push([id, body, attachments]);
@@ -122,7 +126,9 @@ function fakeSession(
       dispatch({ type: 'outgoing', message });
     },
   } as unknown as ChatSession;
-  return { session, sent, replyTos, loads };
+  /** A frame from the server, through the real reducer. */
+  const receive = (frame: ServerFrame) => act(() => dispatch({ type: 'frame', frame, now: 0 }));
+  return { session, sent, replyTos, loads, changed, receive, dispatch };
 }
 
 /** Answer fetches of bytes from a table of path → [status, body]; records the calls. */
@@ -166,11 +172,11 @@ afterEach(() => {
 
 async function show(messages: Message[], opts: Parameters<typeof fakeSession>[1] = {}) {
   const s = fakeSession(messages, opts);
-  const open = async (id: string) => {
+  const open = async (id: string, messageId: string | null = null) => {
     await act(() =>
       render(
         <SessionContext.Provider value={s.session}>
-          <Chats conversationId={id} />
+          <Chats conversationId={id} messageId={messageId} />
         </SessionContext.Provider>,
         root,
       ),
@@ -753,5 +759,246 @@ describe('mentions', () => {
     expect(badge.getAttribute('aria-label')).toBe('2 mentions');
     expect(badge.getAttribute('data-mentions')).toBe('2');
     expect($('a.conv')?.getAttribute('aria-label')).toBe('Team, group, 0 online, 3 unread, 2 mentions');
+  });
+});
+
+describe('message changes', () => {
+  const mine = (seq: number, body: string, extra: Partial<Message> = {}): Message => ({ ...msg(seq, body, []), sender_id: ME.id, ...extra });
+  const change = (seq: number, target: number, extra: Partial<Message>): Message => ({
+    ...msg(seq, '', []),
+    message_id: `e-${seq}`,
+    client_msg_id: `ek-${seq}`,
+    target_id: `m-${target}`,
+    ...extra,
+  });
+  const item = (seq: number) => $(`.message-list li.msg[data-seq="${seq}"]`)!;
+  const actions = (seq: number) => [...item(seq).querySelectorAll('.msg-actions button')].map((b) => b.getAttribute('aria-label'));
+  const within = (seq: number, name: string) =>
+    [...item(seq).querySelectorAll<HTMLButtonElement>('button')].find((b) => (b.getAttribute('aria-label') ?? b.textContent) === name);
+  const key = async (el: Element, k: string, init: KeyboardEventInit = {}) => {
+    const ev = new KeyboardEvent('keydown', { key: k, bubbles: true, cancelable: true, ...init });
+    await act(() => {
+      el.dispatchEvent(ev);
+    });
+    return ev;
+  };
+
+  it('offers Edit and Delete on my messages only; a group owner may delete anyone’s; a deleted message offers nothing', async () => {
+    const { open } = await show([msg(1, 'from bob', []), mine(2, 'from me'), mine(3, '', { deleted: true })], {
+      others: { 'c-2': [{ ...msg(1, 'bob in my group', []), conversation_id: 'c-2', message_id: 'g-1' }] },
+    });
+    expect(actions(1)).toEqual(['Reply', 'React']);
+    expect(actions(2)).toEqual(['Reply', 'React', 'Edit', 'Delete']);
+    expect(actions(3)).toEqual([]);
+    expect(item(3).querySelector('.body')?.textContent).toBe('Message deleted');
+    // In c-2, a group I own (see fakeSession), bob's message may be deleted, not edited.
+    await open('c-2');
+    expect(actions(1)).toEqual(['Reply', 'React', 'Delete']);
+  });
+
+  it('edits in place: the body in a text box, Escape leaves it, Enter saves; "edited" once the edit comes', async () => {
+    const { changed, receive } = await show([mine(1, 'see you at 10')]);
+    await click(within(1, 'Edit'));
+    const box = item(1).querySelector<HTMLTextAreaElement>('textarea[aria-label="Edit message"]')!;
+    expect(box.value).toBe('see you at 10');
+    expect(document.activeElement).toBe(box);
+    expect(box.selectionStart).toBe(13);
+    expect((await key(box, 'Escape')).defaultPrevented).toBe(true);
+    expect(item(1).querySelector('textarea')).toBeNull();
+    expect(document.activeElement).toBe(within(1, 'Edit'));
+    expect(changed).toEqual([]);
+
+    await click(within(1, 'Edit'));
+    const again = item(1).querySelector<HTMLTextAreaElement>('textarea')!;
+    again.value = '   ';
+    await act(() => {
+      again.dispatchEvent(new Event('input', { bubbles: true }));
+    });
+    await key(again, 'Enter');
+    expect(item(1).querySelector('[aria-invalid="true"]')).not.toBeNull();
+    expect(item(1).textContent).toContain('A message needs text: delete it instead.');
+    again.value = 'see you at 11';
+    await act(() => {
+      again.dispatchEvent(new Event('input', { bubbles: true }));
+    });
+    await key(again, 'Enter');
+    expect(changed).toEqual([['edit', C, 'm-1', 'see you at 11']]);
+    expect(item(1).querySelector('textarea')).toBeNull();
+    expect(document.activeElement).toBe(within(1, 'Edit'));
+
+    await receive({ type: 'message', message: change(2, 1, { kind: 'edit', body: 'see you at 11', sender_id: ME.id, sent_at: '2025-03-14T09:30:00Z' }) });
+    expect(item(1).querySelector('.body')?.textContent).toBe('see you at 11 edited');
+    expect(item(1).querySelector('.body .edited')?.textContent).toBe('edited');
+    expect(item(1).querySelector('.edited')?.getAttribute('title')).toMatch(/^Edited /);
+    // The edit is no message of its own.
+    expect(root.querySelectorAll('.message-list li.msg')).toHaveLength(1);
+  });
+
+  it('deletes after asking, the focus on Cancel; "Message deleted" once the delete comes', async () => {
+    const { changed, receive } = await show([mine(1, 'oops, wrong chat'), msg(2, 'after', [])]);
+    await click(within(1, 'Delete'));
+    const confirm = item(1).querySelector('.confirm')!;
+    expect(confirm.textContent).toContain('Delete this message for everyone?');
+    expect(document.activeElement).toBe(within(1, 'Cancel'));
+    await key(document.activeElement!, 'Escape');
+    expect(item(1).querySelector('.confirm')).toBeNull();
+    expect(document.activeElement).toBe(within(1, 'Delete'));
+
+    await click(within(1, 'Delete'));
+    await click(item(1).querySelector('.confirm button.danger'));
+    expect(changed).toEqual([['delete', C, 'm-1']]);
+    expect(item(1).querySelector('.confirm')).toBeNull();
+    expect(document.activeElement).toBe(item(1));
+
+    await receive({ type: 'message', message: change(3, 1, { kind: 'delete', sender_id: ME.id }) });
+    expect(item(1).querySelector('.body')?.textContent).toBe('Message deleted');
+    expect(item(1).querySelector('.body.deleted')).not.toBeNull();
+    expect(actions(1)).toEqual([]);
+    // The conversation list previews the newest message.
+    expect($('.conv-preview')?.textContent).toBe('after');
+  });
+
+  it('reacts from a picker of emoji; shows counts and who reacted; choosing my own reaction takes it back', async () => {
+    const { changed, receive } = await show([msg(1, 'we shipped it', [])]);
+    const reactButton = within(1, 'React')!;
+    await click(reactButton);
+    expect(reactButton.getAttribute('aria-expanded')).toBe('true');
+    const picker = item(1).querySelector('[role="group"][aria-label="Pick a reaction"]')!;
+    const emoji = [...picker.querySelectorAll('button')];
+    expect(emoji.map((b) => b.getAttribute('aria-label'))).toEqual([
+      'React with thumbs up',
+      'React with heart',
+      'React with laughing',
+      'React with party',
+      'React with surprised',
+      'React with sad',
+    ]);
+    expect(document.activeElement).toBe(emoji[0]);
+    await key(emoji[0], 'ArrowRight');
+    expect(document.activeElement).toBe(emoji[1]);
+    await key(emoji[1], 'ArrowLeft');
+    await key(emoji[0], 'ArrowLeft');
+    expect(document.activeElement).toBe(emoji[5]);
+    await key(emoji[5], 'Escape');
+    expect(item(1).querySelector('.picker')).toBeNull();
+    expect(document.activeElement).toBe(reactButton);
+
+    await click(reactButton);
+    await click(item(1).querySelector('[aria-label="React with party"]'));
+    expect(changed).toEqual([['react', C, 'm-1', '🎉', false]]);
+    expect(item(1).querySelector('.picker')).toBeNull();
+
+    await receive({ type: 'message', message: change(2, 1, { kind: 'reaction', emoji: '🎉', sender_id: BOB.id }) });
+    await receive({ type: 'message', message: change(3, 1, { kind: 'reaction', emoji: '🎉', sender_id: ME.id }) });
+    await receive({ type: 'message', message: change(4, 1, { kind: 'reaction', emoji: '👍', sender_id: BOB.id }) });
+    const chips = () => [...item(1).querySelectorAll<HTMLButtonElement>('.reactions button')];
+    expect(chips().map((b) => [b.textContent, b.getAttribute('aria-pressed'), b.title])).toEqual([
+      ['🎉2', 'true', 'You and bob reacted with 🎉'],
+      ['👍1', 'false', 'bob reacted with 👍'],
+    ]);
+    expect(chips()[0].getAttribute('aria-label')).toBe('You and bob reacted with 🎉');
+    // My own: taken back; another's: mine added.
+    await click(chips()[0]);
+    await click(chips()[1]);
+    expect(changed.slice(1)).toEqual([
+      ['react', C, 'm-1', '🎉', true],
+      ['react', C, 'm-1', '👍', false],
+    ]);
+    // The picker marks what I reacted with, and picking it again takes it back.
+    await click(reactButton);
+    expect(item(1).querySelector('[aria-label="React with party"]')?.getAttribute('aria-pressed')).toBe('true');
+    await click(item(1).querySelector('[aria-label="React with party"]'));
+    expect(changed.at(-1)).toEqual(['react', C, 'm-1', '🎉', true]);
+    expect(root.querySelectorAll('.message-list li.msg')).toHaveLength(1);
+  });
+
+  it('says when a change of mine is being saved, and why it was refused', async () => {
+    const { dispatch } = await show([mine(1, 'hi')]);
+    await act(() => dispatch({ type: 'change', change: { client_msg_id: 'x-1', conversation_id: C, target_id: 'm-1', kind: 'edit' } }));
+    expect(item(1).querySelector('.change-status')?.textContent).toBe('Saving…');
+    await act(() => dispatch({ type: 'send-failed', client_msg_id: 'x-1', code: 'forbidden', message: 'no' }));
+    const alert = item(1).querySelector('[role="alert"]')!;
+    expect(alert.textContent).toContain('Not edited: you may not change this message.');
+    await click(within(1, 'Dismiss'));
+    expect(item(1).querySelector('.change-status')).toBeNull();
+  });
+
+  it('opened at a message: loads older pages until it is held, scrolls to it and highlights it', async () => {
+    const scrolled: string[] = [];
+    vi.spyOn(HTMLElement.prototype, 'scrollIntoView').mockImplementation(function (this: HTMLElement) {
+      scrolled.push(this.dataset.seq ?? '?');
+    });
+    const { open, loads } = await show([msg(5, 'five', []), msg(6, 'six', [])], {
+      older: [[msg(3, 'three', []), msg(4, 'four', [])], [msg(1, 'one', []), msg(2, 'two', [])]],
+    });
+    await open(C, 'm-2');
+    await flush();
+    expect(loads).toEqual([C, C]);
+    expect(scrolled).toEqual(['2']);
+    expect(item(2).classList.contains('highlight')).toBe(true);
+    expect(document.activeElement).toBe(item(2));
+  });
+});
+
+describe('search', () => {
+  const input = () => $<HTMLInputElement>('input[type="search"]')!;
+  const type = async (text: string) => {
+    input().value = text;
+    await act(() => {
+      input().dispatchEvent(new Event('input', { bubbles: true }));
+    });
+  };
+  const settle = () => act(() => new Promise((r) => setTimeout(r, 300)));
+
+  it('shows the messages found in place of the conversations, each opening its conversation at the message', async () => {
+    const found = { ...msg(7, 'the review is on Thursday', []), message_id: '0191f0a5-2222-7000-8000-000000000007' };
+    const asked: string[] = [];
+    vi.stubGlobal('fetch', async (url: string) => {
+      asked.push(String(url));
+      return new Response(JSON.stringify({ results: [found, { ...found, message_id: 'm-x', sender_id: ME.id, body: 'thursday?' }] }), { status: 200 });
+    });
+    await show([msg(1, 'hi', [])]);
+    expect(input().labels?.[0]?.textContent).toBe('Search messages');
+    expect($('a.conv')).not.toBeNull();
+    await type('  thurs ');
+    expect($('[data-testid="search-status"]')?.textContent).toBe('Searching…');
+    await settle();
+    expect(asked).toEqual(['/api/v1/search?q=thurs&limit=50']);
+    expect($('[data-testid="search-status"]')?.textContent).toBe('2 messages');
+    expect($('a.conv')).toBeNull();
+    const results = [...root.querySelectorAll<HTMLAnchorElement>('[aria-label="Search results"] a')];
+    // Named as the list names them: the direct conversation after bob, "You" for mine.
+    expect(results.map((a) => [a.querySelector('.result-where')?.textContent, a.querySelector('.result-text')?.textContent])).toEqual([
+      ['bob', 'the review is on Thursday'],
+      ['bob', 'You: thursday?'],
+    ]);
+    expect(results[1].getAttribute('aria-label')).toMatch(/^You in bob, .*: thursday\?$/);
+    expect(results[0].getAttribute('href')).toBe(`#/c/${C}/${found.message_id}`);
+    // Down from the box goes to the first result; Escape in the box clears it.
+    await act(() => {
+      input().dispatchEvent(new KeyboardEvent('keydown', { key: 'ArrowDown', bubbles: true, cancelable: true }));
+    });
+    expect(document.activeElement).toBe(results[0]);
+    await act(() => {
+      input().dispatchEvent(new KeyboardEvent('keydown', { key: 'Escape', bubbles: true, cancelable: true }));
+    });
+    expect(input().value).toBe('');
+    expect($('a.conv')).not.toBeNull();
+    expect($('[data-testid="search-status"]')).toBeNull();
+  });
+
+  it('says when nothing is found, when the query is too long, and when the server refuses', async () => {
+    let answer: [number, unknown] = [200, { results: [] }];
+    vi.stubGlobal('fetch', async () => new Response(JSON.stringify(answer[1]), { status: answer[0] }));
+    await show([]);
+    await type('zebra');
+    await settle();
+    expect($('[data-testid="search-status"]')?.textContent).toBe('No messages found');
+    await type('x'.repeat(300));
+    expect($('[data-testid="search-status"]')?.textContent).toBe('Search for at most 256 bytes of text.');
+    answer = [503, { error: { code: 'unavailable', message: 'search is warming up' } }];
+    await type('zebras');
+    await settle();
+    expect($('[data-testid="search-status"]')?.textContent).toBe('Cannot search: search is warming up');
   });
 });

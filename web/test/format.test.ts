@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ApiError, seg } from '../src/api';
 import {
   authErrorMessage,
+  changeErrorMessage,
   compileErrorPosition,
   conversationTitle,
   formatMicros,
@@ -84,6 +85,14 @@ describe('auth errors', () => {
       'Too many failed sign-ins. Wait a while and try again.',
     );
   });
+  it('says why an edit, delete or reaction was refused', () => {
+    expect(changeErrorMessage('edit', 'forbidden', 'only the sender may edit')).toBe('Not edited: you may not change this message.');
+    expect(changeErrorMessage('delete', 'not_found', 'x')).toBe('Not deleted: the message no longer exists.');
+    expect(changeErrorMessage('edit', 'too_large', 'x')).toBe('Not edited: messages are at most 16 KiB.');
+    expect(changeErrorMessage('reaction', 'bad_request', 'emoji must not contain white space')).toBe(
+      'Reaction not saved (bad_request): emoji must not contain white space',
+    );
+  });
   it('says waits in whole seconds, minutes or hours, rounded up', () => {
     expect(waitText(1)).toBe('1 second');
     expect(waitText(4_000)).toBe('4 seconds');
@@ -127,7 +136,11 @@ describe('routes', () => {
     expect(parseRoute(`#/jobs/${ID}/`)).toEqual({ name: 'job', id: ID });
     expect(parseRoute('#/settings')).toEqual({ name: 'settings' });
     expect(parseRoute('#/nope/x/y')).toEqual({ name: 'not-found', path: '/nope/x/y' });
-    for (const r of [{ name: 'conversation', id: ID }, { name: 'observer' }, { name: 'chats' }] as const) {
+    // A conversation opened at a message (a search result).
+    expect(parseRoute(`#/c/${ID}/${ID}`)).toEqual({ name: 'conversation', id: ID, message_id: ID });
+    expect(parseRoute(`#/c/${ID}/abc`).name).toBe('not-found');
+    expect(parseRoute(`#/jobs/${ID}/${ID}`).name).toBe('not-found');
+    for (const r of [{ name: 'conversation', id: ID }, { name: 'conversation', id: ID, message_id: ID }, { name: 'observer' }, { name: 'chats' }] as const) {
       expect(parseRoute(href(r))).toEqual(r);
     }
   });

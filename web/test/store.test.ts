@@ -177,6 +177,71 @@ describe('reducer', () => {
   });
 });
 
+describe('message changes in the store', () => {
+  const change = (seq: number, kind: 'edit' | 'delete' | 'reaction', extra: Partial<Message> = {}) =>
+    msg('c1', seq, { kind, target_id: 'm-c1-3', body: '', ...extra });
+
+  it('edits, deletes and reactions are kept by seq but are not unread and do not move the conversation up', () => {
+    let s = run([{ type: 'conversations', list: [conv('c1', { last_seq: 4, unread: 2 }), conv('c2', { created_at: '2025-03-14T09:30:00Z' })] }], base());
+    expect(sortedConversations(s).map((c) => c.id)).toEqual(['c2', 'c1']);
+    s = run(
+      [
+        frame({ type: 'message', message: change(5, 'edit', { body: 'fixed', sent_at: '2025-03-14T10:00:00Z' }) }),
+        frame({ type: 'message', message: change(6, 'reaction', { emoji: '👍', sent_at: '2025-03-14T10:01:00Z' }) }),
+        frame({ type: 'message', message: change(7, 'delete', { sent_at: '2025-03-14T10:02:00Z' }) }),
+      ],
+      s,
+    );
+    expect(s.messages.c1.map((m) => m.seq)).toEqual([5, 6, 7]);
+    expect(s.conversations.c1.last_seq).toBe(7);
+    expect(s.conversations.c1.unread).toBe(2);
+    expect(sortedConversations(s).map((c) => c.id)).toEqual(['c2', 'c1']);
+    // A message counts, and moves it up.
+    s = run([frame({ type: 'message', message: msg('c1', 8, { sent_at: '2025-03-14T10:03:00Z' }) })], s);
+    expect(s.conversations.c1.unread).toBe(3);
+    expect(sortedConversations(s)[0].id).toBe('c1');
+  });
+
+  it('reading up to a seq counts the messages after it, not the changes', () => {
+    let s = run([{ type: 'conversations', list: [conv('c1', { last_seq: 4, unread: 0 })] }], base());
+    const live = [msg('c1', 5, { mentions: [ME.id] }), change(6, 'edit', { body: 'x' }), msg('c1', 7), change(8, 'reaction', { emoji: '🎉' })];
+    s = run(live.map((m) => frame({ type: 'message', message: m })), s);
+    expect(s.conversations.c1).toMatchObject({ unread: 2, mentions_unread: 1 });
+    s = run([{ type: 'read-local', conversation_id: 'c1', seq: 6 }], s);
+    expect(s.conversations.c1).toMatchObject({ my_read: 6, unread: 1, mentions_unread: 0 });
+    s = run([{ type: 'read-local', conversation_id: 'c1', seq: 8 }], s);
+    expect(s.conversations.c1).toMatchObject({ my_read: 8, unread: 0 });
+    // Not held: the server's count, less the seqs read.
+    s = run([{ type: 'conversations', list: [conv('c2', { last_seq: 10, unread: 3 })] }], s);
+    s = run([{ type: 'read-local', conversation_id: 'c2', seq: 8 }], s);
+    expect(s.conversations.c2.unread).toBe(2);
+  });
+
+  it('a change that mentions me is no new mention', () => {
+    const s = run([frame({ type: 'message', message: change(5, 'edit', { body: '@ada', mentions: [ME.id] }) })], base());
+    expect(s.conversations.c1.mentions_unread).toBe(0);
+  });
+
+  it('my changes wait for their entry, or an accepted that changed nothing; a refused one is kept until dismissed', () => {
+    const sent = (client_msg_id: string, kind: 'edit' | 'delete' | 'reaction'): Action => ({
+      type: 'change',
+      change: { client_msg_id, conversation_id: 'c1', target_id: 'm-c1-3', kind },
+    });
+    let s = run([sent('k-e', 'edit'), sent('k-r', 'reaction'), sent('k-d', 'delete')], base());
+    expect(s.changes.map((c) => c.client_msg_id)).toEqual(['k-e', 'k-r', 'k-d']);
+    s = run([frame({ type: 'message', message: change(5, 'edit', { client_msg_id: 'k-e', sender_id: ME.id }) })], s);
+    expect(s.changes.map((c) => c.client_msg_id)).toEqual(['k-r', 'k-d']);
+    s = run([frame({ type: 'accepted', client_msg_id: 'k-r', message_id: 'm-x' })], s);
+    expect(s.changes).toHaveLength(2);
+    s = run([frame({ type: 'accepted', client_msg_id: 'k-r', message_id: 'm-x', unchanged: true })], s);
+    expect(s.changes.map((c) => c.client_msg_id)).toEqual(['k-d']);
+    s = run([{ type: 'send-failed', client_msg_id: 'k-d', code: 'forbidden', message: 'not yours' }], s);
+    expect(s.changes[0].error).toEqual({ code: 'forbidden', message: 'not yours' });
+    s = run([{ type: 'dismiss', client_msg_id: 'k-d' }], s);
+    expect(s.changes).toEqual([]);
+  });
+});
+
 describe('sinceFor', () => {
   it('names loaded conversations by the last seq held and others by the last seq known', () => {
     let s = run([{ type: 'conversations', list: [conv('c1', { last_seq: 4 }), conv('c2', { last_seq: 10 }), conv('c3')] }], base());

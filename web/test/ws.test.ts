@@ -331,6 +331,63 @@ describe('ChatClient', () => {
     expect(last().ofType('send').at(-1)?.client_msg_id).toBe(a);
   });
 
+  it('sends edits, deletes and reactions like sends, each with its own client_msg_id', () => {
+    const { client, handshake, last } = setup();
+    client.start();
+    const target = '0191f0a5-1111-7000-8000-000000000001';
+    // Made offline: they wait for the sync.
+    const e = client.change({ type: 'edit', conversation_id: C1, message_id: target, body: 'fixed' });
+    handshake();
+    const r = client.change({ type: 'react', conversation_id: C1, message_id: target, emoji: '👍', remove: false });
+    const d = client.change({ type: 'delete', conversation_id: C1, message_id: target });
+    expect(last().sent.filter((f) => f.type !== 'sync')).toEqual([
+      { type: 'edit', client_msg_id: e, conversation_id: C1, message_id: target, body: 'fixed' },
+      { type: 'react', client_msg_id: r, conversation_id: C1, message_id: target, emoji: '👍', remove: false },
+      { type: 'delete', client_msg_id: d, conversation_id: C1, message_id: target },
+    ]);
+    expect(new Set([e, r, d]).size).toBe(3);
+    expect(client.unconfirmedChanges().map((f) => f.client_msg_id)).toEqual([e, r, d]);
+  });
+
+  it('a change is done when its entry comes, or when accepted as unchanged; until then a reconnect sends it again', () => {
+    const { client, handshake, last, timers } = setup();
+    client.start();
+    handshake();
+    const target = 'm-1';
+    const e = client.change({ type: 'edit', conversation_id: C1, message_id: target, body: 'fixed' });
+    const r = client.change({ type: 'react', conversation_id: C1, message_id: target, emoji: '👍' });
+    const again = client.change({ type: 'react', conversation_id: C1, message_id: target, emoji: '🎉' });
+    last().recv({ type: 'accepted', client_msg_id: e, message_id: 'm-e' });
+    last().recv({ type: 'accepted', client_msg_id: again, message_id: 'm-a', unchanged: true });
+    expect(client.unconfirmedChanges().map((f) => f.client_msg_id)).toEqual([e, r]);
+    // Someone else's entry with the same key confirms nothing; mine does.
+    last().recv({ type: 'message', message: msg(8, { kind: 'edit', client_msg_id: e, sender_id: 'u-bob', target_id: target }) });
+    expect(client.unconfirmedChanges()).toHaveLength(2);
+    last().serverClose();
+    timers.advance(100);
+    handshake();
+    expect(last().sent.filter((f) => f.type !== 'sync').map((f) => f.client_msg_id)).toEqual([e, r]);
+    last().recv({ type: 'message', message: msg(8, { kind: 'edit', client_msg_id: e, sender_id: ME.id, target_id: target }) });
+    expect(client.unconfirmedChanges().map((f) => f.client_msg_id)).toEqual([r]);
+  });
+
+  it('a refused change is final and reported; a rate-limited one goes again after the wait', () => {
+    const { client, handshake, last, timers, failed } = setup();
+    client.start();
+    handshake();
+    const d = client.change({ type: 'delete', conversation_id: C1, message_id: 'm-1' });
+    const r = client.change({ type: 'react', conversation_id: C1, message_id: 'm-1', emoji: '👍' });
+    last().recv({ type: 'error', code: 'forbidden', message: 'only the sender or the group owner may delete', client_msg_id: d });
+    last().recv({ type: 'error', code: 'rate_limited', message: 'slow down', client_msg_id: r, retry_after_ms: 50 });
+    expect(failed).toEqual([`${d}:forbidden`]);
+    expect(client.unconfirmedChanges().map((f) => f.client_msg_id)).toEqual([r]);
+    timers.advance(50);
+    expect(last().ofType('react').map((f) => f.client_msg_id)).toEqual([r, r]);
+    // Given up on: forgotten.
+    client.discard(r);
+    expect(client.unconfirmedChanges()).toEqual([]);
+  });
+
   it('keeps read markers made offline and sends the latest after synced', () => {
     const { client, handshake, last } = setup();
     client.start();

@@ -1,6 +1,7 @@
 import type { RefObject } from 'preact';
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from 'preact/hooks';
-import { ApiError, type Upload, uploadAttachment } from '../api';
+import { api, ApiError, type Upload, uploadAttachment } from '../api';
+import { canDelete, canEdit, DELETED, EMOJI, foldAll, lastShown, type Reaction, reactedBy, type Shown } from '../changes';
 import { AttachmentList, ImageViewer } from '../components';
 import {
   canSend,
@@ -17,6 +18,7 @@ import {
 } from '../composer';
 import {
   attachmentSummary,
+  changeErrorMessage,
   conversationTitle,
   formatFull,
   formatSize,
@@ -28,21 +30,24 @@ import {
   uuid,
 } from '../format';
 import { insertMention, mentionAt, mentionsLabel, type MentionToken, segments, suggestions } from '../mentions';
-import { findOriginal, quoteView, type QuoteView, type ReplyBar, replyBar, seekOlder } from '../replies';
+import { findOriginal, quoteView, type QuoteView, type ReplyBar, replyBar, seekOlder, snippet } from '../replies';
+import { href, navigate } from '../router';
+import { queryProblem, RESULTS, resultsText, SEARCH_DELAY_MS } from '../search';
 import { useChat, useSession } from '../session';
-import { type ChatState, type ConversationState, sortedConversations, typingIn } from '../store';
+import { type ChatState, type ConversationState, type OutgoingChange, sortedConversations, typingIn } from '../store';
 import type { Attachment, Message, User } from '../types';
 
 const MAX_BODY_BYTES = 16_384;
 /** How long the original of a quote stays highlighted after a jump to it. */
 const HIGHLIGHT_MS = 2_500;
 
-export function Chats({ conversationId }: { conversationId: string | null }) {
+/** `messageId`: open the conversation at that message (a search result). */
+export function Chats({ conversationId, messageId = null }: { conversationId: string | null; messageId?: string | null }) {
   return (
     <div class={`chats ${conversationId ? 'has-open' : ''}`}>
       <ConversationList activeId={conversationId} />
       {conversationId ? (
-        <ConversationView key={conversationId} id={conversationId} />
+        <ConversationView key={conversationId} id={conversationId} messageId={messageId} />
       ) : (
         <section class="pane empty-pane" aria-label="No conversation open">
           <p>Pick a conversation, or start a new one.</p>
@@ -63,15 +68,45 @@ function presence(state: ChatState, c: ConversationState): { online: boolean; co
   return { online: count > 0, count };
 }
 
+/** The messages matching `query` as it is typed (after a pause), with what the list
+ * says of them; null when there is no query. While the next answer is awaited, the
+ * last results stay. */
+function useMessageSearch(query: string): { results: Message[]; status: string } | null {
+  const q = query.trim();
+  const problem = queryProblem(q);
+  const [answer, setAnswer] = useState<{ q: string; results: Message[]; error?: string } | null>(null);
+  useEffect(() => {
+    if (!q || problem) return;
+    let live = true;
+    const t = setTimeout(() => {
+      api.search(q, undefined, RESULTS).then(
+        (results) => live && setAnswer({ q, results }),
+        (e: Error) => live && setAnswer({ q, results: [], error: `Cannot search: ${e.message}` }),
+      );
+    }, SEARCH_DELAY_MS);
+    return () => {
+      live = false;
+      clearTimeout(t);
+    };
+  }, [q]);
+  if (!q) return null;
+  if (problem) return { results: [], status: problem };
+  if (answer?.q !== q) return { results: answer?.results ?? [], status: 'Searching…' };
+  return { results: answer.results, status: answer.error ?? resultsText(answer.results.length) };
+}
+
 function ConversationList({ activeId }: { activeId: string | null }) {
   const state = useChat();
   const list = sortedConversations(state);
   const ref = useRef<HTMLUListElement>(null);
+  const [query, setQuery] = useState('');
+  const search = useMessageSearch(query);
 
-  // Up and down arrows move between conversations; Tab leaves the list.
+  // Up and down arrows move between the conversations (or the results); Tab leaves
+  // the list. Down from the search box goes to the first.
   const onKeyDown = (e: KeyboardEvent) => {
     if (e.key !== 'ArrowDown' && e.key !== 'ArrowUp' && e.key !== 'Home' && e.key !== 'End') return;
-    const links = [...(ref.current?.querySelectorAll<HTMLAnchorElement>('a.conv') ?? [])];
+    const links = [...(ref.current?.querySelectorAll<HTMLAnchorElement>('a') ?? [])];
     if (!links.length) return;
     const i = links.indexOf(document.activeElement as HTMLAnchorElement);
     let next = i;
@@ -91,15 +126,74 @@ function ConversationList({ activeId }: { activeId: string | null }) {
           New
         </a>
       </div>
-      {list.length === 0 ? (
+      <form role="search" class="search" onSubmit={(e) => e.preventDefault()}>
+        <label class="visually-hidden" for="search-input">
+          Search messages
+        </label>
+        <input
+          id="search-input"
+          type="search"
+          placeholder="Search messages"
+          autocomplete="off"
+          value={query}
+          onInput={(e) => setQuery(e.currentTarget.value)}
+          onKeyDown={(e) => {
+            if (e.key === 'Escape' && query) {
+              e.preventDefault();
+              setQuery('');
+            } else if (e.key === 'ArrowDown') {
+              e.preventDefault();
+              ref.current?.querySelector('a')?.focus();
+            }
+          }}
+        />
+      </form>
+      {search ? (
+        <>
+          <p class="muted small search-status" role="status" data-testid="search-status">
+            {search.status}
+          </p>
+          {search.results.length > 0 && (
+            <ul class="conv-list" ref={ref} onKeyDown={onKeyDown} aria-label="Search results">
+              {search.results.map((m) => {
+                const c = state.conversations[m.conversation_id];
+                const where = c ? conversationTitle(c, state.me?.id, state.users) : 'Another conversation';
+                // Who wrote it, as the list's previews say it: "You", or the sender in a
+                // group (a direct conversation is named after the other member already).
+                const mine = m.sender_id === state.me?.id;
+                const who = mine ? 'You' : c?.kind === 'direct' ? null : userName(state.users, m.sender_id);
+                const text = snippet(m);
+                return (
+                  <li key={m.message_id}>
+                    <a
+                      class="result"
+                      href={href({ name: 'conversation', id: m.conversation_id, message_id: m.message_id })}
+                      aria-label={`${who ? `${who} in ` : ''}${where}, ${formatTime(m.sent_at)}: ${text}`}
+                      data-message-id={m.message_id}
+                    >
+                      <span class="result-head">
+                        <span class="result-where">{where}</span>
+                        <time dateTime={m.sent_at}>{formatTime(m.sent_at)}</time>
+                      </span>
+                      <span class="result-text">
+                        {who && <span class="result-sender">{who}: </span>}
+                        {text}
+                      </span>
+                    </a>
+                  </li>
+                );
+              })}
+            </ul>
+          )}
+        </>
+      ) : list.length === 0 ? (
         <p class="muted pad">No conversations yet.</p>
       ) : (
         <ul class="conv-list" ref={ref} onKeyDown={onKeyDown} aria-label="Conversations">
           {list.map((c) => {
             const title = conversationTitle(c, state.me?.id, state.users);
             const p = presence(state, c);
-            const held = state.messages[c.id];
-            const last = held?.[held.length - 1];
+            const last = lastShown(state.messages[c.id] ?? []);
             const label = [
               title,
               c.kind === 'group' ? `group, ${p.count} online` : p.online ? 'online' : 'offline',
@@ -122,7 +216,7 @@ function ConversationList({ activeId }: { activeId: string | null }) {
                     <span class="conv-title">{title}</span>
                     <span class="conv-preview">
                       {last
-                        ? `${last.sender_id === state.me?.id ? 'You: ' : ''}${last.body || attachmentSummary(last.attachments)}`
+                        ? `${last.sender_id === state.me?.id ? 'You: ' : ''}${last.deleted ? DELETED : last.body || attachmentSummary(last.attachments)}`
                         : c.kind === 'group'
                           ? `${c.members.length} members`
                           : 'Direct message'}
@@ -153,11 +247,13 @@ function ConversationList({ activeId }: { activeId: string | null }) {
   );
 }
 
-function ConversationView({ id }: { id: string }) {
+function ConversationView({ id, messageId }: { id: string; messageId: string | null }) {
   const session = useSession();
   const state = useChat();
   const c = state.conversations[id];
+  // Every entry held (edits, deletes and reactions too), and the messages they show.
   const messages = state.messages[id] ?? [];
+  const shown = useMemo(() => foldAll(messages), [messages]);
   const outgoing = state.outgoing.filter((o) => o.conversation_id === id);
   const [loadError, setLoadError] = useState<string | null>(null);
   const [loadingOlder, setLoadingOlder] = useState(false);
@@ -173,14 +269,15 @@ function ConversationView({ id }: { id: string }) {
   const [dropping, setDropping] = useState(false);
   const dragDepth = useRef(0);
   const inputRef = useRef<HTMLTextAreaElement>(null);
-  // Replies: the original being looked for (older pages loading), the ones the whole
-  // history did not have, the one highlighted after a jump (`n` restarts the timer when
-  // the same one is chosen again) and the one to scroll to once it is rendered.
+  // Jumps to a message (a reply's original, a search result): the one being looked for
+  // (older pages loading), the ones the whole history did not have, the one highlighted
+  // after a jump (`n` restarts the timer when the same one is chosen again) and the one
+  // to scroll to once it is rendered.
   const [seeking, setSeeking] = useState<string | null>(null);
   const [unavailable, setUnavailable] = useState<Record<string, true>>({});
   const [highlight, setHighlight] = useState<{ seq: number; n: number } | null>(null);
   const scrollTo = useRef<number | null>(null);
-  const byId = useMemo(() => new Map(messages.map((m) => [m.message_id, m])), [messages]);
+  const byId = useMemo(() => new Map(shown.map((m) => [m.message_id, m])), [shown]);
 
   useEffect(() => {
     session.open(id).catch((e: Error) => setLoadError(e.message));
@@ -200,7 +297,7 @@ function ConversationView({ id }: { id: string }) {
     const el = listRef.current;
     if (!el) return;
     const first = messages[0]?.seq ?? 0;
-    const count = messages.length + outgoing.length;
+    const count = shown.length + outgoing.length;
     if (lastFirst.current && first < lastFirst.current && !atBottom.current) {
       el.scrollTop += el.scrollHeight - lastHeight.current;
     } else if (atBottom.current) {
@@ -231,8 +328,8 @@ function ConversationView({ id }: { id: string }) {
     return () => ro.disconnect();
   }, [!!c]);
 
-  // After a jump to the original of a quote: once it is rendered, bring it to the middle
-  // of the list and give it focus (keyboard users go on from there).
+  // After a jump to a message: once it is rendered, bring it to the middle of the list
+  // and give it focus (keyboard users go on from there).
   useLayoutEffect(() => {
     const seq = scrollTo.current;
     if (seq === null) return;
@@ -284,19 +381,20 @@ function ConversationView({ id }: { id: string }) {
     if (el.scrollTop < 150 && (messages[0]?.seq ?? 1) > 1 && !loadingOlder) void loadOlder();
   };
 
-  /** Show the original of a quote: from the messages held, or after loading older
-   * pages (the same as scrolling back) until it comes or the history ends. */
-  const goToOriginal = async (reply_to: string) => {
+  /** Show a message (the original of a quote, a search result): from the messages
+   * held, or after loading older pages (the same as scrolling back) until it comes or
+   * the history ends. */
+  const goTo = async (message_id: string) => {
     if (seeking) return;
-    const held = () => findOriginal(session.state.messages[id] ?? [], reply_to);
+    const held = () => findOriginal(session.state.messages[id] ?? [], message_id);
     let found = held();
     if (!found) {
-      setSeeking(reply_to);
+      setSeeking(message_id);
       setLoadingOlder(true);
       try {
         await seekOlder(() => !!held(), () => session.loadOlder(id));
         found = held();
-        if (!found) setUnavailable((u) => ({ ...u, [reply_to]: true }));
+        if (!found) setUnavailable((u) => ({ ...u, [message_id]: true }));
       } catch (e) {
         setLoadError((e as Error).message);
       } finally {
@@ -308,6 +406,13 @@ function ConversationView({ id }: { id: string }) {
     scrollTo.current = found.seq;
     setHighlight((h) => ({ seq: found.seq, n: (h?.n ?? 0) + 1 }));
   };
+
+  // Opened at a message: show it once the first page is in, then leave it out of the
+  // address (choosing the same result again jumps again).
+  const loaded = !!state.loaded[id];
+  useEffect(() => {
+    if (messageId && loaded) void goTo(messageId).then(() => navigate({ name: 'conversation', id }, true));
+  }, [messageId, loaded]);
 
   const startReply = (m: Message) => {
     session.replyTo(id, m.message_id);
@@ -338,7 +443,7 @@ function ConversationView({ id }: { id: string }) {
 
   const title = conversationTitle(c, state.me?.id, state.users);
   const p = presence(state, c);
-  const seenAt = seenMarkers(state, id, messages);
+  const seenAt = seenMarkers(state, id, shown);
   const quoteOf = (reply_to: string | null | undefined): QuoteView | undefined =>
     reply_to ? quoteView(byId.get(reply_to), state.users, state.me?.id, !!unavailable[reply_to]) : undefined;
   const replyId = state.replying[id] ?? null;
@@ -413,36 +518,47 @@ function ConversationView({ id }: { id: string }) {
                 {loadingOlder ? 'Loading…' : 'Load older messages'}
               </button>
             ) : state.loaded[id] ? (
-              <span class="muted small">{messages.length ? 'Start of the conversation' : 'No messages yet. Say hello.'}</span>
+              <span class="muted small">{shown.length ? 'Start of the conversation' : 'No messages yet. Say hello.'}</span>
             ) : (
               <span class="muted small">Loading…</span>
             )}
           </div>
           {loadError && <p class="error pad">{loadError}</p>}
           <ol class="message-list">
-            {messages.map((m, i) => (
+            {shown.map((m, i) => (
               <MessageItem
                 key={m.seq}
                 m={m}
                 mine={m.sender_id === state.me?.id}
-                showHead={startsGroup(messages[i - 1], m)}
+                showHead={startsGroup(shown[i - 1], m)}
                 sender={userName(state.users, m.sender_id)}
                 users={state.users}
                 meId={state.me?.id}
                 seenBy={seenAt.get(m.seq)}
                 onOpen={setViewing}
-                quote={quoteOf(m.reply_to)}
+                quote={m.deleted ? undefined : quoteOf(m.reply_to)}
                 seeking={!!m.reply_to && seeking === m.reply_to}
-                onQuote={() => m.reply_to && void goToOriginal(m.reply_to)}
-                onReply={() => startReply(m)}
+                onQuote={() => m.reply_to && void goTo(m.reply_to)}
                 highlighted={highlight?.seq === m.seq}
+                changes={state.changes.filter((ch) => ch.target_id === m.message_id)}
+                onDismiss={(client_msg_id) => session.dismiss(client_msg_id)}
+                act={
+                  m.deleted
+                    ? null
+                    : {
+                        reply: () => startReply(m),
+                        react: (emoji, remove) => session.react(id, m.message_id, emoji, remove),
+                        edit: canEdit(m, state.me?.id) ? (body) => session.edit(id, m.message_id, body) : undefined,
+                        delete: canDelete(m, c, state.me?.id) ? () => session.deleteMessage(id, m.message_id) : undefined,
+                      }
+                }
               />
             ))}
             {outgoing.map((o) => (
               <li key={o.client_msg_id} class={`msg mine pending ${o.error ? 'failed' : ''}`} data-pending={o.client_msg_id}>
                 <div class="bubble">
                   {o.reply_to && (
-                    <Quote view={quoteOf(o.reply_to)!} seeking={seeking === o.reply_to} onOpen={() => void goToOriginal(o.reply_to!)} />
+                    <Quote view={quoteOf(o.reply_to)!} seeking={seeking === o.reply_to} onOpen={() => void goTo(o.reply_to!)} />
                   )}
                   {o.body && <p class="body">{o.body}</p>}
                   {o.attachments?.length ? (
@@ -515,16 +631,15 @@ function startsGroup(prev: Message | undefined, m: Message): boolean {
 }
 
 /** seq → names of the other members whose read marker is at that message (or past
- * the newest one held, shown there). Markers are known from `read` frames. */
+ * it, before the next one shown: a marker may be at an edit or a reaction). Markers
+ * are known from `read` frames. */
 function seenMarkers(state: ChatState, id: string, messages: Message[]): Map<number, string[]> {
   const out = new Map<number, string[]>();
-  if (!messages.length) return out;
-  const first = messages[0].seq;
-  const top = messages[messages.length - 1].seq;
   for (const [user, seq] of Object.entries(state.readBy[id] ?? {})) {
-    if (user === state.me?.id || seq < first) continue;
-    const at = Math.min(seq, top);
-    out.set(at, [...(out.get(at) ?? []), userName(state.users, user)]);
+    if (user === state.me?.id) continue;
+    let at: number | undefined;
+    for (const m of messages) if (m.seq <= seq) at = m.seq;
+    if (at !== undefined) out.set(at, [...(out.get(at) ?? []), userName(state.users, user)]);
   }
   return out;
 }
@@ -560,6 +675,14 @@ function Quote({ view, seeking, onOpen }: { view: QuoteView; seeking: boolean; o
   );
 }
 
+/** What the viewer may do with a message: `edit` and `delete` only where allowed. */
+interface MessageActs {
+  reply: () => void;
+  react: (emoji: string, remove: boolean) => void;
+  edit?: (body: string) => void;
+  delete?: () => void;
+}
+
 function MessageItem({
   m,
   mine,
@@ -572,10 +695,12 @@ function MessageItem({
   quote,
   seeking,
   onQuote,
-  onReply,
   highlighted,
+  changes,
+  onDismiss,
+  act,
 }: {
-  m: Message;
+  m: Shown;
   mine: boolean;
   showHead: boolean;
   sender: string;
@@ -586,12 +711,29 @@ function MessageItem({
   quote?: QuoteView;
   seeking: boolean;
   onQuote: () => void;
-  onReply: () => void;
   highlighted: boolean;
+  /** The viewer's edits, deletes and reactions of it not stored yet, or refused. */
+  changes: OutgoingChange[];
+  onDismiss: (client_msg_id: string) => void;
+  /** Null for a deleted message: nothing more can be done with it. */
+  act: MessageActs | null;
 }) {
   const attachments = m.attachments ?? [];
+  const itemRef = useRef<HTMLLIElement>(null);
+  // At most one open at a time: the body being edited, the delete being confirmed, the
+  // reaction picker. Closing gives the focus back to the button that opened it.
+  const [open, setOpen] = useState<'edit' | 'delete' | 'react' | null>(null);
+  const buttons = { edit: useRef<HTMLButtonElement>(null), delete: useRef<HTMLButtonElement>(null), react: useRef<HTMLButtonElement>(null) };
+  const close = (refocus: boolean) => {
+    if (refocus && open) buttons[open].current?.focus();
+    setOpen(null);
+  };
+  const reacted = (emoji: string) => !!meId && !!m.reactions.find((r) => r.emoji === emoji)?.users.includes(meId);
+  const pending = changes.find((ch) => !ch.error && ch.kind !== 'reaction');
+  const describedBy = `msg-${m.seq}`;
   return (
     <li
+      ref={itemRef}
       class={`msg ${mine ? 'mine' : 'theirs'} ${showHead ? 'head' : ''} ${highlighted ? 'highlight' : ''}`}
       data-seq={m.seq}
       data-message-id={m.message_id}
@@ -608,17 +750,94 @@ function MessageItem({
         </div>
       )}
       <div class="msg-row">
-        <div class={`bubble ${attachments.length ? 'with-attachments' : ''}`} id={`msg-${m.seq}`}>
-          {quote && <Quote view={quote} seeking={seeking} onOpen={onQuote} />}
-          {(m.body || !attachments.length) && <Body m={m} users={users} meId={meId} />}
-          <AttachmentList list={attachments} onOpen={onOpen} />
+        {/* One element whatever it shows: the action buttons beside it are never moved
+            (a moved button would lose the focus given back to it). */}
+        <div class={`bubble ${attachments.length ? 'with-attachments' : ''} ${open === 'edit' ? 'editing' : ''}`} id={describedBy}>
+          {open === 'edit' && act?.edit ? (
+            <EditForm
+              m={m}
+              onSave={(body) => {
+                act.edit?.(body);
+                close(true);
+              }}
+              onCancel={() => close(true)}
+            />
+          ) : (
+            <>
+              {quote && <Quote view={quote} seeking={seeking} onOpen={onQuote} />}
+              {m.deleted ? (
+                <p class="body deleted">{DELETED}</p>
+              ) : (
+                (m.body || m.edited_at || !attachments.length) && <Body m={m} users={users} meId={meId} />
+              )}
+              <AttachmentList list={attachments} onOpen={onOpen} />
+            </>
+          )}
         </div>
-        <div class="msg-actions">
-          <button type="button" class="msg-action" aria-label="Reply" title="Reply" aria-describedby={`msg-${m.seq}`} onClick={onReply}>
-            <span aria-hidden="true">↩</span>
-          </button>
-        </div>
+        {act && (
+          <div class="msg-actions">
+            <button type="button" class="msg-action" aria-label="Reply" title="Reply" aria-describedby={describedBy} onClick={act.reply}>
+              <span aria-hidden="true">↩</span>
+            </button>
+            <button
+              type="button"
+              ref={buttons.react}
+              class="msg-action"
+              aria-label="React"
+              title="React"
+              aria-describedby={describedBy}
+              aria-expanded={open === 'react'}
+              onClick={() => setOpen(open === 'react' ? null : 'react')}
+            >
+              <span aria-hidden="true">☺</span>
+            </button>
+            {act.edit && (
+              <button type="button" ref={buttons.edit} class="msg-action" aria-label="Edit" title="Edit" aria-describedby={describedBy} onClick={() => setOpen('edit')}>
+                <span aria-hidden="true">✎</span>
+              </button>
+            )}
+            {act.delete && (
+              <button type="button" ref={buttons.delete} class="msg-action" aria-label="Delete" title="Delete" aria-describedby={describedBy} onClick={() => setOpen('delete')}>
+                <span aria-hidden="true">✕</span>
+              </button>
+            )}
+          </div>
+        )}
       </div>
+      {open === 'react' && act && (
+        <ReactionPicker
+          reacted={reacted}
+          onPick={(emoji) => {
+            act.react(emoji, reacted(emoji));
+            close(true);
+          }}
+          onClose={close}
+        />
+      )}
+      {open === 'delete' && act?.delete && (
+        <ConfirmDelete
+          id={`confirm-${m.seq}`}
+          onConfirm={() => {
+            act.delete?.();
+            setOpen(null);
+            itemRef.current?.focus();
+          }}
+          onCancel={() => close(true)}
+        />
+      )}
+      {m.reactions.length > 0 && act && <Reactions list={m.reactions} users={users} meId={meId} onToggle={act.react} />}
+      {pending && <div class="small muted change-status">{pending.kind === 'edit' ? 'Saving…' : 'Deleting…'}</div>}
+      {changes.map(
+        (ch) =>
+          ch.error && (
+            <p key={ch.client_msg_id} class="small change-status" role="alert">
+              <span class="error">{changeErrorMessage(ch.kind, ch.error.code, ch.error.message)}</span>{' '}
+              <button type="button" class="link" onClick={() => onDismiss(ch.client_msg_id)}>
+                Dismiss
+              </button>
+            </p>
+          ),
+      )}
       {seenBy && (
         <div class="seen small muted" data-testid="seen">
           Seen by {seenBy.join(', ')}
@@ -628,8 +847,189 @@ function MessageItem({
   );
 }
 
-/** A message's text, its mentions highlighted (the viewer's more strongly). Text
- * nodes only: the body is never parsed as HTML. */
+/** A message's body being edited in place: Enter (or Save) saves, Shift+Enter starts
+ * a new line, Escape (or Cancel) leaves it as it was. */
+function EditForm({ m, onSave, onCancel }: { m: Shown; onSave: (body: string) => void; onCancel: () => void }) {
+  const [text, setText] = useState(m.body);
+  const [error, setError] = useState<string | null>(null);
+  const ref = useRef<HTMLTextAreaElement>(null);
+  const help = `edit-help-${m.seq}`;
+  useLayoutEffect(() => {
+    const el = ref.current;
+    el?.focus();
+    el?.setSelectionRange(el.value.length, el.value.length);
+  }, []);
+  const save = (e: Event) => {
+    e.preventDefault();
+    // Whitespace alone is no text; only a message with attachments may have none.
+    const body = text.trim() ? text : '';
+    if (!body && !m.attachments?.length) setError('A message needs text: delete it instead.');
+    else if (new TextEncoder().encode(body).length > MAX_BODY_BYTES) setError('Too long: messages are at most 16 KiB.');
+    else if (body === m.body) onCancel();
+    else onSave(body);
+  };
+  return (
+    <form class="edit-form" onSubmit={save}>
+      <textarea
+        ref={ref}
+        aria-label="Edit message"
+        aria-describedby={help}
+        aria-invalid={error ? true : undefined}
+        rows={2}
+        value={text}
+        onInput={(e) => setText(e.currentTarget.value)}
+        onKeyDown={(e) => {
+          if (e.isComposing) return;
+          if (e.key === 'Enter' && !e.shiftKey) save(e);
+          else if (e.key === 'Escape') {
+            e.preventDefault();
+            onCancel();
+          }
+        }}
+      />
+      <div class="edit-buttons">
+        <button type="submit" class="primary">
+          Save
+        </button>
+        <button type="button" onClick={onCancel}>
+          Cancel
+        </button>
+        <span id={help} class={`small ${error ? 'error' : 'muted'}`}>
+          {error ?? 'Enter saves, Escape cancels.'}
+        </span>
+      </div>
+    </form>
+  );
+}
+
+/** "Delete this message?" under it, the focus on Cancel (so that a second Enter does
+ * not delete); Escape cancels. */
+function ConfirmDelete({ id, onConfirm, onCancel }: { id: string; onConfirm: () => void; onCancel: () => void }) {
+  const cancelRef = useRef<HTMLButtonElement>(null);
+  useLayoutEffect(() => cancelRef.current?.focus(), []);
+  return (
+    <div
+      class="confirm small"
+      role="group"
+      aria-labelledby={id}
+      onKeyDown={(e) => {
+        if (e.key !== 'Escape') return;
+        e.preventDefault();
+        onCancel();
+      }}
+    >
+      <span id={id}>Delete this message for everyone?</span>
+      <button type="button" class="danger" onClick={onConfirm}>
+        Delete
+      </button>
+      <button type="button" ref={cancelRef} onClick={onCancel}>
+        Cancel
+      </button>
+    </div>
+  );
+}
+
+/** The emoji to react with, under the message, the focus on the first: Tab or the
+ * arrows move, Enter picks (again: takes it back), Escape closes; so does the focus
+ * leaving the message. */
+function ReactionPicker({
+  reacted,
+  onPick,
+  onClose,
+}: {
+  reacted: (emoji: string) => boolean;
+  onPick: (emoji: string) => void;
+  onClose: (refocus: boolean) => void;
+}) {
+  const ref = useRef<HTMLDivElement>(null);
+  useLayoutEffect(() => ref.current?.querySelector('button')?.focus(), []);
+  const onKeyDown = (e: KeyboardEvent) => {
+    const items = [...(ref.current?.querySelectorAll('button') ?? [])];
+    const i = items.indexOf(document.activeElement as HTMLButtonElement);
+    const to = ({ ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: items.length - 1 } as Record<string, number>)[e.key];
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      onClose(true);
+    } else if (to !== undefined) {
+      e.preventDefault();
+      items[(to + items.length) % items.length].focus();
+    }
+  };
+  return (
+    <div
+      class="picker"
+      ref={ref}
+      role="group"
+      aria-label="Pick a reaction"
+      onKeyDown={onKeyDown}
+      // A click keeps the focus where it is (browsers that do not focus a clicked button
+      // would otherwise move it out, closing the picker before the click lands).
+      onMouseDown={(e) => e.preventDefault()}
+      onFocusOut={(e) => {
+        const to = e.relatedTarget as Node | null;
+        if (!ref.current?.closest('li.msg')?.contains(to)) onClose(false);
+      }}
+    >
+      {EMOJI.map(({ emoji, name }) => (
+        <button
+          type="button"
+          key={emoji}
+          class="picker-emoji"
+          aria-label={`React with ${name}`}
+          aria-pressed={reacted(emoji)}
+          title={name}
+          data-emoji={emoji}
+          onClick={() => onPick(emoji)}
+        >
+          {emoji}
+        </button>
+      ))}
+    </div>
+  );
+}
+
+/** A message's reactions: each emoji with its count, who reacted on hover and focus;
+ * choosing one reacts with it too, or takes the viewer's back. */
+function Reactions({
+  list,
+  users,
+  meId,
+  onToggle,
+}: {
+  list: Reaction[];
+  users: Record<string, User>;
+  meId: string | undefined;
+  onToggle: (emoji: string, remove: boolean) => void;
+}) {
+  return (
+    <ul class="reactions" aria-label="Reactions">
+      {list.map((r) => {
+        const mine = !!meId && r.users.includes(meId);
+        const who = reactedBy(r, users, meId);
+        return (
+          <li key={r.emoji}>
+            <button
+              type="button"
+              class={`reaction${mine ? ' mine' : ''}`}
+              aria-pressed={mine}
+              aria-label={who}
+              title={who}
+              data-emoji={r.emoji}
+              data-count={r.users.length}
+              onClick={() => onToggle(r.emoji, mine)}
+            >
+              <span aria-hidden="true">{r.emoji}</span>
+              <span class="reaction-count">{r.users.length}</span>
+            </button>
+          </li>
+        );
+      })}
+    </ul>
+  );
+}
+
+/** A message's text, its mentions highlighted (the viewer's more strongly), "edited"
+ * after it when it was. Text nodes only: the body is never parsed as HTML. */
 function Body({ m, users, meId }: { m: Message; users: Record<string, User>; meId: string | undefined }) {
   return (
     <p class="body">
@@ -641,6 +1041,14 @@ function Body({ m, users, meId }: { m: Message; users: Record<string, User>; meI
         ) : (
           s.text
         ),
+      )}
+      {m.edited_at && (
+        <>
+          {' '}
+          <span class="edited" title={`Edited ${formatFull(m.edited_at)}`}>
+            edited
+          </span>
+        </>
       )}
     </p>
   );
