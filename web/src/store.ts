@@ -3,21 +3,24 @@
 // seq, never by arrival order (§5.4: a `sync` may replay older messages after live ones),
 // edits, deletes and reactions among them (changes.ts folds them when showing).
 
-import { isChange } from './changes';
+import { fold, foldAll, isChange, type Shown } from './changes';
 import type { Attachment, Conversation, Message, ServerFrame, User } from './types';
 import type { Status } from './ws';
 
 /** How long a `typing` frame shows the indicator (the protocol has no "stopped"). */
 export const TYPING_MS = 5_000;
 
-export interface ConversationState extends Conversation {
-  /** The caller's read marker: last_seq − unread when loaded, then moved by `read`. */
+export interface ConversationState extends Omit<Conversation, 'read_seq'> {
+  /** The caller's read marker: the server's `read_seq` when loaded, then moved by
+   * `read`. */
   my_read: number;
   /** sent_at of the newest message seen, for ordering the list. */
   last_at: string;
   /** Messages after the read marker that mention the viewer: the server's count when
    * loaded, then kept here (the server pushes no new count): up by a live message
-   * mentioning the viewer, down as the marker moves; never more than `unread`. */
+   * mentioning the viewer, up or down by a live edit adding or removing the mention (or
+   * a delete) of a message held after the marker, down as the marker moves; never more
+   * than `unread`. */
   mentions_unread: number;
 }
 
@@ -125,10 +128,11 @@ function without<T>(record: Record<string, T>, key: string): Record<string, T> {
   return rest;
 }
 
-function fromServer(c: Conversation, prev?: ConversationState): ConversationState {
+function fromServer({ read_seq, ...c }: Conversation, prev?: ConversationState): ConversationState {
   const last_seq = Math.max(c.last_seq, prev?.last_seq ?? 0);
-  const my_read = Math.max(c.last_seq - c.unread, prev?.my_read ?? 0);
-  // The server's count (messages, not changes), and whatever came after its answer.
+  const my_read = Math.max(read_seq ?? c.last_seq - c.unread, prev?.my_read ?? 0);
+  // The server's count (messages, not changes nor deleted ones), and whatever came
+  // after its answer.
   const unread = Math.max(0, Math.min(c.unread + last_seq - c.last_seq, last_seq - my_read));
   // The server's count of mentions (it knows the messages not held here); none left
   // when everything is read.
@@ -137,14 +141,15 @@ function fromServer(c: Conversation, prev?: ConversationState): ConversationStat
 }
 
 /** `c` once `entries` of it came (live or in a page): the newest seq, the time of the
- * newest message, and the messages newer than it knew counted unread. Changes are no
- * messages: they count for neither, so a reaction does not move a conversation up. */
+ * newest message, and the messages newer than it knew counted unread (not deleted
+ * ones, as the server counts). Changes are no messages: they count for neither, so a
+ * reaction does not move a conversation up. */
 function withEntries(c: ConversationState, entries: Message[]): ConversationState {
   let { last_seq, last_at, unread } = c;
   for (const m of entries) {
     last_seq = Math.max(last_seq, m.seq);
     if (isChange(m)) continue;
-    if (m.seq > c.last_seq) unread++;
+    if (m.seq > c.last_seq && !m.deleted) unread++;
     if (m.sent_at > last_at) last_at = m.sent_at;
   }
   if (last_seq === c.last_seq && last_at === c.last_at) return c;
@@ -156,18 +161,41 @@ export function mentionsMe(m: Message, meId: string | undefined): boolean {
   return !!meId && (m.mentions ?? []).includes(meId);
 }
 
-/** `c` with the read marker moved to `my_read`: the messages after it, and those of
- * them that mention the viewer, counted from the entries held when they cover every seq
- * after the marker; else the counts so far (the server's cover entries not held), at
- * most the seqs after the marker less the changes held among them. */
+/** `c` with the read marker moved to `my_read`: the messages after it that are not
+ * deleted, and those of them whose current body mentions the viewer, counted from the
+ * entries held when they cover every seq after the marker (every change of those
+ * messages is then held too); else the counts so far (the server's cover entries not
+ * held), at most the seqs after the marker less the entries held among them that are no
+ * unread message. */
 function afterRead(c: ConversationState, my_read: number, held: Message[], meId: string | undefined): ConversationState {
   const after = held.filter((m) => m.seq > my_read && m.seq <= c.last_seq);
-  const messages = after.filter((m) => !isChange(m));
+  const messages = foldAll(after).filter((m) => !m.deleted);
   if (after.length === c.last_seq - my_read) {
     return { ...c, my_read, unread: messages.length, mentions_unread: messages.filter((m) => mentionsMe(m, meId)).length };
   }
   const unread = Math.max(0, Math.min(c.unread, c.last_seq - my_read - (after.length - messages.length)));
   return { ...c, my_read, unread, mentions_unread: Math.min(c.mentions_unread, unread) };
+}
+
+/** `c` once the entry `m`, not held before, came (`withEntries` counted it unread if
+ * a message): a message after the read marker that mentions the viewer adds a mention
+ * (older ones the server counted when the list was loaded). A change of a message held
+ * after the marker makes the counts follow that message from how it showed to how it
+ * shows now: an edit adding or removing a mention of the viewer moves
+ * `mentions_unread`, a delete takes the message out of both counts. A change of a
+ * message not held changes nothing here: the server's counts cover it. */
+function withNew(c: ConversationState, m: Message, held: Message[], meId: string | undefined): ConversationState {
+  const mentioning = (s: Message) => (!s.deleted && mentionsMe(s, meId) ? 1 : 0);
+  if (!isChange(m)) return m.seq > c.my_read && mentioning(m) ? { ...c, mentions_unread: c.mentions_unread + 1 } : c;
+  const target = m.target_id ? held.find((h) => h.message_id === m.target_id) : undefined;
+  if (!target || target.seq <= c.my_read) return c;
+  const changes = held.filter((h) => h.target_id === m.target_id);
+  const before = fold(target, changes);
+  const now = fold(target, [...changes, m]);
+  const counted = (s: Shown) => (s.deleted ? 0 : 1);
+  const unread = Math.max(0, c.unread + counted(now) - counted(before));
+  const mentions_unread = Math.min(unread, Math.max(0, c.mentions_unread + mentioning(now) - mentioning(before)));
+  return unread === c.unread && mentions_unread === c.mentions_unread ? c : { ...c, unread, mentions_unread };
 }
 
 /** `changes` without the one sent as `client_msg_id` in conversation `id` (the same
@@ -304,11 +332,8 @@ function onFrame(state: ChatState, frame: ServerFrame, now: number): ChatState {
       const c = conversations[id];
       if (c) {
         let next = withEntries(c, [m]);
-        // A new unread message that mentions me (not one held already: a `sync` may
-        // replay it; older ones the server counted when the list was loaded).
-        if (m.seq > c.my_read && !isChange(m) && mentionsMe(m, state.me?.id) && !held.some((h) => h.seq === m.seq)) {
-          next = { ...next, mentions_unread: next.mentions_unread + 1 };
-        }
+        // Counted once: a `sync` may replay an entry held already.
+        if (!held.some((h) => h.seq === m.seq)) next = withNew(next, m, held, state.me?.id);
         conversations = { ...conversations, [id]: next };
       }
       let outgoing = state.outgoing;

@@ -28,9 +28,16 @@ export interface Conversation {
   owner_id: string | null;
   created_at: string;
   last_seq: number;
+  /** The viewer's read marker: the seq they have read up to. Servers before it leave it
+   * out: read it as `last_seq - unread` (a guess, wrong when edits, deletes or reactions
+   * follow the marker). */
+  read_seq?: number;
+  /** Text messages after the viewer's read marker, deleted ones left out (edits,
+   * deletes and reactions are not counted). */
   unread: number;
-  /** Messages after the viewer's read marker that mention the viewer. Servers before
-   * mentions leave it out: read it as `c.mentions_unread ?? 0`. */
+  /** Text messages after the viewer's read marker whose current body (after edits)
+   * mentions the viewer, deleted ones left out. Servers before mentions leave it out:
+   * read it as `c.mentions_unread ?? 0`. */
   mentions_unread?: number;
 }
 

@@ -146,6 +146,7 @@ describe('unread mentions (store)', () => {
     owner_id: ADA.id,
     created_at: '2025-03-14T09:00:00Z',
     last_seq: 4,
+    read_seq: 2,
     unread: 2,
     mentions_unread: 1,
     ...extra,
@@ -197,7 +198,7 @@ describe('unread mentions (store)', () => {
   it('a message of a conversation not known yet does not count: its count comes with it', () => {
     let s = run([live(msg(1, [BOB.id], { conversation_id: 'c-new' }))], base());
     expect(s.conversations['c-new']).toBeUndefined();
-    s = run([{ type: 'conversation', conversation: conv({ id: 'c-new', last_seq: 1, unread: 1, mentions_unread: 1 }) }], s);
+    s = run([{ type: 'conversation', conversation: conv({ id: 'c-new', last_seq: 1, read_seq: 0, unread: 1, mentions_unread: 1 }) }], s);
     expect(s.conversations['c-new'].mentions_unread).toBe(1);
   });
 
@@ -229,12 +230,62 @@ describe('unread mentions (store)', () => {
     expect(count(s)).toBe(1);
   });
 
+  describe('changes of messages held after the read marker', () => {
+    // Read up to 2; messages 3 and 4 held, 3 not mentioning me.
+    const held = () =>
+      run([{ type: 'page', conversation_id: G, messages: [msg(1), msg(2), msg(3), msg(4)], latest: true }], base({ mentions_unread: 0 }));
+    const edit = (seq: number, target: number, mentions: string[]) =>
+      live(msg(seq, mentions, { kind: 'edit', target_id: `m-${target}`, body: mentions.length ? '@bob' : 'nobody' }));
+
+    it('an edit that adds a mention of me adds one; one that takes it away takes it back', () => {
+      let s = run([edit(5, 3, [BOB.id])], held());
+      expect(count(s)).toBe(1);
+      expect(s.conversations[G].unread).toBe(2);
+      // Another edit still mentioning me changes nothing; a replay of one held neither.
+      s = run([edit(6, 3, [BOB.id, CYD.id]), edit(5, 3, [BOB.id])], s);
+      expect(count(s)).toBe(1);
+      s = run([edit(7, 3, [CYD.id])], s);
+      expect(count(s)).toBe(0);
+    });
+
+    it('a live message mentioning me, then edited not to, is no longer counted', () => {
+      let s = run([live(msg(5, [BOB.id]))], held());
+      expect(count(s)).toBe(1);
+      s = run([edit(6, 5, [])], s);
+      expect(count(s)).toBe(0);
+      expect(s.conversations[G].unread).toBe(3);
+    });
+
+    it('a reaction changes nothing; a delete takes the message out of both counts', () => {
+      let s = run([edit(5, 3, [BOB.id])], held());
+      s = run([live(msg(6, [], { kind: 'reaction', target_id: 'm-3', emoji: '👍', body: '' }))], s);
+      expect(s.conversations[G]).toMatchObject({ unread: 2, mentions_unread: 1 });
+      s = run([live(msg(7, [], { kind: 'delete', target_id: 'm-3', body: '' }))], s);
+      expect(s.conversations[G]).toMatchObject({ unread: 1, mentions_unread: 0 });
+      // Deleting it again (a replay out of order) changes nothing more.
+      s = run([live(msg(8, [], { kind: 'delete', target_id: 'm-3', body: '' }))], s);
+      expect(s.conversations[G]).toMatchObject({ unread: 1, mentions_unread: 0 });
+    });
+
+    it('changes of messages at or before the marker, or not held, change nothing', () => {
+      const s = run([edit(5, 2, [BOB.id]), edit(6, 99, [BOB.id]), live(msg(7, [], { kind: 'delete', target_id: 'm-1', body: '' }))], held());
+      expect(s.conversations[G]).toMatchObject({ unread: 2, mentions_unread: 0 });
+    });
+
+    it('reading part of it counts the messages as they show now', () => {
+      let s = run([live(msg(5, [BOB.id])), edit(6, 3, [BOB.id]), edit(7, 5, []), live(msg(8, [], { kind: 'delete', target_id: 'm-4', body: '' }))], held());
+      expect(s.conversations[G]).toMatchObject({ unread: 2, mentions_unread: 1 });
+      s = run([{ type: 'read-local', conversation_id: G, seq: 3 }], s);
+      expect(s.conversations[G]).toMatchObject({ unread: 1, mentions_unread: 0 });
+    });
+  });
+
   it("a new list (a reload) brings the server's count again", () => {
     let s = run([live(msg(5, [BOB.id]))], base());
-    s = run([{ type: 'conversations', list: [conv({ last_seq: 5, unread: 3, mentions_unread: 2 })] }], s);
+    s = run([{ type: 'conversations', list: [conv({ last_seq: 5, read_seq: 2, unread: 3, mentions_unread: 2 })] }], s);
     expect(count(s)).toBe(2);
     // Read in another session meanwhile: nothing left.
-    s = run([{ type: 'conversations', list: [conv({ last_seq: 5, unread: 0, mentions_unread: 0 })] }], s);
+    s = run([{ type: 'conversations', list: [conv({ last_seq: 5, read_seq: 5, unread: 0, mentions_unread: 0 })] }], s);
     expect(s.conversations[G].unread).toBe(0);
     expect(count(s)).toBe(0);
   });

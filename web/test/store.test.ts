@@ -45,7 +45,7 @@ function msg(conversation_id: string, seq: number, extra: Partial<Message> = {})
 }
 
 const run = (actions: Action[], start: ChatState = initialState) => actions.reduce(reducer, start);
-const base = () => run([{ type: 'me', user: ME }, { type: 'conversations', list: [conv('c1', { last_seq: 4, unread: 2 })] }]);
+const base = () => run([{ type: 'me', user: ME }, { type: 'conversations', list: [conv('c1', { last_seq: 4, read_seq: 2, unread: 2 })] }]);
 const frame = (f: unknown, now = 0): Action => ({ type: 'frame', frame: f as never, now });
 
 describe('mergeMessages', () => {
@@ -64,10 +64,36 @@ describe('mergeMessages', () => {
 });
 
 describe('reducer', () => {
-  it('derives the read marker from last_seq and unread', () => {
+  it("takes the read marker from the server's read_seq", () => {
     const s = base();
     expect(s.conversations.c1.my_read).toBe(2);
     expect(s.conversations.c1.unread).toBe(2);
+    expect(s.conversations.c1).not.toHaveProperty('read_seq');
+  });
+
+  it('read_seq is the marker even when changes follow it, where last_seq − unread is not', () => {
+    // Read up to 3; after it a message, a reaction to it, another message: 2 unread.
+    const listed = conv('c1', { last_seq: 6, read_seq: 3, unread: 2 });
+    const entries = [
+      msg('c1', 3),
+      msg('c1', 4),
+      msg('c1', 5, { kind: 'reaction', target_id: 'm-c1-4', emoji: '👍', body: '' }),
+      msg('c1', 6),
+    ];
+    const page: Action = { type: 'page', conversation_id: 'c1', messages: entries, latest: true };
+    let s = run([{ type: 'conversations', list: [listed] }, page], base());
+    expect(s.conversations.c1).toMatchObject({ my_read: 3, unread: 2 });
+    // Seeing message 4 leaves message 6 unread.
+    s = run([{ type: 'read-local', conversation_id: 'c1', seq: 4 }], s);
+    expect(s.conversations.c1).toMatchObject({ my_read: 4, unread: 1 });
+
+    // The guess (a server without read_seq) takes 4 for read, so the same read moves
+    // nothing and both messages stay unread.
+    const { read_seq: _, ...old } = listed;
+    let guessed = run([{ type: 'me', user: ME }, { type: 'conversations', list: [old] }, page]);
+    expect(guessed.conversations.c1.my_read).toBe(4);
+    guessed = run([{ type: 'read-local', conversation_id: 'c1', seq: 4 }], guessed);
+    expect(guessed.conversations.c1).toMatchObject({ my_read: 4, unread: 2 });
   });
 
   it('a live message raises last_seq and unread', () => {
@@ -182,7 +208,7 @@ describe('message changes in the store', () => {
     msg('c1', seq, { kind, target_id: 'm-c1-3', body: '', ...extra });
 
   it('edits, deletes and reactions are kept by seq but are not unread and do not move the conversation up', () => {
-    let s = run([{ type: 'conversations', list: [conv('c1', { last_seq: 4, unread: 2 }), conv('c2', { created_at: '2025-03-14T09:30:00Z' })] }], base());
+    let s = run([{ type: 'conversations', list: [conv('c1', { last_seq: 4, read_seq: 2, unread: 2 }), conv('c2', { created_at: '2025-03-14T09:30:00Z' })] }], base());
     expect(sortedConversations(s).map((c) => c.id)).toEqual(['c2', 'c1']);
     s = run(
       [
@@ -203,7 +229,7 @@ describe('message changes in the store', () => {
   });
 
   it('reading up to a seq counts the messages after it, not the changes', () => {
-    let s = run([{ type: 'conversations', list: [conv('c1', { last_seq: 4, unread: 0 })] }], base());
+    let s = run([{ type: 'conversations', list: [conv('c1', { last_seq: 4, read_seq: 4, unread: 0 })] }], base());
     const live = [msg('c1', 5, { mentions: [ME.id] }), change(6, 'edit', { body: 'x' }), msg('c1', 7), change(8, 'reaction', { emoji: '🎉' })];
     s = run(live.map((m) => frame({ type: 'message', message: m })), s);
     expect(s.conversations.c1).toMatchObject({ unread: 2, mentions_unread: 1 });
@@ -212,7 +238,7 @@ describe('message changes in the store', () => {
     s = run([{ type: 'read-local', conversation_id: 'c1', seq: 8 }], s);
     expect(s.conversations.c1).toMatchObject({ my_read: 8, unread: 0 });
     // Not held: the server's count, less the seqs read.
-    s = run([{ type: 'conversations', list: [conv('c2', { last_seq: 10, unread: 3 })] }], s);
+    s = run([{ type: 'conversations', list: [conv('c2', { last_seq: 10, read_seq: 7, unread: 3 })] }], s);
     s = run([{ type: 'read-local', conversation_id: 'c2', seq: 8 }], s);
     expect(s.conversations.c2.unread).toBe(2);
   });

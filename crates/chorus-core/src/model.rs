@@ -59,7 +59,10 @@ pub struct Conversation {
     pub created_at: DateTime<Utc>,
     /// The sequence number of its latest stored message (0 when empty).
     pub last_seq: i64,
-    /// Messages after the viewer's read marker.
+    /// The viewer's read marker: the `seq` they have read up to.
+    pub read_seq: i64,
+    /// Messages after the viewer's read marker (changes to messages are not counted,
+    /// nor deleted messages).
     pub unread: i64,
     /// Messages after the viewer's read marker that mention the viewer.
     pub mentions_unread: i64,

@@ -53,7 +53,12 @@ async fn main() {
             .await
             .unwrap(),
     );
+    // KEEP=1 leaves the SQLite database for a look at it afterwards.
+    let kept = std::env::var("KEEP").is_ok().then(|| dir.keep());
     run("SQLite (embedded)", sqlite, messages, searches).await;
+    if let Some(kept) = kept {
+        println!("the SQLite database is kept in {}", kept.display());
+    }
     let Ok(server) = std::env::var("CHORUS_BENCH_POSTGRES") else {
         println!("CHORUS_BENCH_POSTGRES is not set: PostgreSQL not measured");
         return;

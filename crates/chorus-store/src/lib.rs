@@ -129,6 +129,7 @@ impl ConversationRecord {
     pub fn view(self, read_seq: i64, after: AfterMarker) -> Conversation {
         Conversation {
             unread: (self.last_seq - read_seq - after.not_messages).max(0),
+            read_seq,
             mentions_unread: after.mentions,
             id: self.id,
             kind: self.kind,

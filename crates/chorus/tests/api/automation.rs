@@ -882,3 +882,83 @@ async fn dry_runs_looping_on_kv_never_hold_up_another_users_reply() {
     }
     hammers.abort_all();
 }
+
+/// Outgoing scripts see every change their owner sends, and may refuse it; incoming
+/// scripts run on messages only, not on changes to them.
+#[tokio::test]
+async fn outgoing_scripts_see_changes_and_incoming_scripts_only_messages() {
+    let app = TestApp::spawn().await;
+    let (ada, bob) = (app.register("ada").await, app.register("bob").await);
+    let chat = app.direct(&ada, &bob).await;
+    app.script(
+        &ada,
+        &["outgoing"],
+        r#"
+        export function onOutgoing(msg) {
+            if (msg.kind === "edit") return { drop: `no edits of ${msg.target_id}` };
+            if (msg.kind === "delete") return { rewrite: "a delete has no body" };
+        }
+        "#,
+    )
+    .await;
+    app.script(
+        &bob,
+        &["incoming"],
+        r#"export function onIncoming(msg) { return { reply: `seen ${msg.kind}` }; }"#,
+    )
+    .await;
+    let mut ada_ws = app.ws(&ada).await;
+    let mut bob_ws = app.ws(&bob).await;
+
+    ada_ws.send_message(&chat, "1", "hello").await;
+    let hello = bob_ws.message_where(|m| m["client_msg_id"] == "1").await;
+    let target = hello["message_id"].as_str().unwrap().to_owned();
+    let reply = ada_ws
+        .message_where(|m| m["sender_id"] == bob.id.as_str())
+        .await;
+    assert_eq!(reply["body"], "seen text");
+
+    ada_ws
+        .send(json!({ "type": "edit", "client_msg_id": "e", "conversation_id": chat, "message_id": target, "body": "hello!" }))
+        .await;
+    // Accepted (on the log), then refused by the script.
+    assert_eq!(ada_ws.expect("accepted").await["client_msg_id"], "e");
+    let error = ada_ws.expect("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["client_msg_id"].as_str()),
+        (Some("blocked"), Some("e"))
+    );
+    assert_eq!(error["message"], format!("no edits of {target}"));
+
+    ada_ws
+        .send(json!({ "type": "delete", "client_msg_id": "d", "conversation_id": chat, "message_id": target }))
+        .await;
+    assert_eq!(ada_ws.expect("accepted").await["client_msg_id"], "d");
+    let deleted = bob_ws.message_where(|m| m["client_msg_id"] == "d").await;
+    assert_eq!(
+        (deleted["kind"].as_str(), deleted["body"].as_str()),
+        (Some("delete"), Some(""))
+    );
+    let last = settle(&mut ada_ws, &chat, "marker").await;
+    let kinds: Vec<(String, String)> = app
+        .history(&ada, &chat)
+        .await
+        .iter()
+        .filter(|m| m["seq"].as_i64().unwrap() < last)
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap().to_owned(),
+                m["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("text".to_owned(), String::new()),
+            ("text".to_owned(), "seen text".to_owned()),
+            ("delete".to_owned(), String::new()),
+        ],
+        "no edit stored; no reply to the delete; the deleted message's body erased"
+    );
+}
