@@ -61,6 +61,9 @@ pub(crate) trait Backend: Send + Sync {
     /// Takes the message `$1` out of search (it is deleted).
     const SEARCH_ERASE: &'static str;
 
+    /// What the search index is given of `body`, a message of `conversation`.
+    fn search_body(conversation: ConversationId, body: &str) -> String;
+
     /// An id to bind.
     fn id(id: Uuid) -> Self::Id;
     /// The id in `column` of `row`.
@@ -196,7 +199,7 @@ macro_rules! impl_store {
                             .execute(&mut *conn)
                             .await?;
                         ::sqlx::query(Self::SEARCH_EDIT)
-                            .bind(&edit.body)
+                            .bind(Self::search_body(edit.conversation_id, &edit.body))
                             .bind(Self::id(edit.target.0))
                             .execute(&mut *conn)
                             .await?;

@@ -85,6 +85,11 @@ impl Backend for PostgresStore {
         "UPDATE messages SET search = chorus_search_text($1) WHERE message_id = $2";
     const SEARCH_ERASE: &'static str = "UPDATE messages SET search = NULL WHERE message_id = $1";
 
+    /// The body as it is: `chorus_search_text` makes its words.
+    fn search_body(_conversation: ConversationId, body: &str) -> String {
+        body.to_owned()
+    }
+
     fn id(id: Uuid) -> Uuid {
         id
     }

@@ -134,6 +134,7 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.clone().read_only(true))
             .await?;
+        index_for_search(&reader, &writer).await?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
@@ -305,13 +306,94 @@ impl Drop for WriteTx {
     }
 }
 
-/// Most conversations a search names in its full-text match.
-const MATCHED_CONVERSATIONS: usize = 1000;
+/// Indexes for search the messages stored before search existed (`search_id` NULL),
+/// oldest first, a thousand to a transaction; a restart after a crash goes on with the
+/// rest. Runs before the store is used, so nothing else writes meanwhile. (Those
+/// messages have no edits: edits came with search.)
+async fn index_for_search(reader: &SqlitePool, writer: &SqlitePool) -> Result<()> {
+    use futures::TryStreamExt;
+    let mut rows = sqlx::query(
+        "SELECT conversation_id, seq, body FROM messages \
+         WHERE kind = 'text' AND NOT deleted AND search_id IS NULL ORDER BY sent_at, seq",
+    )
+    .fetch(reader);
+    let mut indexed = 0u64;
+    let mut chunk: Vec<(String, i64, String)> = Vec::with_capacity(1000);
+    loop {
+        let row = rows.try_next().await?;
+        if let Some(row) = &row {
+            chunk.push((
+                row.try_get("conversation_id")?,
+                row.try_get("seq")?,
+                row.try_get("body")?,
+            ));
+        }
+        if chunk.len() == 1000 || (row.is_none() && !chunk.is_empty()) {
+            let mut tx = writer.begin().await?;
+            let last: i64 =
+                sqlx::query_scalar("SELECT rowid FROM message_search ORDER BY rowid DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .unwrap_or(0);
+            for (id, (conversation, seq, body)) in (last + 1..).zip(chunk.drain(..)) {
+                sqlx::query(
+                    "INSERT INTO message_search (rowid, body, conversation_id, seq) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(id)
+                .bind(search_text(parse_id(&conversation)?, &body))
+                .bind(&conversation)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE messages SET search_id = $1 WHERE conversation_id = $2 AND seq = $3",
+                )
+                .bind(id)
+                .bind(&conversation)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                indexed += 1;
+            }
+            tx.commit().await?;
+        }
+        if row.is_none() {
+            break;
+        }
+    }
+    if indexed > 0 {
+        tracing::info!(
+            messages = indexed,
+            "messages stored before search indexed for it"
+        );
+    }
+    Ok(())
+}
 
-/// A conversation as a word of the full-text index (a letter, then its id's 32 hex
-/// digits: one token, unlike the hyphenated form).
-fn conversation_token(id: ConversationId) -> String {
-    format!("c{}", id.0.simple())
+/// Most conversations one full-text match names.
+const MATCHED_CONVERSATIONS: usize = 500;
+
+/// A conversation's tag in the full-text index: the last 8 hex digits of its id
+/// (random bits of a UUID v7). Two conversations may share a tag: a search then reads
+/// the other's postings too, and its SQL keeps only the caller's conversations.
+fn conversation_tag(id: ConversationId) -> String {
+    let hex = id.0.simple().to_string();
+    hex[hex.len() - 8..].to_owned()
+}
+
+/// What the full-text index holds of a message of `conversation`: each word of `body`
+/// (a run of letters and digits, as [`crate::search_words`] cuts a search) as
+/// `<tag>_<word>`, one token (the tokenizer keeps `_` in tokens), folded by the
+/// tokenizer (case, accents). A search for `word` in the conversation is then the prefix
+/// query `<tag>_word*`, which reads only that conversation's postings.
+fn search_text(conversation: ConversationId, body: &str) -> String {
+    let tag = conversation_tag(conversation);
+    crate::search_words(body)
+        .iter()
+        .map(|w| format!("{tag}_{w}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `?, ?, …` with `values` bound.
@@ -335,11 +417,15 @@ impl Backend for SqliteStore {
     /// Nothing: a write transaction holds the database's only write lock (see [`BEGIN`]).
     const FOR_UPDATE: &'static str = "";
     /// The message's row of the full-text index (`message_search`) holds its current
-    /// body.
+    /// body's words ([`search_text`]).
     const SEARCH_EDIT: &'static str = "UPDATE message_search SET body = $1 \
          WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $2)";
     const SEARCH_ERASE: &'static str = "DELETE FROM message_search \
          WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $1)";
+
+    fn search_body(conversation: ConversationId, body: &str) -> String {
+        search_text(conversation, body)
+    }
 
     fn id(id: Uuid) -> String {
         id.to_string()
@@ -522,12 +608,10 @@ impl Backend for SqliteStore {
                     .filter(|m| search_ids.contains_key(&m.message_id))
                     .collect();
                 if !texts.is_empty() {
-                    write
-                        .push("INSERT INTO message_search (rowid, body, c, conversation_id, seq) ");
+                    write.push("INSERT INTO message_search (rowid, body, conversation_id, seq) ");
                     write.push_values(texts, |mut row, m| {
                         row.push_bind(search_ids[&m.message_id])
-                            .push_bind(&m.body)
-                            .push_bind(conversation_token(m.conversation_id))
+                            .push_bind(search_text(m.conversation_id, &m.body))
                             .push_bind(m.conversation_id.to_string())
                             .push_bind(m.seq);
                     });
@@ -625,55 +709,57 @@ impl Backend for SqliteStore {
     }
 
     /// The full-text index read newest first (descending rowid), each match joined to
-    /// its message. The caller's conversations are part of the match (each row has its
-    /// conversation as a word of column `c`), so FTS5 reads only the rows of those
-    /// conversations that have the words, rather than every row with the words and
-    /// then skipping the many of other conversations.
+    /// its message. Each word is looked for as `<tag>_<word>*` in each of the caller's
+    /// conversations ([`search_text`]): a few postings per conversation, rather than
+    /// every message with the word. A caller in very many conversations is searched a
+    /// slice of them at a time, and the newest of all kept.
     async fn search_stored(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>> {
-        let conversations: Vec<String> = match query.conversation {
-            Some(c) => vec![c.to_string()],
-            None => {
-                sqlx::query_scalar("SELECT conversation_id FROM members WHERE user_id = $1")
-                    .bind(user.to_string())
-                    .fetch_all(&self.reader)
-                    .await?
-            }
-        };
-        if conversations.is_empty() {
-            return Ok(Vec::new());
-        }
-        let words: Vec<String> = query
-            .words
+        let conversations: Vec<ConversationId> = match query.conversation {
+            Some(c) => vec![c],
+            None => sqlx::query_scalar::<_, String>(
+                "SELECT conversation_id FROM members WHERE user_id = $1",
+            )
+            .bind(user.to_string())
+            .fetch_all(&self.reader)
+            .await?
             .iter()
-            .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
-            .collect();
-        let mut matching = format!("body : ({})", words.join(" "));
-        // A very long OR costs FTS5 more than it saves: past that, the conversations
-        // are only filtered in SQL.
-        if conversations.len() <= MATCHED_CONVERSATIONS {
-            let ids: Vec<String> = conversations
-                .iter()
-                .map(|c| Ok(conversation_token(parse_id(c)?)))
-                .collect::<Result<_>>()?;
-            matching.push_str(&format!(" AND c : ({})", ids.join(" OR ")));
-        }
+            .map(|c| parse_id(c))
+            .collect::<Result<_>>()?,
+        };
         let sql = format!(
-            "SELECT {} FROM message_search s JOIN messages m \
+            "SELECT s.rowid AS search_rowid, {} FROM message_search s JOIN messages m \
              ON m.conversation_id = s.conversation_id AND m.seq = s.seq \
              WHERE message_search MATCH $1 AND m.conversation_id IN \
              (SELECT conversation_id FROM members WHERE user_id = $2) \
              ORDER BY s.rowid DESC LIMIT $3",
             crate::backend::message_columns_of_m()
         );
-        sqlx::query(&sql)
-            .bind(matching)
-            .bind(user.to_string())
-            .bind(query.limit)
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(Self::message_row)
-            .collect()
+        let mut found: Vec<(i64, Message)> = Vec::new();
+        for slice in conversations.chunks(MATCHED_CONVERSATIONS) {
+            let tags: Vec<String> = slice.iter().map(|c| conversation_tag(*c)).collect();
+            let matching = query
+                .words
+                .iter()
+                .map(|w| {
+                    let w = w.replace('"', "\"\"");
+                    let any: Vec<String> = tags.iter().map(|t| format!("\"{t}_{w}\"*")).collect();
+                    format!("({})", any.join(" OR "))
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            for row in sqlx::query(&sql)
+                .bind(matching)
+                .bind(user.to_string())
+                .bind(query.limit)
+                .fetch_all(&self.reader)
+                .await?
+            {
+                found.push((row.try_get("search_rowid")?, Self::message_row(&row)?));
+            }
+        }
+        found.sort_unstable_by_key(|(rowid, _)| std::cmp::Reverse(*rowid));
+        found.truncate(usize::try_from(query.limit).unwrap_or(0));
+        Ok(found.into_iter().map(|(_, m)| m).collect())
     }
 
     async fn conversations_with_markers(

@@ -29,25 +29,14 @@ CREATE TABLE reactions (
 CREATE INDEX message_mentions_by_message ON message_mentions (conversation_id, seq);
 
 -- Full-text search of messages' current bodies, case- and accent-insensitive. A rowid
--- per message, in the order they were stored: newest first is descending rowid. `c`
--- holds the conversation as one word ('c' and the id's hex digits), so that a search
--- matches the caller's conversations in the index rather than skipping the others'.
+-- per message, in the order they were stored: newest first is descending rowid. Each
+-- word is indexed with its conversation's tag in front (`<tag>_<word>`, see
+-- `sqlite::search_text`), so that a search reads only the postings of the caller's
+-- conversations, however common its words are elsewhere. The messages stored before
+-- this migration are indexed when the store opens (`search_id` NULL).
 CREATE VIRTUAL TABLE message_search USING fts5 (
     body,
-    c,
     conversation_id UNINDEXED,
     seq UNINDEXED,
-    tokenize = 'unicode61 remove_diacritics 2'
+    tokenize = "unicode61 remove_diacritics 2 tokenchars '_'"
 );
-
-WITH numbered AS (
-    SELECT conversation_id, seq,
-           row_number() OVER (ORDER BY sent_at, conversation_id, seq) AS n
-    FROM messages
-)
-UPDATE messages SET search_id = numbered.n FROM numbered
-WHERE messages.conversation_id = numbered.conversation_id AND messages.seq = numbered.seq;
-
-INSERT INTO message_search (rowid, body, c, conversation_id, seq)
-SELECT search_id, body, 'c' || replace(conversation_id, '-', ''), conversation_id, seq
-FROM messages;
