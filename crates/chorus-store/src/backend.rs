@@ -24,7 +24,7 @@
 //! type it binds or reads and the executors it runs on; each expansion of a macro is
 //! plain code, type-checked against one backend.
 
-use crate::{Appended, ConversationRecord, NewMessage, Result, SearchQuery, from_millis};
+use crate::{Appended, ConversationRecord, NewMessage, Result, from_millis};
 use chorus_core::model::{ConversationKind, Message};
 use chorus_core::{ConversationId, UserId};
 use sqlx::{Database, Pool, Transaction};
@@ -61,8 +61,9 @@ pub(crate) trait Backend: Send + Sync {
     /// Takes the message `$1` out of search (it is deleted).
     const SEARCH_ERASE: &'static str;
 
-    /// What the search index is given of `body`, a message of `conversation`.
-    fn search_body(conversation: ConversationId, body: &str) -> String;
+    /// The full-text query for messages with every one of `words` in one of the
+    /// conversations tagged `tags` (see [`crate::search_text`]).
+    fn search_match(tags: &[String], words: &[String]) -> String;
 
     /// An id to bind.
     fn id(id: Uuid) -> Self::Id;
@@ -92,8 +93,14 @@ pub(crate) trait Backend: Send + Sync {
         &self,
         user: UserId,
     ) -> Result<Vec<(ConversationRecord, i64)>>;
-    /// The messages [`crate::Store::search`] finds, as stored (their first body).
-    async fn search_stored(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>>;
+    /// At most `limit` of `user`'s messages matching `matching` (a
+    /// [`Backend::search_match`]), newest first, as stored (their first body).
+    async fn search_matching(
+        &self,
+        user: UserId,
+        matching: String,
+        limit: i64,
+    ) -> Result<Vec<Message>>;
 }
 
 /// The direct conversation of `a` and `b` just created at `now` (milliseconds).
@@ -199,7 +206,7 @@ macro_rules! impl_store {
                             .execute(&mut *conn)
                             .await?;
                         ::sqlx::query(Self::SEARCH_EDIT)
-                            .bind(Self::search_body(edit.conversation_id, &edit.body))
+                            .bind($crate::search_text(edit.conversation_id, &edit.body))
                             .bind(Self::id(edit.target.0))
                             .execute(&mut *conn)
                             .await?;
@@ -851,7 +858,25 @@ macro_rules! impl_store {
 
                 async fn search(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>> {
                     let _timer = QueryTimer::start("search");
-                    let mut found = self.search_stored(user, query).await?;
+                    let conversations: Vec<ConversationId> = match query.conversation {
+                        Some(c) => vec![c],
+                        None => ::sqlx::query("SELECT conversation_id FROM members WHERE user_id = $1")
+                            .bind(Self::id(user.0))
+                            .fetch_all(self.reader())
+                            .await?
+                            .iter()
+                            .map(|r| Ok(ConversationId(Self::get_id(r, "conversation_id")?)))
+                            .collect::<Result<_>>()?,
+                    };
+                    let mut found: Vec<Message> = Vec::new();
+                    for slice in conversations.chunks($crate::SEARCHED_CONVERSATIONS) {
+                        let tags: Vec<String> =
+                            slice.iter().map(|c| $crate::conversation_tag(*c)).collect();
+                        let matching = Self::search_match(&tags, &query.words);
+                        found.extend(self.search_matching(user, matching, query.limit).await?);
+                    }
+                    found.sort_unstable_by(|a, b| (b.sent_at, b.seq).cmp(&(a.sent_at, a.seq)));
+                    found.truncate(usize::try_from(query.limit).unwrap_or(0));
                     // An edited message shows its latest edit's body, as it matched.
                     for m in found.iter_mut().filter(|m| m.edited_at.is_some()) {
                         let latest: Option<String> = ::sqlx::query_scalar(

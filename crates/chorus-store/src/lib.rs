@@ -172,6 +172,34 @@ pub fn search_words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// A conversation's tag in the search index: the last 8 hex digits of its id (random
+/// bits of a UUID v7). Two conversations may share a tag: a search then reads the
+/// other's postings too, and its SQL keeps only the caller's conversations.
+fn conversation_tag(id: ConversationId) -> String {
+    let hex = id.0.simple().to_string();
+    hex[hex.len() - 8..].to_owned()
+}
+
+/// What the search index is given of a message of `conversation`: each word of `body`
+/// (as [`search_words`] cuts it) with the conversation's tag in front, `<tag><word>`,
+/// which both databases read as one word (and fold: case, accents). A search for `word`
+/// in the conversation is then the prefix `<tag>word*`, whose postings are that
+/// conversation's alone: however common a word is elsewhere, a search reads only the
+/// caller's conversations. The tag has a fixed length, so nothing else can be read as
+/// the same tag and word.
+fn search_text(conversation: ConversationId, body: &str) -> String {
+    let tag = conversation_tag(conversation);
+    search_words(body)
+        .iter()
+        .map(|w| format!("{tag}{w}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Most conversations one full-text query names; a caller in more is searched a slice
+/// at a time.
+const SEARCHED_CONVERSATIONS: usize = 500;
+
 /// A message to store (no `seq` yet).
 #[derive(Clone, Debug)]
 pub struct NewMessage {

@@ -7,7 +7,7 @@
 
 use crate::append::Stored;
 use crate::backend::{Backend, MESSAGE_COLUMNS, new_direct};
-use crate::{Appended, ConversationRecord, NewMessage, Result, SearchQuery, direct_key, millis};
+use crate::{Appended, ConversationRecord, NewMessage, Result, direct_key, millis};
 use chorus_core::model::{Attachment, Message};
 use chorus_core::{ConversationId, MessageId, UserId};
 use chrono::Utc;
@@ -85,9 +85,18 @@ impl Backend for PostgresStore {
         "UPDATE messages SET search = chorus_search_text($1) WHERE message_id = $2";
     const SEARCH_ERASE: &'static str = "UPDATE messages SET search = NULL WHERE message_id = $1";
 
-    /// The body as it is: `chorus_search_text` makes its words.
-    fn search_body(_conversation: ConversationId, body: &str) -> String {
-        body.to_owned()
+    /// `to_tsquery`'s syntax: `'<tag><word>':*` for each conversation, `|`'ed, for
+    /// each word, `&`'ed (a word has only letters and digits; quoted, whatever
+    /// `unaccent` makes of it stays one word).
+    fn search_match(tags: &[String], words: &[String]) -> String {
+        words
+            .iter()
+            .map(|w| {
+                let any: Vec<String> = tags.iter().map(|t| format!("'{t}{w}':*")).collect();
+                format!("({})", any.join(" | "))
+            })
+            .collect::<Vec<_>>()
+            .join(" & ")
     }
 
     fn id(id: Uuid) -> Uuid {
@@ -196,11 +205,12 @@ impl Backend for PostgresStore {
                 "INSERT INTO messages (message_id, client_msg_id, conversation_id, seq, \
                  sender_id, body, sent_at, origin, attachments, reply_to, mentions, kind, \
                  target_id, emoji, remove, search) \
-                 SELECT *, CASE WHEN k = 'text' THEN chorus_search_text(b) END \
+                 SELECT i, c, conv, s, u, b, t, o, a, r, mn, k, tg, e, rm, \
+                 CASE WHEN k = 'text' THEN chorus_search_text(st) END \
                  FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], \
                  $5::uuid[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::uuid[], \
-                 $11::text[], $12::text[], $13::uuid[], $14::text[], $15::boolean[]) \
-                 AS v (i, c, conv, s, u, b, t, o, a, r, mn, k, tg, e, rm)",
+                 $11::text[], $12::text[], $13::uuid[], $14::text[], $15::boolean[], \
+                 $16::text[]) AS v (i, c, conv, s, u, b, t, o, a, r, mn, k, tg, e, rm, st)",
             )
             .bind(new.iter().map(|m| m.message_id.0).collect::<Vec<_>>())
             .bind(
@@ -237,6 +247,11 @@ impl Backend for PostgresStore {
             )
             .bind(new.iter().map(|m| m.emoji.as_deref()).collect::<Vec<_>>())
             .bind(new.iter().map(|m| m.remove).collect::<Vec<_>>())
+            .bind(
+                new.iter()
+                    .map(|m| crate::search_text(m.conversation_id, &m.body))
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut *tx)
             .await?;
             let links: Vec<(&Message, &Attachment)> = new
@@ -366,36 +381,25 @@ impl Backend for PostgresStore {
         .transpose()
     }
 
-    /// Each of the caller's conversations on its own, newest first, through the GIN
-    /// index of (conversation, words), then the newest of all: the index finds the
-    /// matches of one conversation without reading those of the others.
-    async fn search_stored(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>> {
-        let matching = query
-            .words
-            .iter()
-            .map(|w| format!("'{w}':*"))
-            .collect::<Vec<_>>()
-            .join(" & ");
-        let one = if query.conversation.is_some() {
-            " AND conversation_id = $3"
-        } else {
-            ""
-        };
+    /// The GIN index of the messages' words finds the matches (their words carry
+    /// their conversation's tag), then the newest first.
+    async fn search_matching(
+        &self,
+        user: UserId,
+        matching: String,
+        limit: i64,
+    ) -> Result<Vec<Message>> {
         let sql = format!(
-            "SELECT {columns} FROM \
-               (SELECT conversation_id FROM members WHERE user_id = $2{one}) mine \
-             CROSS JOIN LATERAL \
-               (SELECT * FROM messages e WHERE e.conversation_id = mine.conversation_id \
-                AND e.search IS NOT NULL AND e.search @@ chorus_search_query($1) \
-                ORDER BY e.seq DESC LIMIT $4) m \
-             ORDER BY m.sent_at DESC, m.seq DESC LIMIT $4",
-            columns = crate::backend::message_columns_of_m()
+            "SELECT {} FROM messages m WHERE m.search IS NOT NULL \
+             AND m.search @@ chorus_search_query($1) AND m.conversation_id IN \
+             (SELECT conversation_id FROM members WHERE user_id = $2) \
+             ORDER BY m.sent_at DESC, m.seq DESC LIMIT $3",
+            crate::backend::message_columns_of_m()
         );
         sqlx::query(&sql)
             .bind(matching)
             .bind(user.0)
-            .bind(query.conversation.map(|c| c.0))
-            .bind(query.limit)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?
             .iter()

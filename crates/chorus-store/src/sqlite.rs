@@ -6,9 +6,7 @@
 
 use crate::append::Stored;
 use crate::backend::{Backend, MESSAGE_COLUMNS, NEW_MESSAGE_COLUMNS, new_direct};
-use crate::{
-    Appended, ConversationRecord, NewMessage, Result, SearchQuery, direct_key, millis, parse_id,
-};
+use crate::{Appended, ConversationRecord, NewMessage, Result, direct_key, millis, parse_id};
 use chorus_core::model::{Attachment, Message};
 use chorus_core::{ConversationId, MessageId, UserId};
 use chrono::Utc;
@@ -341,7 +339,7 @@ async fn index_for_search(reader: &SqlitePool, writer: &SqlitePool) -> Result<()
                      VALUES ($1, $2, $3, $4)",
                 )
                 .bind(id)
-                .bind(search_text(parse_id(&conversation)?, &body))
+                .bind(crate::search_text(parse_id(&conversation)?, &body))
                 .bind(&conversation)
                 .bind(seq)
                 .execute(&mut *tx)
@@ -371,31 +369,6 @@ async fn index_for_search(reader: &SqlitePool, writer: &SqlitePool) -> Result<()
     Ok(())
 }
 
-/// Most conversations one full-text match names.
-const MATCHED_CONVERSATIONS: usize = 500;
-
-/// A conversation's tag in the full-text index: the last 8 hex digits of its id
-/// (random bits of a UUID v7). Two conversations may share a tag: a search then reads
-/// the other's postings too, and its SQL keeps only the caller's conversations.
-fn conversation_tag(id: ConversationId) -> String {
-    let hex = id.0.simple().to_string();
-    hex[hex.len() - 8..].to_owned()
-}
-
-/// What the full-text index holds of a message of `conversation`: each word of `body`
-/// (a run of letters and digits, as [`crate::search_words`] cuts a search) as
-/// `<tag>_<word>`, one token (the tokenizer keeps `_` in tokens), folded by the
-/// tokenizer (case, accents). A search for `word` in the conversation is then the prefix
-/// query `<tag>_word*`, which reads only that conversation's postings.
-fn search_text(conversation: ConversationId, body: &str) -> String {
-    let tag = conversation_tag(conversation);
-    crate::search_words(body)
-        .iter()
-        .map(|w| format!("{tag}_{w}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// `?, ?, …` with `values` bound.
 fn push_list<'a>(query: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>, values: &'a [String]) {
     let mut list = query.separated(", ");
@@ -417,14 +390,24 @@ impl Backend for SqliteStore {
     /// Nothing: a write transaction holds the database's only write lock (see [`BEGIN`]).
     const FOR_UPDATE: &'static str = "";
     /// The message's row of the full-text index (`message_search`) holds its current
-    /// body's words ([`search_text`]).
+    /// body's words ([`crate::search_text`]).
     const SEARCH_EDIT: &'static str = "UPDATE message_search SET body = $1 \
          WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $2)";
     const SEARCH_ERASE: &'static str = "DELETE FROM message_search \
          WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $1)";
 
-    fn search_body(conversation: ConversationId, body: &str) -> String {
-        search_text(conversation, body)
+    /// FTS5's syntax: `"<tag><word>"*` for each conversation, OR'ed, for each word,
+    /// AND'ed (a word has only letters and digits, so quoting keeps FTS5's operators
+    /// such as `AND` plain words).
+    fn search_match(tags: &[String], words: &[String]) -> String {
+        words
+            .iter()
+            .map(|w| {
+                let any: Vec<String> = tags.iter().map(|t| format!("\"{t}{w}\"*")).collect();
+                format!("({})", any.join(" OR "))
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
     }
 
     fn id(id: Uuid) -> String {
@@ -611,7 +594,7 @@ impl Backend for SqliteStore {
                     write.push("INSERT INTO message_search (rowid, body, conversation_id, seq) ");
                     write.push_values(texts, |mut row, m| {
                         row.push_bind(search_ids[&m.message_id])
-                            .push_bind(search_text(m.conversation_id, &m.body))
+                            .push_bind(crate::search_text(m.conversation_id, &m.body))
                             .push_bind(m.conversation_id.to_string())
                             .push_bind(m.seq);
                     });
@@ -709,57 +692,30 @@ impl Backend for SqliteStore {
     }
 
     /// The full-text index read newest first (descending rowid), each match joined to
-    /// its message. Each word is looked for as `<tag>_<word>*` in each of the caller's
-    /// conversations ([`search_text`]): a few postings per conversation, rather than
-    /// every message with the word. A caller in very many conversations is searched a
-    /// slice of them at a time, and the newest of all kept.
-    async fn search_stored(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>> {
-        let conversations: Vec<ConversationId> = match query.conversation {
-            Some(c) => vec![c],
-            None => sqlx::query_scalar::<_, String>(
-                "SELECT conversation_id FROM members WHERE user_id = $1",
-            )
-            .bind(user.to_string())
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(|c| parse_id(c))
-            .collect::<Result<_>>()?,
-        };
+    /// its message.
+    async fn search_matching(
+        &self,
+        user: UserId,
+        matching: String,
+        limit: i64,
+    ) -> Result<Vec<Message>> {
         let sql = format!(
-            "SELECT s.rowid AS search_rowid, {} FROM message_search s JOIN messages m \
+            "SELECT {} FROM message_search s JOIN messages m \
              ON m.conversation_id = s.conversation_id AND m.seq = s.seq \
              WHERE message_search MATCH $1 AND m.conversation_id IN \
              (SELECT conversation_id FROM members WHERE user_id = $2) \
              ORDER BY s.rowid DESC LIMIT $3",
             crate::backend::message_columns_of_m()
         );
-        let mut found: Vec<(i64, Message)> = Vec::new();
-        for slice in conversations.chunks(MATCHED_CONVERSATIONS) {
-            let tags: Vec<String> = slice.iter().map(|c| conversation_tag(*c)).collect();
-            let matching = query
-                .words
-                .iter()
-                .map(|w| {
-                    let w = w.replace('"', "\"\"");
-                    let any: Vec<String> = tags.iter().map(|t| format!("\"{t}_{w}\"*")).collect();
-                    format!("({})", any.join(" OR "))
-                })
-                .collect::<Vec<_>>()
-                .join(" AND ");
-            for row in sqlx::query(&sql)
-                .bind(matching)
-                .bind(user.to_string())
-                .bind(query.limit)
-                .fetch_all(&self.reader)
-                .await?
-            {
-                found.push((row.try_get("search_rowid")?, Self::message_row(&row)?));
-            }
-        }
-        found.sort_unstable_by_key(|(rowid, _)| std::cmp::Reverse(*rowid));
-        found.truncate(usize::try_from(query.limit).unwrap_or(0));
-        Ok(found.into_iter().map(|(_, m)| m).collect())
+        sqlx::query(&sql)
+            .bind(matching)
+            .bind(user.to_string())
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(Self::message_row)
+            .collect()
     }
 
     async fn conversations_with_markers(

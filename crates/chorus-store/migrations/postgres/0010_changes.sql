@@ -31,7 +31,6 @@ CREATE INDEX message_mentions_by_message ON message_mentions (conversation_id, s
 -- `unaccent` is not IMMUTABLE (its dictionary could change), so an index cannot call it
 -- directly: this wrapper names the dictionary and promises what an index needs.
 CREATE EXTENSION IF NOT EXISTS unaccent;
-CREATE EXTENSION IF NOT EXISTS btree_gin;
 
 CREATE FUNCTION chorus_search_text(body TEXT) RETURNS tsvector
     LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
@@ -41,9 +40,15 @@ CREATE FUNCTION chorus_search_query(words TEXT) RETURNS tsquery
     LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
     AS $$ SELECT to_tsquery('simple'::regconfig, public.unaccent('public.unaccent'::regdictionary, words)) $$;
 
+-- Each word is indexed with its conversation's tag in front (`<tag><word>`, see
+-- `search_text` in lib.rs), so that a search reads only the postings of the caller's
+-- conversations, however common its words are elsewhere. The messages stored before
+-- this migration get the same: the tag (the last 8 hex digits of the conversation's
+-- id) before each run of letters and digits.
 ALTER TABLE messages ADD COLUMN search tsvector;
-UPDATE messages SET search = chorus_search_text(body);
--- By conversation and word at once (btree_gin), so that a search of one user's
--- conversations reads only their matches.
-CREATE INDEX messages_search ON messages USING gin (conversation_id, search)
-    WHERE search IS NOT NULL;
+UPDATE messages SET search = chorus_search_text(regexp_replace(
+    ' ' || regexp_replace(body, '[^[:alnum:]]+', ' ', 'g'),
+    ' ([[:alnum:]])',
+    ' ' || right(replace(conversation_id::text, '-', ''), 8) || '\1',
+    'g'));
+CREATE INDEX messages_search ON messages USING gin (search) WHERE search IS NOT NULL;
