@@ -4,7 +4,8 @@
 //!
 //! `cargo bench -p chorus-store --bench search` (figures in BENCHMARKS.md);
 //! `MESSAGES=N` for another number of messages, `SEARCHES=N` for another number of
-//! searches (default 2,000, after 100 to warm up).
+//! searches (default 2,000, after 100 to warm up), `SQLITE=0` for PostgreSQL alone,
+//! `KEEP=1` to keep the databases for a look afterwards.
 //!
 //! The messages are stored through [`Store::append_messages`] in batches of 500, as
 //! the store stage stores them, so the fill rate is the indexing path's too. 10,000
@@ -53,11 +54,13 @@ async fn main() {
             .await
             .unwrap(),
     );
+    // SQLITE=0 measures PostgreSQL alone.
+    if std::env::var("SQLITE").as_deref() != Ok("0") {
+        run("SQLite (embedded)", sqlite, messages, searches).await;
+    }
     // KEEP=1 leaves the SQLite database for a look at it afterwards.
-    let kept = std::env::var("KEEP").is_ok().then(|| dir.keep());
-    run("SQLite (embedded)", sqlite, messages, searches).await;
-    if let Some(kept) = kept {
-        println!("the SQLite database is kept in {}", kept.display());
+    if std::env::var("KEEP").is_ok() {
+        println!("the SQLite database is kept in {}", dir.keep().display());
     }
     let Ok(server) = std::env::var("CHORUS_BENCH_POSTGRES") else {
         println!("CHORUS_BENCH_POSTGRES is not set: PostgreSQL not measured");
@@ -76,6 +79,10 @@ async fn main() {
     );
     run("PostgreSQL", pg.clone(), messages, searches).await;
     drop(pg);
+    if std::env::var("KEEP").is_ok() {
+        println!("the PostgreSQL database {name} is kept");
+        return;
+    }
     admin
         .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
         .await

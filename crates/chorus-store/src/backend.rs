@@ -61,9 +61,27 @@ pub(crate) trait Backend: Send + Sync {
     /// Takes the message `$1` out of search (it is deleted).
     const SEARCH_ERASE: &'static str;
 
+    /// The full-text query's "or" and "and".
+    const SEARCH_OR: &'static str;
+    const SEARCH_AND: &'static str;
+    /// The full-text query's term for words starting with `tagged_word`.
+    fn search_prefix(tagged_word: &str) -> String;
+
     /// The full-text query for messages with every one of `words` in one of the
     /// conversations tagged `tags` (see [`crate::search_text`]).
-    fn search_match(tags: &[String], words: &[String]) -> String;
+    fn search_match(tags: &[String], words: &[String]) -> String {
+        words
+            .iter()
+            .map(|w| {
+                let any: Vec<String> = tags
+                    .iter()
+                    .map(|t| Self::search_prefix(&format!("{t}{w}")))
+                    .collect();
+                format!("({})", any.join(Self::SEARCH_OR))
+            })
+            .collect::<Vec<_>>()
+            .join(Self::SEARCH_AND)
+    }
 
     /// An id to bind.
     fn id(id: Uuid) -> Self::Id;
@@ -93,11 +111,12 @@ pub(crate) trait Backend: Send + Sync {
         &self,
         user: UserId,
     ) -> Result<Vec<(ConversationRecord, i64)>>;
-    /// At most `limit` of `user`'s messages matching `matching` (a
-    /// [`Backend::search_match`]), newest first, as stored (their first body).
+    /// At most `limit` messages of `conversations` (of `user`'s) matching `matching`
+    /// (a [`Backend::search_match`]), newest first, as stored (their first body).
     async fn search_matching(
         &self,
         user: UserId,
+        conversations: &[ConversationId],
         matching: String,
         limit: i64,
     ) -> Result<Vec<Message>>;
@@ -873,7 +892,10 @@ macro_rules! impl_store {
                         let tags: Vec<String> =
                             slice.iter().map(|c| $crate::conversation_tag(*c)).collect();
                         let matching = Self::search_match(&tags, &query.words);
-                        found.extend(self.search_matching(user, matching, query.limit).await?);
+                        found.extend(
+                            self.search_matching(user, slice, matching, query.limit)
+                                .await?,
+                        );
                     }
                     found.sort_unstable_by(|a, b| (b.sent_at, b.seq).cmp(&(a.sent_at, a.seq)));
                     found.truncate(usize::try_from(query.limit).unwrap_or(0));

@@ -85,18 +85,12 @@ impl Backend for PostgresStore {
         "UPDATE messages SET search = chorus_search_text($1) WHERE message_id = $2";
     const SEARCH_ERASE: &'static str = "UPDATE messages SET search = NULL WHERE message_id = $1";
 
-    /// `to_tsquery`'s syntax: `'<tag><word>':*` for each conversation, `|`'ed, for
-    /// each word, `&`'ed (a word has only letters and digits; quoted, whatever
-    /// `unaccent` makes of it stays one word).
-    fn search_match(tags: &[String], words: &[String]) -> String {
-        words
-            .iter()
-            .map(|w| {
-                let any: Vec<String> = tags.iter().map(|t| format!("'{t}{w}':*")).collect();
-                format!("({})", any.join(" | "))
-            })
-            .collect::<Vec<_>>()
-            .join(" & ")
+    /// `to_tsquery`'s syntax. A word has only letters and digits; quoted, whatever
+    /// `unaccent` makes of it stays one word.
+    const SEARCH_OR: &'static str = " | ";
+    const SEARCH_AND: &'static str = " & ";
+    fn search_prefix(tagged_word: &str) -> String {
+        format!("'{tagged_word}':*")
     }
 
     fn id(id: Uuid) -> Uuid {
@@ -382,23 +376,28 @@ impl Backend for PostgresStore {
     }
 
     /// The GIN index of the messages' words finds the matches (their words carry
-    /// their conversation's tag), then the newest first.
+    /// their conversation's tag, so these are few), then those of `conversations`,
+    /// newest first. The matches are found first on their own (a materialized CTE):
+    /// left to choose, the planner read every message of the conversations by their
+    /// primary key and tested each one's words, 125 ms for a common word at 1,000,000
+    /// messages.
     async fn search_matching(
         &self,
-        user: UserId,
+        _user: UserId,
+        conversations: &[ConversationId],
         matching: String,
         limit: i64,
     ) -> Result<Vec<Message>> {
         let sql = format!(
-            "SELECT {} FROM messages m WHERE m.search IS NOT NULL \
-             AND m.search @@ chorus_search_query($1) AND m.conversation_id IN \
-             (SELECT conversation_id FROM members WHERE user_id = $2) \
+            "WITH hits AS MATERIALIZED (SELECT * FROM messages \
+               WHERE search IS NOT NULL AND search @@ chorus_search_query($1)) \
+             SELECT {} FROM hits m WHERE m.conversation_id = ANY($2) \
              ORDER BY m.sent_at DESC, m.seq DESC LIMIT $3",
             crate::backend::message_columns_of_m()
         );
         sqlx::query(&sql)
             .bind(matching)
-            .bind(user.0)
+            .bind(conversations.iter().map(|c| c.0).collect::<Vec<_>>())
             .bind(limit)
             .fetch_all(&self.pool)
             .await?

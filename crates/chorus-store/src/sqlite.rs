@@ -396,18 +396,12 @@ impl Backend for SqliteStore {
     const SEARCH_ERASE: &'static str = "DELETE FROM message_search \
          WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $1)";
 
-    /// FTS5's syntax: `"<tag><word>"*` for each conversation, OR'ed, for each word,
-    /// AND'ed (a word has only letters and digits, so quoting keeps FTS5's operators
-    /// such as `AND` plain words).
-    fn search_match(tags: &[String], words: &[String]) -> String {
-        words
-            .iter()
-            .map(|w| {
-                let any: Vec<String> = tags.iter().map(|t| format!("\"{t}{w}\"*")).collect();
-                format!("({})", any.join(" OR "))
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ")
+    /// FTS5's syntax. A word has only letters and digits; quoting keeps FTS5's
+    /// operators (`AND`, `NEAR`) plain words.
+    const SEARCH_OR: &'static str = " OR ";
+    const SEARCH_AND: &'static str = " AND ";
+    fn search_prefix(tagged_word: &str) -> String {
+        format!("\"{tagged_word}\"*")
     }
 
     fn id(id: Uuid) -> String {
@@ -692,10 +686,11 @@ impl Backend for SqliteStore {
     }
 
     /// The full-text index read newest first (descending rowid), each match joined to
-    /// its message.
+    /// its message and kept if it is of one of the user's conversations.
     async fn search_matching(
         &self,
         user: UserId,
+        _conversations: &[ConversationId],
         matching: String,
         limit: i64,
     ) -> Result<Vec<Message>> {
