@@ -173,11 +173,16 @@ pub fn search_words(text: &str) -> Vec<String> {
 }
 
 /// A conversation's tag in the search index: the last 8 hex digits of its id (random
-/// bits of a UUID v7). Two conversations may share a tag: a search then reads the
-/// other's postings too, and its SQL keeps only the caller's conversations.
+/// bits of a UUID v7) spelled with the letters `a` to `p`, so that no parser reads a
+/// number in it (PostgreSQL's reads `5e39…` as a float and cuts the word there). Two
+/// conversations may share a tag: a search then reads the other's postings too, and its
+/// SQL keeps only the caller's conversations.
 fn conversation_tag(id: ConversationId) -> String {
-    let hex = id.0.simple().to_string();
-    hex[hex.len() - 8..].to_owned()
+    id.0.as_bytes()[12..]
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .map(|nibble| char::from(b'a' + nibble))
+        .collect()
 }
 
 /// What the search index is given of a message of `conversation`: each word of `body`

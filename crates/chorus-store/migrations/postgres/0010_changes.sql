@@ -44,11 +44,12 @@ CREATE FUNCTION chorus_search_query(words TEXT) RETURNS tsquery
 -- `search_text` in lib.rs), so that a search reads only the postings of the caller's
 -- conversations, however common its words are elsewhere. The messages stored before
 -- this migration get the same: the tag (the last 8 hex digits of the conversation's
--- id) before each run of letters and digits.
+-- id, spelled with the letters a to p) before each run of letters and digits.
 ALTER TABLE messages ADD COLUMN search tsvector;
 UPDATE messages SET search = chorus_search_text(regexp_replace(
     ' ' || regexp_replace(body, '[^[:alnum:]]+', ' ', 'g'),
     ' ([[:alnum:]])',
-    ' ' || right(replace(conversation_id::text, '-', ''), 8) || '\1',
+    ' ' || translate(right(conversation_id::text, 8), '0123456789abcdef', 'abcdefghijklmnop')
+        || '\1',
     'g'));
 CREATE INDEX messages_search ON messages USING gin (search) WHERE search IS NOT NULL;
