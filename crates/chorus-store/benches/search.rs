@@ -1,5 +1,5 @@
 //! Search of 1,000,000 stored messages (protocol v1.1 §4), on SQLite and, when
-//! `CHORUS_BENCH_POSTGRES` names a server, on PostgreSQL: the time of
+//! `CHORUS_TEST_POSTGRES` names a server, on PostgreSQL: the time of
 //! [`Store::search`] as the gateway calls it, p50/p95/p99/max over many searches.
 //!
 //! `cargo bench -p chorus-store --bench search` (figures in BENCHMARKS.md);
@@ -62,8 +62,8 @@ async fn main() {
     if std::env::var("KEEP").is_ok() {
         println!("the SQLite database is kept in {}", dir.keep().display());
     }
-    let Ok(server) = std::env::var("CHORUS_BENCH_POSTGRES") else {
-        println!("CHORUS_BENCH_POSTGRES is not set: PostgreSQL not measured");
+    let Ok(server) = std::env::var("CHORUS_TEST_POSTGRES") else {
+        println!("CHORUS_TEST_POSTGRES is not set: PostgreSQL not measured");
         return;
     };
     let name = format!("chorus_bench_{}", uuid::Uuid::now_v7().simple());
