@@ -329,21 +329,16 @@ async fn index_for_search(reader: &SqlitePool, writer: &SqlitePool) -> Result<()
         if chunk.len() == 1000 || (row.is_none() && !chunk.is_empty()) {
             let mut tx = writer.begin().await?;
             let last: i64 =
-                sqlx::query_scalar("SELECT rowid FROM message_search ORDER BY rowid DESC LIMIT 1")
-                    .fetch_optional(&mut *tx)
+                sqlx::query_scalar::<_, Option<i64>>("SELECT max(search_id) FROM messages")
+                    .fetch_one(&mut *tx)
                     .await?
                     .unwrap_or(0);
             for (id, (conversation, seq, body)) in (last + 1..).zip(chunk.drain(..)) {
-                sqlx::query(
-                    "INSERT INTO message_search (rowid, body, conversation_id, seq) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(id)
-                .bind(crate::search_text(parse_id(&conversation)?, &body))
-                .bind(&conversation)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query("INSERT INTO message_search (rowid, body) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(crate::search_text(parse_id(&conversation)?, &body))
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(
                     "UPDATE messages SET search_id = $1 WHERE conversation_id = $2 AND seq = $3",
                 )
@@ -475,7 +470,7 @@ impl Backend for SqliteStore {
             let mut read = sqlx::QueryBuilder::new("");
             if i == 0 {
                 read.push(BEGIN)
-                    .push("; SELECT rowid FROM message_search ORDER BY rowid DESC LIMIT 1; ");
+                    .push("; SELECT max(search_id) AS last_search FROM messages; ");
             }
             if let Some(chunk) = id_chunks.get(i) {
                 read.push(format!(
@@ -496,7 +491,7 @@ impl Backend for SqliteStore {
             }
             for row in read.build().fetch_all(tx.conn()).await? {
                 match row.len() {
-                    1 => last_search = row.try_get("rowid")?,
+                    1 => last_search = row.try_get::<Option<i64>, _>("last_search")?.unwrap_or(0),
                     2 => {
                         let id = parse_id(row.try_get::<&str, _>("id")?)?;
                         stored.last_seq.insert(id, row.try_get("last_seq")?);
@@ -585,12 +580,10 @@ impl Backend for SqliteStore {
                     .filter(|m| search_ids.contains_key(&m.message_id))
                     .collect();
                 if !texts.is_empty() {
-                    write.push("INSERT INTO message_search (rowid, body, conversation_id, seq) ");
+                    write.push("INSERT INTO message_search (rowid, body) ");
                     write.push_values(texts, |mut row, m| {
                         row.push_bind(search_ids[&m.message_id])
-                            .push_bind(crate::search_text(m.conversation_id, &m.body))
-                            .push_bind(m.conversation_id.to_string())
-                            .push_bind(m.seq);
+                            .push_bind(crate::search_text(m.conversation_id, &m.body));
                     });
                     write.push("; ");
                 }
@@ -695,8 +688,7 @@ impl Backend for SqliteStore {
         limit: i64,
     ) -> Result<Vec<Message>> {
         let sql = format!(
-            "SELECT {} FROM message_search s JOIN messages m \
-             ON m.conversation_id = s.conversation_id AND m.seq = s.seq \
+            "SELECT {} FROM message_search s JOIN messages m ON m.search_id = s.rowid \
              WHERE message_search MATCH $1 AND m.conversation_id IN \
              (SELECT conversation_id FROM members WHERE user_id = $2) \
              ORDER BY s.rowid DESC LIMIT $3",

@@ -29,14 +29,17 @@ CREATE TABLE reactions (
 CREATE INDEX message_mentions_by_message ON message_mentions (conversation_id, seq);
 
 -- Full-text search of messages' current bodies, case- and accent-insensitive. A rowid
--- per message, in the order they were stored: newest first is descending rowid. Each
--- word is indexed with its conversation's tag in front (`<tag><word>`, see
--- `search_text` in lib.rs), so that a search reads only the postings of the caller's
--- conversations, however common its words are elsewhere. The messages stored before
--- this migration are indexed when the store opens (`search_id` NULL).
+-- per message (`messages.search_id`), in the order they were stored: newest first is
+-- descending rowid. Each word is indexed with its conversation's tag in front
+-- (`<tag><word>`, see `search_text` in lib.rs), so that a search reads only the
+-- postings of the caller's conversations, however common its words are elsewhere.
+-- Contentless (the bodies are in `messages`, not copied here), with deletes. The
+-- messages stored before this migration are indexed when the store opens (`search_id`
+-- NULL).
 CREATE VIRTUAL TABLE message_search USING fts5 (
     body,
-    conversation_id UNINDEXED,
-    seq UNINDEXED,
+    content = '',
+    contentless_delete = 1,
     tokenize = 'unicode61 remove_diacritics 2'
 );
+CREATE INDEX messages_by_search_id ON messages (search_id) WHERE search_id IS NOT NULL;
