@@ -328,11 +328,12 @@ async fn index_for_search(reader: &SqlitePool, writer: &SqlitePool) -> Result<()
         }
         if chunk.len() == 1000 || (row.is_none() && !chunk.is_empty()) {
             let mut tx = writer.begin().await?;
-            let last: i64 =
-                sqlx::query_scalar::<_, Option<i64>>("SELECT max(search_id) FROM messages")
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .unwrap_or(0);
+            let last: i64 = sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT max(search_id) FROM messages WHERE search_id IS NOT NULL",
+            )
+            .fetch_one(&mut *tx)
+            .await?
+            .unwrap_or(0);
             for (id, (conversation, seq, body)) in (last + 1..).zip(chunk.drain(..)) {
                 sqlx::query("INSERT INTO message_search (rowid, body) VALUES ($1, $2)")
                     .bind(id)
@@ -470,7 +471,7 @@ impl Backend for SqliteStore {
             let mut read = sqlx::QueryBuilder::new("");
             if i == 0 {
                 read.push(BEGIN)
-                    .push("; SELECT max(search_id) AS last_search FROM messages; ");
+                    .push("; SELECT max(search_id) AS last_search FROM messages WHERE search_id IS NOT NULL; ");
             }
             if let Some(chunk) = id_chunks.get(i) {
                 read.push(format!(
