@@ -310,7 +310,8 @@ impl Drop for WriteTx {
     }
 }
 
-/// Messages indexed for search per transaction.
+/// Messages indexed for search per transaction (5 parameters each: well under the
+/// 32766 SQLite takes in one statement).
 const INDEX_BATCH: i64 = 1000;
 
 /// Indexes for search the messages not indexed yet (`messages_unindexed`: stored since
@@ -324,45 +325,56 @@ const INDEX_BATCH: i64 = 1000;
 async fn index_for_search(writer: &SqlitePool) -> Result<u64> {
     let mut indexed = 0u64;
     loop {
+        // Two trips to SQLite's thread a batch, as for an append: the batch and the
+        // last id read, then every row written and the commit, each in one statement.
         let mut tx = WriteTx::acquire(writer).await?;
-        sqlx::query(BEGIN).execute(tx.conn()).await?;
-        let rows = sqlx::query(
-            "SELECT m.conversation_id, m.seq, \
+        let mut rows: Vec<(String, i64, String)> = Vec::new();
+        let mut last = 0;
+        let mut read = sqlx::QueryBuilder::new(BEGIN);
+        read.push(
+            "; SELECT max(search_id) AS last FROM messages WHERE search_id IS NOT NULL; \
+             SELECT m.conversation_id, m.seq, \
                COALESCE((SELECT e.body FROM messages e WHERE e.target_id = m.message_id \
                  AND e.kind = 'edit' ORDER BY e.seq DESC LIMIT 1), m.body) AS body \
              FROM messages m WHERE m.search_id IS NULL AND m.kind = 'text' AND NOT m.deleted \
-             ORDER BY m.sent_at LIMIT $1",
-        )
-        .bind(INDEX_BATCH)
-        .fetch_all(tx.conn())
-        .await?;
-        let last: i64 = sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT max(search_id) FROM messages WHERE search_id IS NOT NULL",
-        )
-        .fetch_one(tx.conn())
-        .await?
-        .unwrap_or(0);
-        for (id, row) in (last + 1..).zip(&rows) {
-            let conversation: &str = row.try_get("conversation_id")?;
-            let seq: i64 = row.try_get("seq")?;
-            sqlx::query("INSERT INTO message_search (rowid, body) VALUES ($1, $2)")
-                .bind(id)
-                .bind(crate::search_text(
-                    parse_id(conversation)?,
+             ORDER BY m.sent_at LIMIT ",
+        );
+        read.push_bind(INDEX_BATCH);
+        for row in read.build().fetch_all(tx.conn()).await? {
+            if row.len() == 1 {
+                last = row.try_get::<Option<i64>, _>("last")?.unwrap_or(0);
+            } else {
+                rows.push((
+                    row.try_get("conversation_id")?,
+                    row.try_get("seq")?,
                     row.try_get("body")?,
-                ))
-                .execute(tx.conn())
-                .await?;
-            sqlx::query(
-                "UPDATE messages SET search_id = $1 WHERE conversation_id = $2 AND seq = $3",
-            )
-            .bind(id)
-            .bind(conversation)
-            .bind(seq)
-            .execute(tx.conn())
-            .await?;
+                ));
+            }
         }
-        sqlx::query("COMMIT").execute(tx.conn()).await?;
+        let mut write = sqlx::QueryBuilder::new("");
+        if !rows.is_empty() {
+            let numbered: Vec<(i64, &(String, i64, String))> = (last + 1..).zip(&rows).collect();
+            let mut texts = Vec::with_capacity(rows.len());
+            for (_, (conversation, _, body)) in &numbered {
+                texts.push(crate::search_text(parse_id(conversation)?, body));
+            }
+            write.push("INSERT INTO message_search (rowid, body) ");
+            write.push_values(numbered.iter().zip(texts), |mut row, ((id, _), text)| {
+                row.push_bind(*id).push_bind(text);
+            });
+            write.push("; WITH v(c, s, id) AS (");
+            write.push_values(&numbered, |mut row, (id, (conversation, seq, _))| {
+                row.push_bind(conversation.as_str())
+                    .push_bind(*seq)
+                    .push_bind(*id);
+            });
+            write.push(
+                ") UPDATE messages SET search_id = v.id FROM v \
+                 WHERE messages.conversation_id = v.c AND messages.seq = v.s; ",
+            );
+        }
+        write.push("COMMIT");
+        write.build().execute(tx.conn()).await?;
         tx.committed();
         indexed += rows.len() as u64;
         if (rows.len() as i64) < INDEX_BATCH {
