@@ -231,6 +231,10 @@ const WRITER_CACHE_KIB: &str = "-65536";
 /// How often the write-ahead log is copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the messages stored since are indexed for search: often, so that each
+/// run is a few small batches, each holding the writer for a few milliseconds.
+const INDEX_EVERY: Duration = Duration::from_millis(100);
+
 /// Log frames (pages of 4 KiB) past which a checkpoint has the log start over:
 /// 256 MiB, ~4 s of writes at 5000 msg/s. The writer waits for that checkpoint's sync
 /// of the database file (10-20 ms here), so the threshold trades disk for how often
@@ -248,8 +252,9 @@ async fn checkpoints(
     writer: SqlitePool,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    let mut tick = tokio::time::interval(INDEX_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_checkpoint = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = &mut stopped => {
@@ -258,11 +263,15 @@ async fn checkpoints(
             }
             _ = tick.tick() => {}
         }
-        if let Err(e) = checkpoint(&checkpointer, &writer).await {
-            tracing::warn!(error = %e, "SQLite checkpoint failed");
-        }
         if let Err(e) = index_for_search(&writer).await {
             tracing::warn!(error = %e, "indexing for search failed");
+        }
+        if last_checkpoint.elapsed() < CHECKPOINT_EVERY {
+            continue;
+        }
+        last_checkpoint = tokio::time::Instant::now();
+        if let Err(e) = checkpoint(&checkpointer, &writer).await {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
         }
     }
 }
@@ -310,18 +319,18 @@ impl Drop for WriteTx {
     }
 }
 
-/// Messages indexed for search per transaction (5 parameters each: well under the
-/// 32766 SQLite takes in one statement).
-const INDEX_BATCH: i64 = 1000;
+/// Messages indexed for search per transaction: a few milliseconds of the writer's
+/// time, between which the store's transactions take their turn.
+const INDEX_BATCH: i64 = 200;
 
 /// Indexes for search the messages not indexed yet (`messages_unindexed`: stored since
 /// the last run, or before search existed), oldest first, with their current body (an
 /// edit made before they were indexed included), a batch to a transaction, until none
 /// is left; returns how many. The store stage does not index: its transaction, which
 /// every message waits for, stays as short as before search existed, and the index is
-/// written here in large batches, which costs FTS5 much less per message than the
-/// store's small ones. Runs when the store opens, every second with the checkpoints,
-/// and before each search, so a search finds every message stored before it.
+/// written here in batches, which costs FTS5 less per message than the store's small
+/// ones. Runs when the store opens, every [`INDEX_EVERY`] beside the checkpoints, and
+/// before each search, so a search finds every message stored before it.
 async fn index_for_search(writer: &SqlitePool) -> Result<u64> {
     let mut indexed = 0u64;
     loop {
