@@ -132,10 +132,7 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.clone().read_only(true))
             .await?;
-        let indexed = index_for_search(&writer).await?;
-        if indexed > 0 {
-            tracing::info!(messages = indexed, "messages indexed for search");
-        }
+        index_for_search(&reader, &writer).await?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
@@ -231,10 +228,6 @@ const WRITER_CACHE_KIB: &str = "-65536";
 /// How often the write-ahead log is copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// How often the messages stored since are indexed for search: often, so that each
-/// run is a few small batches, each holding the writer for a few milliseconds.
-const INDEX_EVERY: Duration = Duration::from_millis(100);
-
 /// Log frames (pages of 4 KiB) past which a checkpoint has the log start over:
 /// 256 MiB, ~4 s of writes at 5000 msg/s. The writer waits for that checkpoint's sync
 /// of the database file (10-20 ms here), so the threshold trades disk for how often
@@ -252,9 +245,8 @@ async fn checkpoints(
     writer: SqlitePool,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let mut tick = tokio::time::interval(INDEX_EVERY);
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_checkpoint = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = &mut stopped => {
@@ -263,13 +255,6 @@ async fn checkpoints(
             }
             _ = tick.tick() => {}
         }
-        if let Err(e) = index_for_search(&writer).await {
-            tracing::warn!(error = %e, "indexing for search failed");
-        }
-        if last_checkpoint.elapsed() < CHECKPOINT_EVERY {
-            continue;
-        }
-        last_checkpoint = tokio::time::Instant::now();
         if let Err(e) = checkpoint(&checkpointer, &writer).await {
             tracing::warn!(error = %e, "SQLite checkpoint failed");
         }
@@ -319,77 +304,65 @@ impl Drop for WriteTx {
     }
 }
 
-/// Messages indexed for search per transaction: a few milliseconds of the writer's
-/// time, between which the store's transactions take their turn.
-const INDEX_BATCH: i64 = 200;
-
-/// Indexes for search the messages not indexed yet (`messages_unindexed`: stored since
-/// the last run, or before search existed), oldest first, with their current body (an
-/// edit made before they were indexed included), a batch to a transaction, until none
-/// is left; returns how many. The store stage does not index: its transaction, which
-/// every message waits for, stays as short as before search existed, and the index is
-/// written here in batches, which costs FTS5 less per message than the store's small
-/// ones. Runs when the store opens, every [`INDEX_EVERY`] beside the checkpoints, and
-/// before each search, so a search finds every message stored before it.
-async fn index_for_search(writer: &SqlitePool) -> Result<u64> {
+/// Indexes for search the messages stored before search existed (`search_id` NULL),
+/// oldest first, a thousand to a transaction; a restart after a crash goes on with the
+/// rest. Runs before the store is used, so nothing else writes meanwhile. (Those
+/// messages have no edits: edits came with search.)
+async fn index_for_search(reader: &SqlitePool, writer: &SqlitePool) -> Result<()> {
+    use futures::TryStreamExt;
+    let mut rows = sqlx::query(
+        "SELECT conversation_id, seq, body FROM messages \
+         WHERE kind = 'text' AND NOT deleted AND search_id IS NULL ORDER BY sent_at, seq",
+    )
+    .fetch(reader);
     let mut indexed = 0u64;
+    let mut chunk: Vec<(String, i64, String)> = Vec::with_capacity(1000);
     loop {
-        // Two trips to SQLite's thread a batch, as for an append: the batch and the
-        // last id read, then every row written and the commit, each in one statement.
-        let mut tx = WriteTx::acquire(writer).await?;
-        let mut rows: Vec<(String, i64, String)> = Vec::new();
-        let mut last = 0;
-        let mut read = sqlx::QueryBuilder::new(BEGIN);
-        read.push(
-            "; SELECT max(search_id) AS last FROM messages WHERE search_id IS NOT NULL; \
-             SELECT m.conversation_id, m.seq, \
-               COALESCE((SELECT e.body FROM messages e WHERE e.target_id = m.message_id \
-                 AND e.kind = 'edit' ORDER BY e.seq DESC LIMIT 1), m.body) AS body \
-             FROM messages m WHERE m.search_id IS NULL AND m.kind = 'text' AND NOT m.deleted \
-             ORDER BY m.sent_at LIMIT ",
-        );
-        read.push_bind(INDEX_BATCH);
-        for row in read.build().fetch_all(tx.conn()).await? {
-            if row.len() == 1 {
-                last = row.try_get::<Option<i64>, _>("last")?.unwrap_or(0);
-            } else {
-                rows.push((
-                    row.try_get("conversation_id")?,
-                    row.try_get("seq")?,
-                    row.try_get("body")?,
-                ));
-            }
+        let row = rows.try_next().await?;
+        if let Some(row) = &row {
+            chunk.push((
+                row.try_get("conversation_id")?,
+                row.try_get("seq")?,
+                row.try_get("body")?,
+            ));
         }
-        let mut write = sqlx::QueryBuilder::new("");
-        if !rows.is_empty() {
-            let numbered: Vec<(i64, &(String, i64, String))> = (last + 1..).zip(&rows).collect();
-            let mut texts = Vec::with_capacity(rows.len());
-            for (_, (conversation, _, body)) in &numbered {
-                texts.push(crate::search_text(parse_id(conversation)?, body));
+        if chunk.len() == 1000 || (row.is_none() && !chunk.is_empty()) {
+            let mut tx = writer.begin().await?;
+            let last: i64 = sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT max(search_id) FROM messages WHERE search_id IS NOT NULL",
+            )
+            .fetch_one(&mut *tx)
+            .await?
+            .unwrap_or(0);
+            for (id, (conversation, seq, body)) in (last + 1..).zip(chunk.drain(..)) {
+                sqlx::query("INSERT INTO message_search (rowid, body) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(crate::search_text(parse_id(&conversation)?, &body))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE messages SET search_id = $1 WHERE conversation_id = $2 AND seq = $3",
+                )
+                .bind(id)
+                .bind(&conversation)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                indexed += 1;
             }
-            write.push("INSERT INTO message_search (rowid, body) ");
-            write.push_values(numbered.iter().zip(texts), |mut row, ((id, _), text)| {
-                row.push_bind(*id).push_bind(text);
-            });
-            write.push("; WITH v(c, s, id) AS (");
-            write.push_values(&numbered, |mut row, (id, (conversation, seq, _))| {
-                row.push_bind(conversation.as_str())
-                    .push_bind(*seq)
-                    .push_bind(*id);
-            });
-            write.push(
-                ") UPDATE messages SET search_id = v.id FROM v \
-                 WHERE messages.conversation_id = v.c AND messages.seq = v.s; ",
-            );
+            tx.commit().await?;
         }
-        write.push("COMMIT");
-        write.build().execute(tx.conn()).await?;
-        tx.committed();
-        indexed += rows.len() as u64;
-        if (rows.len() as i64) < INDEX_BATCH {
-            return Ok(indexed);
+        if row.is_none() {
+            break;
         }
     }
+    if indexed > 0 {
+        tracing::info!(
+            messages = indexed,
+            "messages stored before search indexed for it"
+        );
+    }
+    Ok(())
 }
 
 /// `?, ?, …` with `values` bound.
@@ -486,6 +459,7 @@ impl Backend for SqliteStore {
         // batch's conversations, the reactions it touches and the last search row, in
         // one trip per chunk: the rows of the statements differ in width.
         let mut stored = Stored::default();
+        let mut last_search: i64 = 0;
         let id_chunks: Vec<&[String]> = ids.chunks(CHUNK).collect();
         let conversation_chunks: Vec<&[String]> = conversations.chunks(CHUNK).collect();
         let reacted_chunks: Vec<&[String]> = reacted.chunks(CHUNK).collect();
@@ -496,7 +470,8 @@ impl Backend for SqliteStore {
         for i in 0..reads {
             let mut read = sqlx::QueryBuilder::new("");
             if i == 0 {
-                read.push(BEGIN).push("; ");
+                read.push(BEGIN)
+                    .push("; SELECT max(search_id) AS last_search FROM messages WHERE search_id IS NOT NULL; ");
             }
             if let Some(chunk) = id_chunks.get(i) {
                 read.push(format!(
@@ -517,6 +492,7 @@ impl Backend for SqliteStore {
             }
             for row in read.build().fetch_all(tx.conn()).await? {
                 match row.len() {
+                    1 => last_search = row.try_get::<Option<i64>, _>("last_search")?.unwrap_or(0),
                     2 => {
                         let id = parse_id(row.try_get::<&str, _>("id")?)?;
                         stored.last_seq.insert(id, row.try_get("last_seq")?);
@@ -542,6 +518,14 @@ impl Backend for SqliteStore {
             .last_seqs
             .iter()
             .map(|(id, last)| (id.to_string(), *last))
+            .collect();
+        // Each new message gets the next row of the search index, so that its rows are
+        // in the order messages were stored: newest first is descending rowid.
+        let search_ids: HashMap<MessageId, i64> = new
+            .iter()
+            .filter(|m| m.kind.is_text())
+            .zip(last_search + 1..)
+            .map(|(m, id)| (m.message_id, id))
             .collect();
         let new_chunks: Vec<&[&Message]> = new.chunks(CHUNK).collect();
         let advanced_chunks: Vec<&[(String, i64)]> = advanced.chunks(CHUNK).collect();
@@ -570,8 +554,9 @@ impl Backend for SqliteStore {
         for i in 0..writes {
             let mut write = sqlx::QueryBuilder::new("");
             if let Some(chunk) = new_chunks.get(i) {
-                // Not indexed for search here: see `index_for_search`.
-                write.push(format!("INSERT INTO messages ({NEW_MESSAGE_COLUMNS}) "));
+                write.push(format!(
+                    "INSERT INTO messages ({NEW_MESSAGE_COLUMNS}, search_id) "
+                ));
                 write.push_values(chunk.iter(), |mut row, m| {
                     row.push_bind(m.message_id.to_string())
                         .push_bind(&m.client_msg_id)
@@ -587,9 +572,22 @@ impl Backend for SqliteStore {
                         .push_bind(m.kind.as_str())
                         .push_bind(m.target_id.map(|t| t.to_string()))
                         .push_bind(m.emoji.as_deref())
-                        .push_bind(m.remove);
+                        .push_bind(m.remove)
+                        .push_bind(search_ids.get(&m.message_id).copied());
                 });
                 write.push("; ");
+                let texts: Vec<&&Message> = chunk
+                    .iter()
+                    .filter(|m| search_ids.contains_key(&m.message_id))
+                    .collect();
+                if !texts.is_empty() {
+                    write.push("INSERT INTO message_search (rowid, body) ");
+                    write.push_values(texts, |mut row, m| {
+                        row.push_bind(search_ids[&m.message_id])
+                            .push_bind(crate::search_text(m.conversation_id, &m.body));
+                    });
+                    write.push("; ");
+                }
                 let links: Vec<(&Message, &Attachment)> = chunk
                     .iter()
                     .flat_map(|m| m.attachments.iter().map(move |a| (*m, a)))
@@ -682,8 +680,7 @@ impl Backend for SqliteStore {
     }
 
     /// The full-text index read newest first (descending rowid), each match joined to
-    /// its message and kept if it is of one of the user's conversations; after the
-    /// messages stored since the last indexing are indexed.
+    /// its message and kept if it is of one of the user's conversations.
     async fn search_matching(
         &self,
         user: UserId,
@@ -691,7 +688,6 @@ impl Backend for SqliteStore {
         matching: String,
         limit: i64,
     ) -> Result<Vec<Message>> {
-        index_for_search(&self.writer).await?;
         let sql = format!(
             "SELECT {} FROM message_search s JOIN messages m ON m.search_id = s.rowid \
              WHERE message_search MATCH $1 AND m.conversation_id IN \

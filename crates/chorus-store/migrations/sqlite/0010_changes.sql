@@ -33,10 +33,9 @@ CREATE INDEX message_mentions_by_message ON message_mentions (conversation_id, s
 -- descending rowid. Each word is indexed with its conversation's tag in front
 -- (`<tag><word>`, see `search_text` in lib.rs), so that a search reads only the
 -- postings of the caller's conversations, however common its words are elsewhere.
--- Contentless (the bodies are in `messages`, not copied here), with deletes. Messages
--- are indexed after they are stored, in batches (`sqlite::index_for_search`), from
--- `messages_unindexed`: the messages not indexed yet, those stored before this
--- migration included.
+-- Contentless (the bodies are in `messages`, not copied here), with deletes. The
+-- messages stored before this migration are indexed when the store opens (`search_id`
+-- NULL).
 CREATE VIRTUAL TABLE message_search USING fts5 (
     body,
     content = '',
@@ -44,5 +43,3 @@ CREATE VIRTUAL TABLE message_search USING fts5 (
     tokenize = 'unicode61 remove_diacritics 2'
 );
 CREATE INDEX messages_by_search_id ON messages (search_id) WHERE search_id IS NOT NULL;
-CREATE INDEX messages_unindexed ON messages (sent_at)
-    WHERE search_id IS NULL AND kind = 'text' AND NOT deleted;
