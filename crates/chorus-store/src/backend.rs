@@ -111,11 +111,12 @@ pub(crate) trait Backend: Send + Sync {
         &self,
         user: UserId,
     ) -> Result<Vec<(ConversationRecord, i64)>>;
-    /// At most `limit` messages of `conversations` (of `user`'s) matching `matching`
-    /// (a [`Backend::search_match`]), newest first, as stored (their first body).
+    /// At most `limit` messages of `conversations` (the caller's, read once by
+    /// [`crate::Store::search`]) matching `matching` (a [`Backend::search_match`]),
+    /// newest first, as stored (their first body). Only those conversations: another
+    /// with the same tag must not show.
     async fn search_matching(
         &self,
-        user: UserId,
         conversations: &[ConversationId],
         matching: String,
         limit: i64,
@@ -893,7 +894,7 @@ macro_rules! impl_store {
                             slice.iter().map(|c| $crate::conversation_tag(*c)).collect();
                         let matching = Self::search_match(&tags, &query.words);
                         found.extend(
-                            self.search_matching(user, slice, matching, query.limit)
+                            self.search_matching(slice, matching, query.limit)
                                 .await?,
                         );
                     }

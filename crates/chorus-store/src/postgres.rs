@@ -383,7 +383,6 @@ impl Backend for PostgresStore {
     /// index scan): this query is told not to.
     async fn search_matching(
         &self,
-        _user: UserId,
         conversations: &[ConversationId],
         matching: String,
         limit: i64,

@@ -680,24 +680,24 @@ impl Backend for SqliteStore {
     }
 
     /// The full-text index read newest first (descending rowid), each match joined to
-    /// its message and kept if it is of one of the user's conversations.
+    /// its message and kept if it is of one of `conversations` (bound as one JSON
+    /// array).
     async fn search_matching(
         &self,
-        user: UserId,
-        _conversations: &[ConversationId],
+        conversations: &[ConversationId],
         matching: String,
         limit: i64,
     ) -> Result<Vec<Message>> {
         let sql = format!(
             "SELECT {} FROM message_search s JOIN messages m ON m.search_id = s.rowid \
              WHERE message_search MATCH $1 AND m.conversation_id IN \
-             (SELECT conversation_id FROM members WHERE user_id = $2) \
+             (SELECT value FROM json_each($2)) \
              ORDER BY s.rowid DESC LIMIT $3",
             crate::backend::message_columns_of_m()
         );
         sqlx::query(&sql)
             .bind(matching)
-            .bind(user.to_string())
+            .bind(serde_json::to_string(conversations).expect("ids always serialize"))
             .bind(limit)
             .fetch_all(&self.reader)
             .await?
