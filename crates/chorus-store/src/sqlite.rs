@@ -304,15 +304,16 @@ impl Drop for WriteTx {
     }
 }
 
-/// Indexes for search the messages stored before search existed (`search_id` NULL),
-/// oldest first, a thousand to a transaction; a restart after a crash goes on with the
-/// rest. Runs before the store is used, so nothing else writes meanwhile. (Those
-/// messages have no edits: edits came with search.)
+/// Indexes for search the messages stored before search existed (`search_id` NULL,
+/// found through the partial index `messages_unindexed`, so a start with none reads
+/// nothing), oldest first, a thousand to a transaction; a restart after a crash goes on
+/// with the rest. Runs before the store is used, so nothing else writes meanwhile.
+/// (Those messages have no edits: edits came with search.)
 async fn index_for_search(reader: &SqlitePool, writer: &SqlitePool) -> Result<()> {
     use futures::TryStreamExt;
     let mut rows = sqlx::query(
         "SELECT conversation_id, seq, body FROM messages \
-         WHERE kind = 'text' AND NOT deleted AND search_id IS NULL ORDER BY sent_at, seq",
+         WHERE search_id IS NULL AND kind = 'text' AND NOT deleted ORDER BY sent_at",
     )
     .fetch(reader);
     let mut indexed = 0u64;

@@ -43,3 +43,8 @@ CREATE VIRTUAL TABLE message_search USING fts5 (
     tokenize = 'unicode61 remove_diacritics 2'
 );
 CREATE INDEX messages_by_search_id ON messages (search_id) WHERE search_id IS NOT NULL;
+-- The messages not indexed yet: those stored before this migration (a message is given
+-- its `search_id` when it is stored), so that the store finds them at start without
+-- reading the table, and the index is empty once they are done.
+CREATE INDEX messages_unindexed ON messages (sent_at)
+    WHERE search_id IS NULL AND kind = 'text' AND NOT deleted;
