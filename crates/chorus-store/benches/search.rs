@@ -49,14 +49,21 @@ async fn main() {
     let messages = env("MESSAGES", 1_000_000);
     let searches = env("SEARCHES", 2_000);
     let dir = tempfile::tempdir().unwrap();
-    let sqlite: Arc<dyn Store> = Arc::new(
+    let sqlite = Arc::new(
         SqliteStore::open(&dir.path().join("bench.db"))
             .await
             .unwrap(),
     );
     // SQLITE=0 measures PostgreSQL alone.
     if std::env::var("SQLITE").as_deref() != Ok("0") {
-        run("SQLite (embedded)", sqlite, messages, searches).await;
+        run(
+            "SQLite (embedded)",
+            sqlite.clone(),
+            Some(sqlite),
+            messages,
+            searches,
+        )
+        .await;
     }
     // KEEP=1 leaves the SQLite database for a look at it afterwards.
     if std::env::var("KEEP").is_ok() {
@@ -77,7 +84,7 @@ async fn main() {
             .await
             .unwrap(),
     );
-    run("PostgreSQL", pg.clone(), messages, searches).await;
+    run("PostgreSQL", pg.clone(), None, messages, searches).await;
     drop(pg);
     if std::env::var("KEEP").is_ok() {
         println!("the PostgreSQL database {name} is kept");
@@ -164,7 +171,16 @@ async fn conversations(
     (out, searcher)
 }
 
-async fn run(label: &str, store: Arc<dyn Store>, messages: usize, searches: usize) {
+/// Fills `store` and searches it; `indexed_apart`, the same SQLite store, is waited for
+/// until its search index (a file of its own, written after the messages) has caught
+/// up with the fill.
+async fn run(
+    label: &str,
+    store: Arc<dyn Store>,
+    indexed_apart: Option<Arc<SqliteStore>>,
+    messages: usize,
+    searches: usize,
+) {
     let mut rng = StdRng::seed_from_u64(7);
     let words: Vec<String> = (0..VOCABULARY).map(word).collect();
     let (conversations, searcher) = conversations(&store, &mut rng).await;
@@ -200,6 +216,14 @@ async fn run(label: &str, store: Arc<dyn Store>, messages: usize, searches: usiz
         mine.len(),
         conversations.len()
     );
+    if let Some(sqlite) = indexed_apart {
+        let waited = Instant::now();
+        sqlite.search_caught_up().await.unwrap();
+        println!(
+            "{label}: the search index caught up {:.1} s after the last message was stored",
+            waited.elapsed().as_secs_f64()
+        );
+    }
 
     let mut times: Vec<(&str, Duration)> = Vec::with_capacity(searches);
     let mut results = 0;

@@ -56,10 +56,12 @@ pub(crate) trait Backend: Send + Sync {
     /// What ends a `SELECT` of rows that the transaction is about to update, so that
     /// it holds them until it ends.
     const FOR_UPDATE: &'static str;
-    /// Sets the searchable text of the message `$2` to `$1` (its latest edit).
-    const SEARCH_EDIT: &'static str;
-    /// Takes the message `$1` out of search (it is deleted).
-    const SEARCH_ERASE: &'static str;
+    /// Sets the searchable text of the message `$2` to `$1` (its latest edit), in the
+    /// edit's transaction (`None`: the index follows the entries on its own).
+    const SEARCH_EDIT: Option<&'static str>;
+    /// Takes the message `$1` out of search (it is deleted), in the delete's
+    /// transaction (`None`: as [`Backend::SEARCH_EDIT`]).
+    const SEARCH_ERASE: Option<&'static str>;
 
     /// The full-text query's "or" and "and".
     const SEARCH_OR: &'static str;
@@ -111,6 +113,10 @@ pub(crate) trait Backend: Send + Sync {
         &self,
         user: UserId,
     ) -> Result<Vec<(ConversationRecord, i64)>>;
+    /// Waits, if the backend must, until a search sees every message stored before it.
+    async fn search_ready(&self) -> Result<()> {
+        Ok(())
+    }
     /// At most `limit` messages of `conversations` (the caller's, read once by
     /// [`crate::Store::search`]) matching `matching` (a [`Backend::search_match`]),
     /// newest first, as stored (their first body). Only those conversations: another
@@ -225,11 +231,13 @@ macro_rules! impl_store {
                             .bind(Self::id(edit.target.0))
                             .execute(&mut *conn)
                             .await?;
-                        ::sqlx::query(Self::SEARCH_EDIT)
-                            .bind($crate::search_text(edit.conversation_id, &edit.body))
-                            .bind(Self::id(edit.target.0))
-                            .execute(&mut *conn)
-                            .await?;
+                        if let Some(sql) = Self::SEARCH_EDIT {
+                            ::sqlx::query(sql)
+                                .bind($crate::search_text(edit.conversation_id, &edit.body))
+                                .bind(Self::id(edit.target.0))
+                                .execute(&mut *conn)
+                                .await?;
+                        }
                         ::sqlx::query(
                             "DELETE FROM message_mentions WHERE conversation_id = $1 AND seq = $2",
                         )
@@ -251,10 +259,12 @@ macro_rules! impl_store {
                     }
                     for deleted in &plan.deletes {
                         let target = Self::id(deleted.target.0);
-                        ::sqlx::query(Self::SEARCH_ERASE)
-                            .bind(Self::id(deleted.target.0))
-                            .execute(&mut *conn)
-                            .await?;
+                        if let Some(sql) = Self::SEARCH_ERASE {
+                            ::sqlx::query(sql)
+                                .bind(Self::id(deleted.target.0))
+                                .execute(&mut *conn)
+                                .await?;
+                        }
                         // Gone from the message, from its edits, from the files it
                         // carried (which the sweep then frees if nothing else carries
                         // them) and from the mentions counted.
@@ -878,6 +888,7 @@ macro_rules! impl_store {
 
                 async fn search(&self, user: UserId, query: &SearchQuery) -> Result<Vec<Message>> {
                     let _timer = QueryTimer::start("search");
+                    self.search_ready().await?;
                     let conversations: Vec<ConversationId> = match query.conversation {
                         Some(c) => vec![c],
                         None => ::sqlx::query("SELECT conversation_id FROM members WHERE user_id = $1")

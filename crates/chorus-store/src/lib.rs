@@ -37,6 +37,7 @@ mod directory;
 mod invites;
 mod jobs;
 pub mod postgres;
+mod search_index;
 pub mod sqlite;
 
 pub use attachments::{AttachmentStore, StoredAttachment};

@@ -81,9 +81,10 @@ impl Backend for PostgresStore {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     /// The message's `search` column (a tsvector, GIN-indexed with its conversation)
     /// holds its current body's words.
-    const SEARCH_EDIT: &'static str =
-        "UPDATE messages SET search = chorus_search_text($1) WHERE message_id = $2";
-    const SEARCH_ERASE: &'static str = "UPDATE messages SET search = NULL WHERE message_id = $1";
+    const SEARCH_EDIT: Option<&'static str> =
+        Some("UPDATE messages SET search = chorus_search_text($1) WHERE message_id = $2");
+    const SEARCH_ERASE: Option<&'static str> =
+        Some("UPDATE messages SET search = NULL WHERE message_id = $1");
 
     /// `to_tsquery`'s syntax. A word has only letters and digits; quoted, whatever
     /// `unaccent` makes of it stays one word.

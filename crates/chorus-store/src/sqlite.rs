@@ -6,6 +6,7 @@
 
 use crate::append::Stored;
 use crate::backend::{Backend, MESSAGE_COLUMNS, NEW_MESSAGE_COLUMNS, new_direct};
+use crate::search_index::SearchIndex;
 use crate::{Appended, ConversationRecord, NewMessage, Result, direct_key, millis, parse_id};
 use chorus_core::model::{Attachment, Message};
 use chorus_core::{ConversationId, MessageId, UserId};
@@ -17,6 +18,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 /// Messages looked up or inserted per statement: 11 parameters a message to insert and
@@ -33,7 +35,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// with mode 0600 before SQLite opens it (SQLite gives the `-wal` and `-shm` files the
 /// mode of the database file), and tightened to 0600 if an earlier version left them
 /// open to others. Messages and password hashes are in there.
-fn private_files(path: &Path) -> std::io::Result<()> {
+pub(crate) fn private_files(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -73,8 +75,10 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     checkpointer: SqlitePool,
-    /// Dropped with the last clone, which ends the checkpoint task.
-    _checkpoints: Arc<tokio::sync::oneshot::Sender<()>>,
+    /// The search index, in a file of its own (see [`crate::search_index`]).
+    search: SearchIndex,
+    /// Dropped with the last clone, which ends the checkpoint and indexing tasks.
+    _stop: Arc<watch::Sender<()>>,
 }
 
 impl SqliteStore {
@@ -128,21 +132,38 @@ impl SqliteStore {
             )
             .await?;
         MIGRATOR.run(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
+        let (stop, stopped) = watch::channel(());
+        let search_path = crate::search_index::path_beside(options.get_filename());
+        let index_reader = SqlitePoolOptions::new()
+            .max_connections(1)
             .connect_with(options.clone().read_only(true))
             .await?;
-        index_for_search(&reader, &writer).await?;
+        let search = SearchIndex::open(&search_path, index_reader, stopped.clone()).await?;
+        // Readers see the search index as the schema `search`.
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .after_connect(move |conn, _| {
+                let search_path = search_path.clone();
+                Box::pin(async move {
+                    sqlx::query("ATTACH DATABASE $1 AS search")
+                        .bind(search_path.to_string_lossy().into_owned())
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options.clone().read_only(true))
+            .await?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        let (stop, stopped) = tokio::sync::oneshot::channel();
         let store = Self {
             writer,
             reader,
             checkpointer,
-            _checkpoints: Arc::new(stop),
+            search,
+            _stop: Arc::new(stop),
         };
         tokio::spawn(checkpoints(
             store.checkpointer.clone(),
@@ -169,6 +190,24 @@ impl SqliteStore {
     /// never polls for a lock as a RESTART checkpoint from another connection would.
     pub async fn checkpoint(&self) -> Result<WalCheckpoint> {
         checkpoint(&self.checkpointer, &self.writer).await
+    }
+
+    /// Waits until the search index holds every entry stored when this was called,
+    /// however long that takes (a search waits at most a few seconds, then reads what
+    /// is there).
+    pub async fn search_caught_up(&self) -> Result<()> {
+        let stored = self.last_search_id().await?;
+        while !self.search.wait(stored, Duration::from_secs(60)).await {}
+        Ok(())
+    }
+
+    /// The place of the last entry stored in the order the search index follows.
+    async fn last_search_id(&self) -> Result<i64> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT max(search_id) FROM messages WHERE search_id IS NOT NULL")
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(last.unwrap_or(0))
     }
 }
 
@@ -243,13 +282,13 @@ const WAL_SIZE_LIMIT_BYTES: &str = "536870912";
 async fn checkpoints(
     checkpointer: SqlitePool,
     writer: SqlitePool,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    mut stopped: watch::Receiver<()>,
 ) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = &mut stopped => {
+            _ = stopped.changed() => {
                 checkpointer.close().await;
                 return;
             }
@@ -304,68 +343,6 @@ impl Drop for WriteTx {
     }
 }
 
-/// Indexes for search the messages stored before search existed (`search_id` NULL,
-/// found through the partial index `messages_unindexed`, so a start with none reads
-/// nothing), oldest first, a thousand to a transaction; a restart after a crash goes on
-/// with the rest. Runs before the store is used, so nothing else writes meanwhile.
-/// (Those messages have no edits: edits came with search.)
-async fn index_for_search(reader: &SqlitePool, writer: &SqlitePool) -> Result<()> {
-    use futures::TryStreamExt;
-    let mut rows = sqlx::query(
-        "SELECT conversation_id, seq, body FROM messages \
-         WHERE search_id IS NULL AND kind = 'text' AND NOT deleted ORDER BY sent_at",
-    )
-    .fetch(reader);
-    let mut indexed = 0u64;
-    let mut chunk: Vec<(String, i64, String)> = Vec::with_capacity(1000);
-    loop {
-        let row = rows.try_next().await?;
-        if let Some(row) = &row {
-            chunk.push((
-                row.try_get("conversation_id")?,
-                row.try_get("seq")?,
-                row.try_get("body")?,
-            ));
-        }
-        if chunk.len() == 1000 || (row.is_none() && !chunk.is_empty()) {
-            let mut tx = writer.begin().await?;
-            let last: i64 = sqlx::query_scalar::<_, Option<i64>>(
-                "SELECT max(search_id) FROM messages WHERE search_id IS NOT NULL",
-            )
-            .fetch_one(&mut *tx)
-            .await?
-            .unwrap_or(0);
-            for (id, (conversation, seq, body)) in (last + 1..).zip(chunk.drain(..)) {
-                sqlx::query("INSERT INTO message_search (rowid, body) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(crate::search_text(parse_id(&conversation)?, &body))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "UPDATE messages SET search_id = $1 WHERE conversation_id = $2 AND seq = $3",
-                )
-                .bind(id)
-                .bind(&conversation)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
-                indexed += 1;
-            }
-            tx.commit().await?;
-        }
-        if row.is_none() {
-            break;
-        }
-    }
-    if indexed > 0 {
-        tracing::info!(
-            messages = indexed,
-            "messages stored before search indexed for it"
-        );
-    }
-    Ok(())
-}
-
 /// `?, ?, …` with `values` bound.
 fn push_list<'a>(query: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>, values: &'a [String]) {
     let mut list = query.separated(", ");
@@ -386,12 +363,10 @@ impl Backend for SqliteStore {
     const LEAST: &'static str = "MIN";
     /// Nothing: a write transaction holds the database's only write lock (see [`BEGIN`]).
     const FOR_UPDATE: &'static str = "";
-    /// The message's row of the full-text index (`message_search`) holds its current
-    /// body's words ([`crate::search_text`]).
-    const SEARCH_EDIT: &'static str = "UPDATE message_search SET body = $1 \
-         WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $2)";
-    const SEARCH_ERASE: &'static str = "DELETE FROM message_search \
-         WHERE rowid = (SELECT search_id FROM messages WHERE message_id = $1)";
+    /// Nothing in the transaction: the index, in a file of its own, follows the
+    /// entries stored ([`crate::search_index`]).
+    const SEARCH_EDIT: Option<&'static str> = None;
+    const SEARCH_ERASE: Option<&'static str> = None;
 
     /// FTS5's syntax. A word has only letters and digits; quoting keeps FTS5's
     /// operators (`AND`, `NEAR`) plain words.
@@ -520,11 +495,11 @@ impl Backend for SqliteStore {
             .iter()
             .map(|(id, last)| (id.to_string(), *last))
             .collect();
-        // Each new message gets the next row of the search index, so that its rows are
-        // in the order messages were stored: newest first is descending rowid.
+        // Each new entry gets the next place in the order entries were stored, which
+        // the search index follows (a message's row there is its `search_id`: newest
+        // first is descending rowid).
         let search_ids: HashMap<MessageId, i64> = new
             .iter()
-            .filter(|m| m.kind.is_text())
             .zip(last_search + 1..)
             .map(|(m, id)| (m.message_id, id))
             .collect();
@@ -577,18 +552,6 @@ impl Backend for SqliteStore {
                         .push_bind(search_ids.get(&m.message_id).copied());
                 });
                 write.push("; ");
-                let texts: Vec<&&Message> = chunk
-                    .iter()
-                    .filter(|m| search_ids.contains_key(&m.message_id))
-                    .collect();
-                if !texts.is_empty() {
-                    write.push("INSERT INTO message_search (rowid, body) ");
-                    write.push_values(texts, |mut row, m| {
-                        row.push_bind(search_ids[&m.message_id])
-                            .push_bind(crate::search_text(m.conversation_id, &m.body));
-                    });
-                    write.push("; ");
-                }
                 let links: Vec<(&Message, &Attachment)> = chunk
                     .iter()
                     .flat_map(|m| m.attachments.iter().map(move |a| (*m, a)))
@@ -630,6 +593,9 @@ impl Backend for SqliteStore {
             sqlx::query("COMMIT").execute(tx.conn()).await?;
         }
         tx.committed();
+        if !new.is_empty() {
+            self.search.stored();
+        }
         Ok(plan.appended)
     }
 
@@ -680,6 +646,13 @@ impl Backend for SqliteStore {
         }
     }
 
+    /// Waits for the index to hold what was stored when the search started.
+    async fn search_ready(&self) -> Result<()> {
+        let stored = self.last_search_id().await?;
+        self.search.caught_up(stored).await;
+        Ok(())
+    }
+
     /// The full-text index read newest first (descending rowid), each match joined to
     /// its message and kept if it is of one of `conversations` (bound as one JSON
     /// array).
@@ -690,8 +663,8 @@ impl Backend for SqliteStore {
         limit: i64,
     ) -> Result<Vec<Message>> {
         let sql = format!(
-            "SELECT {} FROM message_search s JOIN messages m ON m.search_id = s.rowid \
-             WHERE message_search MATCH $1 AND m.conversation_id IN \
+            "SELECT {} FROM search.message_search s JOIN messages m ON m.search_id = s.rowid \
+             WHERE s.message_search MATCH $1 AND NOT m.deleted AND m.conversation_id IN \
              (SELECT value FROM json_each($2)) \
              ORDER BY s.rowid DESC LIMIT $3",
             crate::backend::message_columns_of_m()
