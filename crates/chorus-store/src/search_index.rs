@@ -41,6 +41,39 @@ const POLL: Duration = Duration::from_secs(1);
 /// The longest a search waits for the index to catch up before it reads what is there.
 pub(crate) const SEARCH_WAIT: Duration = Duration::from_secs(2);
 
+/// The name of the index connection's thread (sqlx runs each SQLite connection on a
+/// thread of its own): [`lower_priority`] finds it by it.
+const THREAD: &str = "chorus-index";
+
+/// Gives the index connection's thread the lowest priority (nice 19), so that indexing
+/// takes the CPU that messages leave: at the default priority, its turns every
+/// [`GATHER`] delayed the messages in flight on a busy machine. On a machine kept
+/// busy it falls behind, and catches up when the load eases. Linux only (elsewhere
+/// indexing runs at the default priority).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return;
+        };
+        for task in tasks.flatten() {
+            let named = std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim_end() == THREAD);
+            let tid = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse().ok())
+                .and_then(rustix::process::Pid::from_raw);
+            if let (true, Some(tid)) = (named, tid) {
+                // On Linux a thread id names that thread alone.
+                if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
+                    tracing::warn!(error = %e, "could not lower the search indexer's priority");
+                }
+            }
+        }
+    }
+}
+
 /// The index file of the store at `store`: `chorus.db` → `chorus-search.db`.
 pub(crate) fn path_beside(store: &Path) -> PathBuf {
     let stem = match store.extension() {
@@ -72,13 +105,20 @@ impl SearchIndex {
         crate::sqlite::private_files(path).map_err(sqlx::Error::Io)?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .after_connect(|_, _| {
+                Box::pin(async {
+                    lower_priority();
+                    Ok(())
+                })
+            })
             .connect_with(
                 SqliteConnectOptions::new()
                     .filename(path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10)),
+                    .busy_timeout(Duration::from_secs(10))
+                    .thread_name(|_| THREAD.to_owned()),
             )
             .await?;
         // Case- and accent-insensitive words (`unicode61 remove_diacritics 2`), one row
@@ -301,5 +341,43 @@ impl Indexer {
         tx.commit().await?;
         self.progress.send_replace(last);
         Ok(i64::try_from(rows.len()).unwrap_or(i64::MAX) == BATCH)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_file_is_named_after_the_store() {
+        assert_eq!(
+            path_beside(Path::new("/data/chorus.db")),
+            Path::new("/data/chorus-search.db")
+        );
+        assert_eq!(
+            path_beside(Path::new("/data/store")),
+            Path::new("/data/store-search.db")
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_indexer_runs_at_the_lowest_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = crate::sqlite::SqliteStore::open(&dir.path().join("chorus.db"))
+            .await
+            .unwrap();
+        let mut found = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if name.trim_end() != THREAD {
+                continue;
+            }
+            let tid = task.file_name().to_str().unwrap().parse().unwrap();
+            let pid = rustix::process::Pid::from_raw(tid).unwrap();
+            assert_eq!(rustix::process::getpriority_process(Some(pid)).unwrap(), 19);
+            found += 1;
+        }
+        assert!(found >= 1, "no thread named {THREAD}");
     }
 }
