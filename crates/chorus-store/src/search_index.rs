@@ -41,36 +41,19 @@ const POLL: Duration = Duration::from_secs(1);
 /// The longest a search waits for the index to catch up before it reads what is there.
 pub(crate) const SEARCH_WAIT: Duration = Duration::from_secs(2);
 
-/// The name of the index connection's thread (sqlx runs each SQLite connection on a
-/// thread of its own): [`lower_priority`] finds it by it.
+/// The name of the indexer's thread and of its connections' (sqlx runs each SQLite
+/// connection on a thread of its own).
 const THREAD: &str = "chorus-index";
 
-/// Gives the index connection's thread the lowest priority (nice 19), so that indexing
-/// takes the CPU that messages leave: at the default priority, its turns every
-/// [`GATHER`] delayed the messages in flight on a busy machine. On a machine kept
-/// busy it falls behind, and catches up when the load eases. Linux only (elsewhere
-/// indexing runs at the default priority).
+/// Gives the calling thread, and so the threads it starts (its connections'), the
+/// lowest priority (nice 19): indexing takes the CPU that messages leave. At the
+/// default priority, its turns every [`GATHER`] delayed the messages in flight on a
+/// busy machine. On a machine kept busy it falls behind, and catches up when the load
+/// eases. Linux only (elsewhere indexing runs at the default priority).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    {
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return;
-        };
-        for task in tasks.flatten() {
-            let named = std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|name| name.trim_end() == THREAD);
-            let tid = task
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse().ok())
-                .and_then(rustix::process::Pid::from_raw);
-            if let (true, Some(tid)) = (named, tid) {
-                // On Linux a thread id names that thread alone.
-                if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
-                    tracing::warn!(error = %e, "could not lower the search indexer's priority");
-                }
-            }
-        }
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::warn!(error = %e, "could not lower the search indexer's priority");
     }
 }
 
@@ -94,66 +77,54 @@ pub(crate) struct SearchIndex {
 }
 
 impl SearchIndex {
-    /// Opens (creating if needed) the index file at `path` and starts its indexer,
-    /// which reads the store through `store_reader` and stops when `stop`'s sender is
-    /// dropped.
+    /// Opens (creating if needed) the index file at `path` and starts its indexer, a
+    /// thread of its own at the lowest priority with its own connections (to the index,
+    /// and read-only to the store opened with `store`), which stops when `stop`'s
+    /// sender is dropped.
     pub(crate) async fn open(
         path: &Path,
-        store_reader: SqlitePool,
+        store: SqliteConnectOptions,
         stop: watch::Receiver<()>,
     ) -> Result<Self> {
         crate::sqlite::private_files(path).map_err(sqlx::Error::Io)?;
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .after_connect(|_, _| {
-                Box::pin(async {
-                    lower_priority();
-                    Ok(())
-                })
+        let pending = Arc::new(Notify::new());
+        let urgent = Arc::new(Notify::new());
+        let (opened, indexed) = tokio::sync::oneshot::channel();
+        let path = path.to_owned();
+        let (told, hurried) = (pending.clone(), urgent.clone());
+        std::thread::Builder::new()
+            .name(THREAD.to_owned())
+            .spawn(move || {
+                lower_priority();
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = opened.send(Err(sqlx::Error::Io(e).into()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match Indexer::open(&path, store).await {
+                        Err(e) => {
+                            let _ = opened.send(Err(e));
+                        }
+                        Ok((indexer, indexed)) => {
+                            let _ = opened.send(Ok(indexed));
+                            run(indexer, told, hurried, stop).await;
+                        }
+                    }
+                });
             })
-            .connect_with(
-                SqliteConnectOptions::new()
-                    .filename(path)
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
-                    .thread_name(|_| THREAD.to_owned()),
-            )
-            .await?;
-        // Case- and accent-insensitive words (`unicode61 remove_diacritics 2`), one row
-        // per text message (rowid: its `search_id`); contentless, with deletes.
-        sqlx::raw_sql(
-            "CREATE VIRTUAL TABLE IF NOT EXISTS message_search USING fts5 (
-                 body, content = '', contentless_delete = 1,
-                 tokenize = 'unicode61 remove_diacritics 2');
-             CREATE TABLE IF NOT EXISTS indexed (
-                 one INTEGER PRIMARY KEY CHECK (one = 1),
-                 up_to INTEGER NOT NULL);
-             INSERT INTO indexed (one, up_to) VALUES (1, 0) ON CONFLICT DO NOTHING;",
-        )
-        .execute(&writer)
-        .await?;
-        let up_to: i64 = sqlx::query_scalar("SELECT up_to FROM indexed")
-            .fetch_one(&writer)
-            .await?;
-        let (progress, indexed) = watch::channel(up_to);
-        let index = Self {
-            pending: Arc::new(Notify::new()),
-            urgent: Arc::new(Notify::new()),
+            .map_err(sqlx::Error::Io)?;
+        let indexed = indexed.await.map_err(|_| sqlx::Error::WorkerCrashed)??;
+        Ok(Self {
+            pending,
+            urgent,
             indexed,
-        };
-        tokio::spawn(run(
-            Indexer {
-                store: store_reader,
-                index: writer,
-                progress,
-            },
-            index.pending.clone(),
-            index.urgent.clone(),
-            stop,
-        ));
-        Ok(index)
+        })
     }
 
     /// Entries were stored: the indexer indexes them within [`GATHER`].
@@ -235,6 +206,54 @@ async fn run(
 }
 
 impl Indexer {
+    /// The connections, on the indexer's thread, and how far the index got.
+    async fn open(
+        path: &Path,
+        store: SqliteConnectOptions,
+    ) -> Result<(Self, watch::Receiver<i64>)> {
+        let store = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(store.read_only(true).thread_name(|_| THREAD.to_owned()))
+            .await?;
+        let index = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .thread_name(|_| THREAD.to_owned()),
+            )
+            .await?;
+        // Case- and accent-insensitive words (`unicode61 remove_diacritics 2`), one row
+        // per text message (rowid: its `search_id`); contentless, with deletes.
+        sqlx::raw_sql(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS message_search USING fts5 (
+                 body, content = '', contentless_delete = 1,
+                 tokenize = 'unicode61 remove_diacritics 2');
+             CREATE TABLE IF NOT EXISTS indexed (
+                 one INTEGER PRIMARY KEY CHECK (one = 1),
+                 up_to INTEGER NOT NULL);
+             INSERT INTO indexed (one, up_to) VALUES (1, 0) ON CONFLICT DO NOTHING;",
+        )
+        .execute(&index)
+        .await?;
+        let up_to: i64 = sqlx::query_scalar("SELECT up_to FROM indexed")
+            .fetch_one(&index)
+            .await?;
+        let (progress, indexed) = watch::channel(up_to);
+        Ok((
+            Self {
+                store,
+                index,
+                progress,
+            },
+            indexed,
+        ))
+    }
+
     /// Indexes up to [`BATCH`] entries after the last indexed; says whether there may
     /// be more.
     async fn index_batch(&self) -> Result<bool> {

@@ -134,11 +134,7 @@ impl SqliteStore {
         MIGRATOR.run(&writer).await?;
         let (stop, stopped) = watch::channel(());
         let search_path = crate::search_index::path_beside(options.get_filename());
-        let index_reader = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone().read_only(true))
-            .await?;
-        let search = SearchIndex::open(&search_path, index_reader, stopped.clone()).await?;
+        let search = SearchIndex::open(&search_path, options.clone(), stopped.clone()).await?;
         // Readers see the search index as the schema `search`.
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
