@@ -41,6 +41,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/me", get(me))
         .route("/users", get(search_users))
+        .route("/users/{id}", get(get_user))
         .route(
             "/conversations",
             post(create_conversation).get(list_conversations),
@@ -99,6 +100,22 @@ async fn search_users(
         .search_users(&q.query, limit)
         .await?;
     Ok(Json(json!({ "users": users })))
+}
+
+/// Any user, by id: how a client names the senders and members it has not seen in a
+/// `GET /users` page.
+async fn get_user(
+    State(state): Shared,
+    AuthUser(_): AuthUser,
+    ApiPath(id): ApiPath<UserId>,
+) -> Result<Json<User>, ApiError> {
+    let user = state
+        .directory
+        .store()
+        .user(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("user {id} does not exist")))?;
+    Ok(Json(user))
 }
 
 #[derive(Deserialize)]

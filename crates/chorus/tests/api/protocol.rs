@@ -79,6 +79,36 @@ async fn accounts_register_login_and_search() {
 }
 
 #[tokio::test]
+async fn a_user_is_read_by_id() {
+    let app = TestApp::spawn().await;
+    let ada = app.register("ada").await;
+    let bob = app.register("bob").await;
+    let (status, body) = app
+        .get(&ada.token, &format!("/api/v1/users/{}", bob.id))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["id"].as_str(), body["username"].as_str()),
+        (Some(bob.id.as_str()), Some(bob.username.as_str()))
+    );
+    let unknown = uuid::Uuid::now_v7();
+    let (status, body) = app
+        .get(&ada.token, &format!("/api/v1/users/{unknown}"))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = app.get(&ada.token, "/api/v1/users/not-an-id").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let (status, _) = app.get("", &format!("/api/v1/users/{}", bob.id)).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
 async fn bad_tokens_are_unauthorized_on_http_and_websocket() {
     let app = TestApp::spawn().await;
     let ada = app.register("ada").await;
