@@ -22,8 +22,8 @@
 //! - A change (an edit, delete or reaction: `kind` other than `text`) is an entry of
 //!   its own, numbered like a message, and in the same transaction changes what it
 //!   targets: an edit sets the message's `edited_at`, its searchable text (SQLite's
-//!   search index follows on its own, see `search_index.rs`) and whom it mentions; a delete erases the body and attachments of the message and of its
-//!   edits; a reaction adds to or takes from the message's reactions. A change whose
+//!   search index follows on its own, see `search_index.rs`) and whom it mentions; a
+//!   delete erases the body and attachments of the message and of its edits; a reaction adds to or takes from the message's reactions. A change whose
 //!   message is not a stored message of the conversation, or is deleted, is not stored
 //!   ([`Appended::TargetGone`]), nor is a reaction already there, or not there to take
 //!   back ([`Appended::Unchanged`]).

@@ -18,6 +18,7 @@
 //! and reads deleted messages out at query time, so a search never shows a message
 //! deleted before it, nor misses one stored before it.
 
+use crate::sqlite::push_list;
 use crate::{Result, parse_id};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -30,6 +31,10 @@ use tokio::sync::{Notify, watch};
 /// Entries read from the store per index transaction.
 const BATCH: i64 = 2_000;
 
+/// Rows named or inserted per statement (two parameters each at most), well under the
+/// parameters SQLite allows in one statement.
+const ROWS: usize = 500;
+
 /// How long the indexer lets stored messages gather before it indexes them, unless a
 /// search is waiting: at 5,000 msg/s, batches of about 500.
 const GATHER: Duration = Duration::from_millis(100);
@@ -39,7 +44,7 @@ const GATHER: Duration = Duration::from_millis(100);
 const POLL: Duration = Duration::from_secs(1);
 
 /// The longest a search waits for the index to catch up before it reads what is there.
-pub(crate) const SEARCH_WAIT: Duration = Duration::from_secs(2);
+const SEARCH_WAIT: Duration = Duration::from_secs(2);
 
 /// The name of the indexer's thread and of its connections' (sqlx runs each SQLite
 /// connection on a thread of its own).
@@ -205,6 +210,13 @@ async fn run(
     indexer.index.close().await;
 }
 
+/// What the index is given of a message's row (its `conversation_id` and current
+/// `body`): [`crate::search_text`].
+fn indexed_text(row: &sqlx::sqlite::SqliteRow) -> Result<String> {
+    let conversation = parse_id(row.try_get::<&str, _>("conversation_id")?)?;
+    Ok(crate::search_text(conversation, row.try_get("body")?))
+}
+
 impl Indexer {
     /// The connections, on the indexer's thread, and how far the index got.
     async fn open(
@@ -287,11 +299,7 @@ impl Indexer {
                     {
                         again.push(row.try_get("message_id")?);
                     } else {
-                        let conversation = parse_id(row.try_get::<&str, _>("conversation_id")?)?;
-                        rows_of.insert(
-                            row.try_get("search_id")?,
-                            Some(crate::search_text(conversation, row.try_get("body")?)),
-                        );
+                        rows_of.insert(row.try_get("search_id")?, Some(indexed_text(row)?));
                     }
                 }
                 "edit" | "delete" => again.extend(row.try_get::<Option<String>, _>("target_id")?),
@@ -300,7 +308,7 @@ impl Indexer {
         }
         again.sort_unstable();
         again.dedup();
-        for chunk in again.chunks(500) {
+        for chunk in again.chunks(ROWS) {
             let mut read = sqlx::QueryBuilder::new(
                 "SELECT t.search_id, t.conversation_id, t.deleted, coalesce( \
                    (SELECT e.body FROM messages e WHERE e.target_id = t.message_id \
@@ -308,17 +316,13 @@ impl Indexer {
                  FROM messages t WHERE t.kind = 'text' AND t.search_id IS NOT NULL \
                  AND t.message_id IN (",
             );
-            let mut list = read.separated(", ");
-            for id in chunk {
-                list.push_bind(id);
-            }
+            push_list(&mut read, chunk);
             read.push(")");
             for row in read.build().fetch_all(&self.store).await? {
                 let text = if row.try_get::<bool, _>("deleted")? {
                     None
                 } else {
-                    let conversation = parse_id(row.try_get::<&str, _>("conversation_id")?)?;
-                    Some(crate::search_text(conversation, row.try_get("body")?))
+                    Some(indexed_text(&row)?)
                 };
                 rows_of.insert(row.try_get("search_id")?, text);
             }
@@ -333,12 +337,9 @@ impl Indexer {
         }
         // A row indexed before is replaced; a new one is only added.
         let replaced: Vec<i64> = rows_of.range(..=up_to).map(|(id, _)| *id).collect();
-        for chunk in replaced.chunks(500) {
+        for chunk in replaced.chunks(ROWS) {
             let mut erase = sqlx::QueryBuilder::new("DELETE FROM message_search WHERE rowid IN (");
-            let mut list = erase.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
+            push_list(&mut erase, chunk);
             erase.push(")");
             erase.build().execute(&mut *tx).await?;
         }
@@ -346,7 +347,7 @@ impl Indexer {
             .iter()
             .filter_map(|(id, text)| text.as_ref().map(|t| (*id, t)))
             .collect();
-        for chunk in written.chunks(500) {
+        for chunk in written.chunks(ROWS) {
             let mut insert = sqlx::QueryBuilder::new("INSERT INTO message_search (rowid, body) ");
             insert.push_values(chunk, |mut row, (id, text)| {
                 row.push_bind(*id).push_bind(*text);

@@ -199,13 +199,17 @@ impl SqliteStore {
 
     /// The place of the last entry stored in the order the search index follows.
     async fn last_search_id(&self) -> Result<i64> {
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT max(search_id) FROM messages WHERE search_id IS NOT NULL")
-                .fetch_one(&self.reader)
-                .await?;
+        let last: Option<i64> = sqlx::query_scalar(LAST_SEARCH_ID)
+            .fetch_one(&self.reader)
+            .await?;
         Ok(last.unwrap_or(0))
     }
 }
+
+/// The last `search_id` given (NULL before the first), as `last_search`: read through
+/// the partial index `messages_by_search_id`, which the `IS NOT NULL` lets SQLite use.
+const LAST_SEARCH_ID: &str =
+    "SELECT max(search_id) AS last_search FROM messages WHERE search_id IS NOT NULL";
 
 /// What a checkpoint found and did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -340,7 +344,10 @@ impl Drop for WriteTx {
 }
 
 /// `?, ?, …` with `values` bound.
-fn push_list<'a>(query: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>, values: &'a [String]) {
+pub(crate) fn push_list<'a, T>(query: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>, values: &'a [T])
+where
+    &'a T: sqlx::Encode<'a, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
     let mut list = query.separated(", ");
     for v in values {
         list.push_bind(v);
@@ -442,8 +449,7 @@ impl Backend for SqliteStore {
         for i in 0..reads {
             let mut read = sqlx::QueryBuilder::new("");
             if i == 0 {
-                read.push(BEGIN)
-                    .push("; SELECT max(search_id) AS last_search FROM messages WHERE search_id IS NOT NULL; ");
+                read.push(BEGIN).push("; ").push(LAST_SEARCH_ID).push("; ");
             }
             if let Some(chunk) = id_chunks.get(i) {
                 read.push(format!(
